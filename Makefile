@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make up` (the platform) and `make test` (the tests).
+# Each creates .venv and installs what it needs on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test lint setup generate clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "CloudRetail needs Python 3.11 or newer; found " + sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing CloudRetail and its dependencies into $(VENV) ..."
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+setup: $(STAMP)
+
+up: setup
+	$(BIN)/cloudretail validate
+	$(BIN)/cloudretail generate
+
+generate: setup
+	$(BIN)/cloudretail generate
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check generator runtime cli.py
+	$(BIN)/mypy generator runtime cli.py
+
+test: setup lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

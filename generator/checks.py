@@ -1,0 +1,400 @@
+"""Cross-reference checks: what a schema alone cannot see (names that must resolve, clashes)."""
+
+from __future__ import annotations
+
+import fnmatch
+import keyword
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from generator.errors import SpecIssue
+from generator.loader import Document, PathKey, dotted
+from generator.spec import ColumnSpec, RouteSpec, ScalingSpec, Spec
+from generator.validation import suggest
+
+CRUD_OPERATIONS = ("list", "get", "create", "replace", "update", "delete")
+
+# PostgreSQL's reserved key words (SQL:2016 reserved ones that Postgres also reserves).
+_SQL_RESERVED_WORDS = """
+    all analyse analyze and any array as asc asymmetric both case cast check collate
+    column constraint create current_catalog current_date current_role current_time
+    current_timestamp current_user default deferrable desc distinct do else end except
+    false fetch for foreign from grant group having in initially intersect into lateral
+    leading limit localtime localtimestamp not null offset on only or order placing
+    primary references returning select session_user some symmetric system_user table
+    then to trailing true union unique user using variadic when where window with
+"""
+SQL_RESERVED = frozenset(_SQL_RESERVED_WORDS.split())
+# Names SQLAlchemy's declarative models and pydantic's models keep for themselves.
+MODEL_RESERVED = frozenset({"metadata", "registry", "model_config", "model_fields"})
+
+
+@dataclass
+class _Checker:
+    spec: Spec
+    document: Document
+    issues: list[SpecIssue] = field(default_factory=list)
+
+    def error(self, path: PathKey, message: str, *, key: bool = False) -> None:
+        location = self.document.locate(path, key=key)
+        self.issues.append(SpecIssue(location, dotted(path), message))
+
+    def run(self) -> list[SpecIssue]:
+        self.check_ports()
+        self.check_names()
+        self.check_events_and_topics()
+        self.check_services()
+        self.check_scaling()
+        return self.issues
+
+    # -- ports and identifiers ---------------------------------------------------------------
+    def check_ports(self) -> None:
+        seen: dict[int, str] = {}
+        owners: list[tuple[PathKey, int]] = [
+            (("gateway", "port"), self.spec.gateway.port),
+            (("event_bus", "port"), self.spec.event_bus.port),
+        ]
+        owners += [
+            (("services", name, "port"), svc.port) for name, svc in self.spec.services.items()
+        ]
+        for path, port in owners:
+            if port in seen:
+                self.error(path, f"port {port} is already used by {seen[port]}")
+            else:
+                seen[port] = dotted(path[:-1])
+        databases: dict[str, str] = {}
+        for name, svc in self.spec.services.items():
+            if svc.database in databases:
+                self.error(
+                    ("services", name, "database"),
+                    f"database '{svc.database}' already belongs to service "
+                    f"'{databases[svc.database]}' (one database per service)",
+                )
+            databases.setdefault(svc.database, name)
+
+    def check_names(self) -> None:
+        for name in self.spec.services:
+            self.reserved(("services", name), name, sql=False)
+        for event, event_spec in self.spec.events.items():
+            for payload_field in event_spec.payload:
+                self.reserved(("events", event, "payload", payload_field), payload_field, sql=False)
+        for name, svc in self.spec.services.items():
+            for table, table_spec in svc.tables.items():
+                self.reserved(("services", name, "tables", table), table, sql=True)
+                for column in table_spec.columns:
+                    column_path = ("services", name, "tables", table, "columns", column)
+                    self.reserved(column_path, column, sql=True)
+            for index, route in enumerate(svc.routes):
+                if route.handler:
+                    handler_path = ("services", name, "routes", index, "handler")
+                    self.reserved(handler_path, route.handler, sql=False, value=True)
+
+    def reserved(self, path: PathKey, name: str, *, sql: bool, value: bool = False) -> None:
+        if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+            self.error(
+                path, f"'{name}' is a reserved word in Python; choose another name", key=not value
+            )
+        elif sql and name in SQL_RESERVED:
+            self.error(path, f"'{name}' is a reserved word in SQL; choose another name", key=True)
+        elif sql and name in MODEL_RESERVED:
+            self.error(
+                path, f"'{name}' is reserved by the generated models; choose another name", key=True
+            )
+
+    # -- events and topics -------------------------------------------------------------------
+    def check_events_and_topics(self) -> None:
+        for event, event_spec in self.spec.events.items():
+            topics = [
+                topic
+                for topic, topic_spec in self.spec.topics.items()
+                if any(fnmatch.fnmatchcase(event, pattern) for pattern in topic_spec.events)
+            ]
+            if not topics:
+                self.error(
+                    ("events", event),
+                    f"event '{event}' has no topic: no topic's `events` pattern matches it",
+                    key=True,
+                )
+            elif len(topics) > 1:
+                self.error(
+                    ("events", event),
+                    f"event '{event}' matches several topics: {', '.join(topics)}",
+                    key=True,
+                )
+            if event_spec.key not in event_spec.payload:
+                self.error(
+                    ("events", event, "key"),
+                    f"key '{event_spec.key}' is not a payload field"
+                    f"{suggest(event_spec.key, event_spec.payload)}",
+                )
+        producers: dict[str, str] = {}
+        for name, svc in self.spec.services.items():
+            for index, event in enumerate(svc.events.publishes):
+                path = ("services", name, "events", "publishes", index)
+                if event not in self.spec.events:
+                    self.error(
+                        path,
+                        f"unknown event '{event}'{suggest(event, self.spec.events)}; "
+                        "declare it under `events`",
+                    )
+                elif event in producers:
+                    self.error(
+                        path,
+                        f"event '{event}' is already published by service '{producers[event]}'",
+                    )
+                else:
+                    producers[event] = name
+        for name, svc in self.spec.services.items():
+            for index, event in enumerate(svc.events.consumes):
+                path = ("services", name, "events", "consumes", index)
+                if event not in producers:
+                    self.error(
+                        path,
+                        f"event '{event}' is consumed but no service publishes it"
+                        f"{suggest(event, producers)}",
+                    )
+
+    # -- services: tables, routes, calls, sagas ----------------------------------------------
+    def check_services(self) -> None:
+        routes: dict[tuple[str, str], str] = {}
+        prefixes: dict[str, str] = {}
+        for name, svc in self.spec.services.items():
+            base: PathKey = ("services", name)
+            if svc.prefix in prefixes:
+                self.error(
+                    (*base, "prefix"),
+                    f"prefix '{svc.prefix}' is already used by service '{prefixes[svc.prefix]}'",
+                )
+            prefixes.setdefault(svc.prefix, name)
+            for table, table_spec in svc.tables.items():
+                self.check_table((*base, "tables", table), table, table_spec.columns)
+                columns = table_spec.columns
+                for index, idx in enumerate(table_spec.indexes):
+                    for position, column in enumerate(idx.columns):
+                        if column not in columns:
+                            path = (*base, "tables", table, "indexes", index, "columns", position)
+                            self.error(
+                                path,
+                                f"index on unknown column '{column}' of table '{table}'"
+                                f"{suggest(column, columns)}",
+                            )
+                for index, flt in enumerate(table_spec.filters):
+                    path = (*base, "tables", table, "filters", index)
+                    targets = [flt.column] if flt.column else list(flt.columns or [])
+                    if bool(flt.column) == bool(flt.columns):
+                        self.error(path, "a filter names either `column` or `columns`")
+                    if flt.op == "search" and flt.column:
+                        self.error(path, "a `search` filter takes `columns`")
+                    for column in targets:
+                        if column not in columns:
+                            self.error(
+                                path,
+                                f"filter on unknown column '{column}'{suggest(column, columns)}",
+                            )
+                for index, column in enumerate(table_spec.sort):
+                    if column not in columns:
+                        path = (*base, "tables", table, "sort", index)
+                        self.error(
+                            path, f"sort on unknown column '{column}'{suggest(column, columns)}"
+                        )
+            for index, callee in enumerate(svc.calls):
+                path = (*base, "calls", index)
+                if callee == name:
+                    self.error(path, "a service does not call itself")
+                elif callee not in self.spec.services:
+                    self.error(
+                        path,
+                        f"call to unknown service '{callee}'{suggest(callee, self.spec.services)}",
+                    )
+            names: set[str] = set()
+            for index, route in enumerate(svc.routes):
+                self.check_route((*base, "routes", index), name, route, routes, names)
+            for saga, saga_spec in svc.sagas.items():
+                for index, step in enumerate(saga_spec.steps):
+                    for attr in ("call", "compensate"):
+                        target = getattr(step, attr)
+                        if target is not None:
+                            self.check_call(
+                                (*base, "sagas", saga, "steps", index, attr), name, target
+                            )
+
+    def check_table(self, path: PathKey, table: str, columns: dict[str, ColumnSpec]) -> None:
+        keys = [column for column, spec in columns.items() if spec.primary_key]
+        if len(keys) != 1:
+            self.error(
+                path,
+                f"table '{table}' needs exactly one primary key column, has {len(keys)}",
+                key=True,
+            )
+        for column, spec in columns.items():
+            for problem in _column_problems(spec):
+                self.error((*path, "columns", column), problem, key=True)
+            if spec.renamed_from and spec.renamed_from in columns:
+                self.error(
+                    (*path, "columns", column, "renamed_from"),
+                    f"column '{spec.renamed_from}' still exists",
+                )
+
+    def check_route(
+        self,
+        path: PathKey,
+        service: str,
+        route: RouteSpec,
+        seen: dict[tuple[str, str], str],
+        names: set[str],
+    ) -> None:
+        svc = self.spec.services[service]
+        signature = (route.method, route.path)
+        if signature in seen:
+            self.error(
+                path,
+                f"duplicate route {route.method} {route.path} "
+                f"(also in service '{seen[signature]}')",
+            )
+        seen.setdefault(signature, service)
+        if route.auth != "service" and not (
+            route.path == svc.prefix or route.path.startswith(svc.prefix + "/")
+        ):
+            self.error(
+                (*path, "path"), f"path '{route.path}' is outside the service prefix '{svc.prefix}'"
+            )
+        if route.roles is not None and route.auth != "authenticated":
+            self.error((*path, "roles"), "`roles` only applies to `auth: authenticated`")
+        if (route.handler is None) == (route.crud is None):
+            self.error(path, "a route names exactly one of `handler` or `crud`")
+        if route.crud is not None:
+            table, _, operation = route.crud.partition(".")
+            if table not in svc.tables:
+                self.error((*path, "crud"), f"unknown table '{table}'{suggest(table, svc.tables)}")
+            elif operation not in CRUD_OPERATIONS:
+                self.error(
+                    (*path, "crud"),
+                    f"unknown operation '{operation}'{suggest(operation, CRUD_OPERATIONS)}; "
+                    f"expected one of {', '.join(CRUD_OPERATIONS)}",
+                )
+            elif operation in {"get", "replace", "update", "delete"} and not route.path.endswith(
+                "}"
+            ):
+                self.error(
+                    (*path, "path"), f"`{operation}` needs the row's key as the last path parameter"
+                )
+        if route.saga is not None and route.saga not in svc.sagas:
+            self.error(
+                (*path, "saga"), f"unknown saga '{route.saga}'{suggest(route.saga, svc.sagas)}"
+            )
+        if route.name is not None:
+            if route.name in names:
+                self.error(
+                    (*path, "name"),
+                    f"route name '{route.name}' is used twice in service '{service}'",
+                )
+            names.add(route.name)
+
+    def check_call(self, path: PathKey, service: str, target: str) -> None:
+        callee, _, operation = target.partition(".")
+        calls = self.spec.services[service].calls
+        if callee not in self.spec.services:
+            self.error(
+                path,
+                f"unknown call '{target}': no service '{callee}'"
+                f"{suggest(callee, self.spec.services)}",
+            )
+        elif callee not in calls:
+            self.error(
+                path,
+                f"unknown call '{target}': service '{service}' does not declare "
+                f"`calls: [{callee}]`",
+            )
+        else:
+            operations = [r.name for r in self.spec.services[callee].routes if r.name]
+            if operation not in operations:
+                self.error(
+                    path,
+                    f"unknown call '{target}': service '{callee}' has no route named "
+                    f"'{operation}'{suggest(operation, operations)}",
+                )
+
+    # -- scaling -----------------------------------------------------------------------------
+    def check_scaling(self) -> None:
+        for path, scaling in self.scaling_blocks():
+            defaults = self.spec.defaults.scaling
+            low = scaling.min if scaling.min is not None else defaults.min
+            high = scaling.max if scaling.max is not None else defaults.max
+            if low > high:
+                self.error(path, f"scaling min ({low}) is greater than max ({high})")
+            for target in ("cpu", "memory"):
+                value = getattr(scaling, target)
+                if value is not None and not 1 <= value <= 100:
+                    self.error(
+                        (*path, target), f"{target} target {value} is out of 1..100 (percent)"
+                    )
+
+    def scaling_blocks(self) -> Iterator[tuple[PathKey, ScalingSpec]]:
+        d = self.spec.defaults.scaling
+        yield ("defaults", "scaling"), ScalingSpec(min=d.min, max=d.max, cpu=d.cpu, memory=d.memory)
+        yield ("gateway", "scaling"), self.spec.gateway.scaling
+        yield ("event_bus", "scaling"), self.spec.event_bus.scaling
+        for name, svc in self.spec.services.items():
+            yield ("services", name, "scaling"), svc.scaling
+
+
+_DEFAULT_KINDS: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "text": (str,),
+    "enum": (str,),
+    "integer": (int,),
+    "bigint": (int,),
+    "decimal": (int, float),
+    "boolean": (bool,),
+}
+
+
+def _column_problems(spec: ColumnSpec) -> Iterator[str]:
+    kind = spec.type
+    if kind in {"string", "enum"} and spec.length is None:
+        yield f"a `{kind}` column needs `length`"
+    if kind not in {"string", "enum"} and spec.length is not None:
+        yield f"`length` does not apply to a `{kind}` column"
+    if kind == "decimal" and (spec.precision is None or spec.scale is None):
+        yield "a `decimal` column needs `precision` and `scale`"
+    if kind != "decimal" and (spec.precision is not None or spec.scale is not None):
+        yield f"`precision`/`scale` do not apply to a `{kind}` column"
+    if (
+        kind == "decimal"
+        and spec.precision is not None
+        and spec.scale is not None
+        and spec.scale > spec.precision
+    ):
+        yield "`scale` cannot exceed `precision`"
+    if kind == "enum" and not spec.values:
+        yield "an `enum` column needs `values`"
+    if kind != "enum" and spec.values is not None:
+        yield f"`values` does not apply to a `{kind}` column"
+    if spec.check is not None and kind not in {"integer", "bigint", "decimal"}:
+        yield f"`check` applies to numeric columns, not `{kind}`"
+    if spec.on_update is not None and kind != "timestamp":
+        yield "`on_update: now` applies to `timestamp` columns"
+    default = spec.default
+    if default is None:
+        return
+    if kind == "timestamp":
+        if default != "now":
+            yield "a `timestamp` default can only be `now`"
+    elif kind == "uuid":
+        if default != "gen_random_uuid":
+            yield "a `uuid` default can only be `gen_random_uuid`"
+    elif kind == "json":
+        yield "a `json` column takes no default"
+    else:
+        allowed = _DEFAULT_KINDS[kind]
+        if (isinstance(default, bool) and bool not in allowed) or not isinstance(default, allowed):
+            yield f"default {default!r} does not fit a `{kind}` column"
+        elif kind == "enum" and spec.values and default not in spec.values:
+            yield f"default '{default}' is not one of {', '.join(spec.values)}"
+        elif isinstance(default, str) and spec.length is not None and len(default) > spec.length:
+            yield f"default '{default}' is longer than length {spec.length}"
+
+
+def check_spec(spec: Spec, document: Document) -> list[SpecIssue]:
+    """Every cross-reference problem of a schema-valid spec."""
+    return _Checker(spec, document).run()

@@ -1,0 +1,116 @@
+"""Load a spec's YAML and keep the line and column of every node, for errors that point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from generator.errors import Location, SpecError, SpecIssue
+
+PathKey = tuple[str | int, ...]
+
+
+@dataclass
+class Document:
+    """The plain data of a YAML file plus where each value and each key stands in it."""
+
+    source: str
+    data: Any
+    values: dict[PathKey, Location] = field(default_factory=dict)
+    keys: dict[PathKey, Location] = field(default_factory=dict)
+
+    def locate(self, path: PathKey, *, key: bool = False) -> Location:
+        """Location of the deepest known node on `path` (its key when `key` is set)."""
+        if key and path in self.keys:
+            return self.keys[path]
+        for end in range(len(path), -1, -1):
+            prefix = path[:end]
+            if prefix in self.values:
+                return self.values[prefix]
+        return Location(self.source, 1, 1)
+
+
+def dotted(path: PathKey) -> str:
+    """`('services', 'order', 'events', 'consumes', 1)` -> `services.order.events.consumes[1]`."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _location(source: str, mark: yaml.Mark) -> Location:
+    return Location(source, mark.line + 1, mark.column + 1)
+
+
+class _Builder:
+    def __init__(self, source: str, loader: yaml.SafeLoader) -> None:
+        self.source = source
+        self.loader = loader
+        self.document = Document(source=source, data=None)
+        self.issues: list[SpecIssue] = []
+
+    def build(self, node: yaml.Node, path: PathKey) -> Any:
+        self.document.values[path] = _location(self.source, node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            self.loader.flatten_mapping(node)  # resolves `<<` merge keys
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.loader.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int | bool | float) and key is not None:
+                    self._issue(key_node, path, "a mapping key must be a plain scalar")
+                    continue
+                key = str(key) if not isinstance(key, str) else key
+                if key in result:
+                    self._issue(key_node, (*path, key), f"duplicate key '{key}'")
+                    continue
+                self.document.keys[(*path, key)] = _location(self.source, key_node.start_mark)
+                result[key] = self.build(value_node, (*path, key))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+        return self.loader.construct_object(node, deep=True)
+
+    def _issue(self, node: yaml.Node, path: PathKey, message: str) -> None:
+        self.issues.append(
+            SpecIssue(_location(self.source, node.start_mark), dotted(path), message)
+        )
+
+
+def load_text(text: str, source: str) -> Document:
+    """Parse YAML text; raise SpecError (with line and column) when it is malformed."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError([SpecIssue(Location(source, 1, 1), "", "the spec is empty")])
+        builder = _Builder(source, loader)
+        data = builder.build(node, ())
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = _location(source, mark) if mark else Location(source, 1, 1)
+        problem = error.problem or error.context or "malformed YAML"
+        raise SpecError([SpecIssue(where, "", f"malformed YAML: {problem}")]) from None
+    finally:
+        loader.dispose()
+    if builder.issues:
+        raise SpecError(builder.issues)
+    builder.document.data = data
+    return builder.document
+
+
+def load_file(path: Path, source: str | None = None) -> Document:
+    """Read and parse a spec file; a missing or unreadable file is a SpecError too."""
+    name = source or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([SpecIssue(Location(name, 1, 1), "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError([SpecIssue(Location(name, 1, 1), "", f"cannot read: {error}")]) from None
+    return load_text(text, name)

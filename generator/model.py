@@ -1,0 +1,668 @@
+"""The resolved platform model: immutable, every default filled, every reference resolved.
+
+Templates read only this. Decisions (names, types, orderings, derived edges) are made
+here so that a template reads like the file it produces.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from generator.spec import (
+    ColumnSpec,
+    ProbeSpec,
+    ResourcesSpec,
+    RouteSpec,
+    ScalingSpec,
+    ServiceSpec,
+    Spec,
+    TableSpec,
+)
+
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_UNIT_BYTES = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+def duration_ms(text: str) -> int:
+    """`7d` -> 604800000."""
+    match = re.fullmatch(r"([0-9]+)(ms|s|m|h|d)", text)
+    assert match, text
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def byte_size(text: str) -> int:
+    match = re.fullmatch(r"([0-9]+)(B|KiB|MiB|GiB)", text)
+    assert match, text
+    return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+
+
+def pascal(name: str) -> str:
+    """`price_changed` -> `PriceChanged`, `order.created` -> `OrderCreated`."""
+    return "".join(part.capitalize() for part in re.split(r"[._\-\s]+", name) if part)
+
+
+def singular(name: str) -> str:
+    """Table name to row name: `products` -> `product`, `inventory` stays."""
+    if name.endswith("ies"):
+        return name[:-3] + "y"
+    if name.endswith("s") and not name.endswith("ss"):
+        return name[:-1]
+    return name
+
+
+@dataclass(frozen=True)
+class Scaling:
+    min: int
+    max: int
+    cpu: int
+    memory: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    path: str
+    initial_delay: int
+    period: int
+    timeout: int
+    failures: int
+
+
+@dataclass(frozen=True)
+class Resources:
+    request_cpu: str
+    request_memory: str
+    limit_cpu: str
+    limit_memory: str
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    sql_type: str
+    python_type: str
+    nullable: bool
+    primary_key: bool
+    unique: bool
+    default: bool | int | float | str | None
+    on_update_now: bool
+    check: str | None
+    values: tuple[str, ...]
+    length: int | None
+    precision: int | None
+    scale: int | None
+    secret: bool
+    renamed_from: str | None
+    description: str
+
+    @property
+    def generated(self) -> bool:
+        """Filled by the database or the model (ids, timestamps), never by a client."""
+        return self.default in ("now", "gen_random_uuid") or self.on_update_now
+
+    @property
+    def sql_constraints(self) -> str:
+        """The column's SQL suffix as the seed writes it (docs)."""
+        parts = []
+        if self.primary_key:
+            parts.append("PRIMARY KEY")
+        if self.unique:
+            parts.append("UNIQUE")
+        if not self.nullable and not self.primary_key:
+            parts.append("NOT NULL")
+        if self.sql_default is not None:
+            parts.append(f"DEFAULT {self.sql_default}")
+        if self.check_sql is not None:
+            parts.append(f"CHECK ({self.check_sql})")
+        return " ".join(parts)
+
+    @property
+    def sql_default(self) -> str | None:
+        if self.default is None:
+            return None
+        if self.default == "now" and self.type == "timestamp":
+            return "NOW()"
+        if self.default == "gen_random_uuid" and self.type == "uuid":
+            return "gen_random_uuid()"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        if isinstance(self.default, str):
+            return "'" + self.default.replace("'", "''") + "'"
+        return str(self.default)
+
+    @property
+    def check_sql(self) -> str | None:
+        if self.values:
+            listed = ", ".join(f"'{value}'" for value in self.values)
+            return f"{self.name} IN ({listed})"
+        if self.check is not None:
+            return f"{self.name} {self.check}"
+        return None
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    columns: tuple[str, ...]
+    unique: bool
+
+
+@dataclass(frozen=True)
+class Filter:
+    name: str
+    op: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    row_name: str
+    class_name: str
+    description: str
+    columns: tuple[Column, ...]
+    indexes: tuple[Index, ...]
+    filters: tuple[Filter, ...]
+    sort: tuple[str, ...]
+    cache_ttl_seconds: int | None
+    allow_destructive: bool
+
+    @property
+    def primary_key(self) -> Column:
+        return next(column for column in self.columns if column.primary_key)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    service: str
+    auth: str
+    roles: tuple[str, ...]
+    name: str | None
+    handler: str | None
+    crud_table: str | None
+    crud_operation: str | None
+    saga: str | None
+    description: str
+
+    @property
+    def via_gateway(self) -> bool:
+        return self.auth != "service"
+
+
+@dataclass(frozen=True)
+class SagaStep:
+    name: str
+    call: str
+    compensate: str | None
+
+    @property
+    def call_service(self) -> str:
+        return self.call.partition(".")[0]
+
+    @property
+    def compensate_service(self) -> str | None:
+        return self.compensate.partition(".")[0] if self.compensate else None
+
+
+@dataclass(frozen=True)
+class Saga:
+    name: str
+    timeout_seconds: int
+    steps: tuple[SagaStep, ...]
+
+
+@dataclass(frozen=True)
+class PayloadField:
+    name: str
+    type: str
+    optional: bool
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    class_name: str
+    description: str
+    version: str
+    key: str
+    topic: str
+    producer: str
+    consumers: tuple[str, ...]
+    payload: tuple[PayloadField, ...]
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    description: str
+    partitions: int
+    replication: int
+    retention_ms: int
+    retention: str
+    cleanup_policy: str
+    events: tuple[str, ...]
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.name}.dlq"
+
+    @property
+    def node_id(self) -> str:
+        return pascal(self.name)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Events of one topic between one service and the topic (for diagrams)."""
+
+    service: str
+    topic: str
+    events: tuple[str, ...]
+
+    @property
+    def service_node(self) -> str:
+        return pascal(f"{self.service}-service")
+
+    @property
+    def topic_node(self) -> str:
+        return pascal(self.topic)
+
+
+@dataclass(frozen=True)
+class Deployable:
+    """What every process of the platform has: a port, probes, resources, scaling."""
+
+    name: str
+    kind: str  # "service" | "gateway" | "event-bus"
+    title: str
+    port: int
+    scaling: Scaling
+    liveness: Probe
+    readiness: Probe
+    resources: Resources
+
+    @property
+    def node_id(self) -> str:
+        return pascal(self.name)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    title: str
+    description: str
+    port: int
+    database: str
+    prefix: str
+    uses_cache: bool
+    calls: tuple[str, ...]
+    tables: tuple[Table, ...]
+    publishes: tuple[str, ...]
+    consumes: tuple[str, ...]
+    routes: tuple[Route, ...]
+    sagas: tuple[Saga, ...]
+    deployable: Deployable
+
+    @property
+    def env_prefix(self) -> str:
+        return self.name.upper()
+
+
+@dataclass(frozen=True)
+class Gateway:
+    deployable: Deployable
+    rate_limit_requests: int
+    rate_limit_window_seconds: int
+    rate_limit: str
+    body_limit_bytes: int
+    timeout_seconds: float
+    breaker_failures: int
+    breaker_reset_seconds: float
+    cors_origins: tuple[str, ...]
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True)
+class EventBus:
+    deployable: Deployable
+    store_retention_seconds: int
+
+
+@dataclass(frozen=True)
+class Platform:
+    name: str
+    namespace: str
+    registry: str
+    domain: str
+    source: str
+    topics: tuple[Topic, ...]
+    events: tuple[Event, ...]
+    services: tuple[Service, ...]
+    gateway: Gateway
+    event_bus: EventBus
+
+    @property
+    def deployables(self) -> tuple[Deployable, ...]:
+        return (
+            self.gateway.deployable,
+            *(service.deployable for service in self.services),
+            self.event_bus.deployable,
+        )
+
+    @property
+    def call_edges(self) -> tuple[tuple[str, str], ...]:
+        return tuple((svc.name, callee) for svc in self.services for callee in svc.calls)
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        return tuple(route for service in self.services for route in service.routes)
+
+    @property
+    def publish_flows(self) -> tuple[Flow, ...]:
+        return self._flows(lambda event: (event.producer,))
+
+    @property
+    def consume_flows(self) -> tuple[Flow, ...]:
+        return self._flows(lambda event: event.consumers)
+
+    def _flows(self, ends: Callable[[Event], tuple[str, ...]]) -> tuple[Flow, ...]:
+        flows: list[Flow] = []
+        for service in self.services:
+            for topic in self.topics:
+                events = tuple(
+                    event.name
+                    for event in self.events
+                    if event.topic == topic.name and service.name in ends(event)
+                )
+                if events:
+                    flows.append(Flow(service=service.name, topic=topic.name, events=events))
+        return tuple(flows)
+
+    def service(self, name: str) -> Service:
+        return next(service for service in self.services if service.name == name)
+
+    def event(self, name: str) -> Event:
+        return next(event for event in self.events if event.name == name)
+
+
+# -- building ------------------------------------------------------------------------------
+
+_SQL_TYPES = {
+    "uuid": "UUID",
+    "text": "TEXT",
+    "integer": "INTEGER",
+    "bigint": "BIGINT",
+    "boolean": "BOOLEAN",
+    "timestamp": "TIMESTAMP",
+    "json": "JSONB",
+}
+_PYTHON_TYPES = {
+    "uuid": "uuid.UUID",
+    "string": "str",
+    "text": "str",
+    "enum": "str",
+    "integer": "int",
+    "bigint": "int",
+    "decimal": "Decimal",
+    "boolean": "bool",
+    "timestamp": "datetime",
+    "json": "Any",
+}
+
+
+def _sql_type(spec: ColumnSpec) -> str:
+    if spec.type in {"string", "enum"}:
+        return f"VARCHAR({spec.length})"
+    if spec.type == "decimal":
+        return f"DECIMAL({spec.precision}, {spec.scale})"
+    return _SQL_TYPES[spec.type]
+
+
+def _column(name: str, spec: ColumnSpec) -> Column:
+    return Column(
+        name=name,
+        type=spec.type,
+        sql_type=_sql_type(spec),
+        python_type=_PYTHON_TYPES[spec.type],
+        nullable=spec.nullable and not spec.primary_key,
+        primary_key=spec.primary_key,
+        unique=spec.unique,
+        default=spec.default,
+        on_update_now=spec.on_update == "now",
+        check=spec.check,
+        values=tuple(spec.values or ()),
+        length=spec.length,
+        precision=spec.precision,
+        scale=spec.scale,
+        secret=spec.secret,
+        renamed_from=spec.renamed_from,
+        description=spec.description,
+    )
+
+
+def _table(name: str, spec: TableSpec) -> Table:
+    indexes = tuple(
+        Index(
+            name=index.name or f"idx_{name}_{'_'.join(index.columns)}",
+            columns=tuple(index.columns),
+            unique=index.unique,
+        )
+        for index in spec.indexes
+    )
+    filters = tuple(
+        Filter(name=f.name, op=f.op, columns=(f.column,) if f.column else tuple(f.columns or ()))
+        for f in spec.filters
+    )
+    return Table(
+        name=name,
+        row_name=singular(name),
+        class_name=pascal(singular(name)),
+        description=spec.description,
+        columns=tuple(_column(column, column_spec) for column, column_spec in spec.columns.items()),
+        indexes=indexes,
+        filters=filters,
+        sort=tuple(spec.sort),
+        cache_ttl_seconds=duration_ms(spec.cache.ttl) // 1000 if spec.cache else None,
+        allow_destructive=spec.allow_destructive,
+    )
+
+
+def _route(service: str, spec: RouteSpec) -> Route:
+    table, _, operation = (spec.crud or "").partition(".")
+    roles: tuple[str, ...] = ("admin",) if spec.auth == "admin" else tuple(spec.roles or ())
+    return Route(
+        method=spec.method,
+        path=spec.path,
+        service=service,
+        auth=spec.auth,
+        roles=roles,
+        name=spec.name,
+        handler=spec.handler,
+        crud_table=table or None,
+        crud_operation=operation or None,
+        saga=spec.saga,
+        description=spec.description,
+    )
+
+
+def _route_order(route: Route) -> tuple[str, str]:
+    # Literal segments sort before parameters so a matcher that takes the first hit is right.
+    return (route.path.replace("{", "~"), route.method)
+
+
+class _Builder:
+    def __init__(self, spec: Spec, source: str) -> None:
+        self.spec = spec
+        self.source = source
+
+    def scaling(self, override: ScalingSpec) -> Scaling:
+        base = self.spec.defaults.scaling
+        return Scaling(
+            min=override.min if override.min is not None else base.min,
+            max=override.max if override.max is not None else base.max,
+            cpu=override.cpu if override.cpu is not None else base.cpu,
+            memory=override.memory if override.memory is not None else base.memory,
+        )
+
+    def deployable(
+        self,
+        name: str,
+        kind: str,
+        title: str,
+        port: int,
+        scaling: ScalingSpec,
+        resources: ResourcesSpec | None,
+        liveness: ProbeSpec | None = None,
+        readiness: ProbeSpec | None = None,
+    ) -> Deployable:
+        defaults = self.spec.defaults
+        res = resources or defaults.resources
+        return Deployable(
+            name=name,
+            kind=kind,
+            title=title,
+            port=port,
+            scaling=self.scaling(scaling),
+            liveness=Probe(**(liveness or defaults.probes.liveness).model_dump()),
+            readiness=Probe(**(readiness or defaults.probes.readiness).model_dump()),
+            resources=Resources(
+                request_cpu=res.requests.cpu,
+                request_memory=res.requests.memory,
+                limit_cpu=res.limits.cpu,
+                limit_memory=res.limits.memory,
+            ),
+        )
+
+    def service(self, name: str, spec: ServiceSpec) -> Service:
+        title = f"{name.capitalize()} Service"
+        probes = spec.probes
+        return Service(
+            name=name,
+            title=title,
+            description=spec.description,
+            port=spec.port,
+            database=spec.database,
+            prefix=spec.prefix,
+            uses_cache="cache" in spec.uses,
+            calls=tuple(spec.calls),
+            tables=tuple(_table(table, table_spec) for table, table_spec in spec.tables.items()),
+            publishes=tuple(spec.events.publishes),
+            consumes=tuple(spec.events.consumes),
+            routes=tuple(sorted((_route(name, r) for r in spec.routes), key=_route_order)),
+            sagas=tuple(
+                Saga(
+                    name=saga,
+                    timeout_seconds=duration_ms(saga_spec.timeout) // 1000,
+                    steps=tuple(
+                        SagaStep(name=step.name, call=step.call, compensate=step.compensate)
+                        for step in saga_spec.steps
+                    ),
+                )
+                for saga, saga_spec in spec.sagas.items()
+            ),
+            deployable=self.deployable(
+                f"{name}-service",
+                "service",
+                title,
+                spec.port,
+                spec.scaling,
+                spec.resources,
+                probes.liveness if probes else None,
+                probes.readiness if probes else None,
+            ),
+        )
+
+    def topic_of(self, event: str) -> str:
+        return next(
+            topic
+            for topic, topic_spec in self.spec.topics.items()
+            if any(fnmatch.fnmatchcase(event, pattern) for pattern in topic_spec.events)
+        )
+
+    def build(self) -> Platform:
+        spec = self.spec
+        services = tuple(self.service(name, svc) for name, svc in spec.services.items())
+        producer = {event: svc.name for svc in services for event in svc.publishes}
+        events = tuple(
+            Event(
+                name=name,
+                class_name=pascal(name),
+                description=event.description,
+                version=event.version,
+                key=event.key,
+                topic=self.topic_of(name),
+                producer=producer.get(name, ""),
+                consumers=tuple(svc.name for svc in services if name in svc.consumes),
+                payload=tuple(
+                    PayloadField(
+                        name=field,
+                        type=kind.removesuffix(" | null"),
+                        optional=kind.endswith(" | null"),
+                    )
+                    for field, kind in event.payload.items()
+                ),
+            )
+            for name, event in sorted(spec.events.items())
+        )
+        topics = tuple(
+            Topic(
+                name=name,
+                description=topic.description,
+                partitions=topic.partitions,
+                replication=topic.replication,
+                retention_ms=duration_ms(topic.retention),
+                retention=topic.retention,
+                cleanup_policy=topic.cleanup_policy,
+                events=tuple(event.name for event in events if event.topic == name),
+            )
+            for name, topic in sorted(spec.topics.items())
+        )
+        gw = spec.gateway
+        gateway = Gateway(
+            deployable=self.deployable(
+                "api-gateway", "gateway", "API Gateway", gw.port, gw.scaling, gw.resources
+            ),
+            rate_limit_requests=gw.rate_limit.requests,
+            rate_limit_window_seconds=duration_ms(gw.rate_limit.per) // 1000,
+            rate_limit=f"{gw.rate_limit.requests}/{gw.rate_limit.per}",
+            body_limit_bytes=byte_size(gw.body_limit),
+            timeout_seconds=duration_ms(gw.timeout) / 1000,
+            breaker_failures=gw.circuit_breaker.failures,
+            breaker_reset_seconds=duration_ms(gw.circuit_breaker.reset) / 1000,
+            cors_origins=tuple(spec.platform.cors_origins),
+            routes=tuple(
+                sorted(
+                    (route for svc in services for route in svc.routes if route.via_gateway),
+                    key=_route_order,
+                )
+            ),
+        )
+        bus = spec.event_bus
+        event_bus = EventBus(
+            deployable=self.deployable(
+                "event-bus", "event-bus", "Event Bus", bus.port, bus.scaling, bus.resources
+            ),
+            store_retention_seconds=duration_ms(bus.store_retention) // 1000,
+        )
+        return Platform(
+            name=spec.platform.name,
+            namespace=spec.platform.namespace,
+            registry=spec.platform.registry,
+            domain=spec.platform.domain,
+            source=self.source,
+            topics=topics,
+            events=events,
+            services=services,
+            gateway=gateway,
+            event_bus=event_bus,
+        )
+
+
+def build_platform(spec: Spec, source: str) -> Platform:
+    """Resolve a checked spec into the model the targets read."""
+    return _Builder(spec, source).build()

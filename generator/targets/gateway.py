@@ -1,0 +1,10 @@
+"""The gateway's route table: `generated/gateway/routes.yaml`."""
+
+from __future__ import annotations
+
+from generator.model import Platform
+from generator.render import OutputFile
+
+
+def files(platform: Platform) -> list[OutputFile]:
+    return [OutputFile("gateway/routes.yaml", "gateway/routes.yaml.j2", {"platform": platform})]
