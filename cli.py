@@ -44,7 +44,7 @@ def _fail(error: CloudRetailError) -> typer.Exit:
 def _summary(platform: Platform) -> str:
     tables = sum(len(service.tables) for service in platform.services)
     routes = len(platform.gateway.routes)
-    internal = len(platform.routes) - routes
+    internal = sum(not route.via_gateway for route in platform.routes)
     lines = [
         f"{platform.source}: valid",
         f"  services  {len(platform.services)}: "

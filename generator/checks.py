@@ -217,6 +217,39 @@ class _Checker:
                             self.check_call(
                                 (*base, "sagas", saga, "steps", index, attr), name, target
                             )
+        self.check_gateway_routes(routes, prefixes)
+
+    def check_gateway_routes(
+        self, seen: dict[tuple[str, str], str], prefixes: dict[str, str]
+    ) -> None:
+        bus = self.spec.event_bus
+        if bus.prefix in prefixes:
+            self.error(
+                ("event_bus", "prefix"),
+                f"prefix '{bus.prefix}' is already used by service '{prefixes[bus.prefix]}'",
+            )
+        upstreams = {name: svc.prefix for name, svc in self.spec.services.items()}
+        upstreams["event_bus"] = bus.prefix
+        for index, route in enumerate(self.spec.gateway.routes):
+            path: PathKey = ("gateway", "routes", index)
+            if route.upstream not in upstreams:
+                self.error(
+                    (*path, "upstream"),
+                    f"route to unknown service '{route.upstream}'"
+                    f"{suggest(route.upstream, upstreams)}",
+                )
+                continue
+            prefix = upstreams[route.upstream]
+            if not (route.path == prefix or route.path.startswith(prefix + "/")):
+                self.error((*path, "path"), f"path '{route.path}' is outside the prefix '{prefix}'")
+            signature = (route.method, route.path)
+            if signature in seen:
+                self.error(
+                    path, f"duplicate route {route.method} {route.path} (first at {seen[signature]})"
+                )
+            seen.setdefault(signature, dotted(path))
+            if route.roles is not None and route.auth != "authenticated":
+                self.error((*path, "roles"), "`roles` only applies to `auth: authenticated`")
 
     def check_table(self, path: PathKey, table: str, columns: dict[str, ColumnSpec]) -> None:
         keys = [column for column, spec in columns.items() if spec.primary_key]
@@ -247,11 +280,9 @@ class _Checker:
         signature = (route.method, route.path)
         if signature in seen:
             self.error(
-                path,
-                f"duplicate route {route.method} {route.path} "
-                f"(also in service '{seen[signature]}')",
+                path, f"duplicate route {route.method} {route.path} (first at {seen[signature]})"
             )
-        seen.setdefault(signature, service)
+        seen.setdefault(signature, dotted(path))
         if route.auth != "service" and not (
             route.path == svc.prefix or route.path.startswith(svc.prefix + "/")
         ):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from generator.spec import (
     ColumnSpec,
+    GatewayRouteSpec,
     ProbeSpec,
     ResourcesSpec,
     RouteSpec,
@@ -314,6 +315,20 @@ class Service:
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """Where the gateway sends a path prefix: a service or the event bus."""
+
+    name: str
+    title: str
+    prefix: str
+    port: int
+
+    @property
+    def env(self) -> str:
+        return f"{self.name.upper()}_URLS"
+
+
+@dataclass(frozen=True)
 class Gateway:
     deployable: Deployable
     rate_limit_requests: int
@@ -324,12 +339,17 @@ class Gateway:
     breaker_failures: int
     breaker_reset_seconds: float
     cors_origins: tuple[str, ...]
+    upstreams: tuple[Upstream, ...]
     routes: tuple[Route, ...]
+
+    def upstream(self, name: str) -> Upstream:
+        return next(upstream for upstream in self.upstreams if upstream.name == name)
 
 
 @dataclass(frozen=True)
 class EventBus:
     deployable: Deployable
+    prefix: str
     store_retention_seconds: int
 
 
@@ -472,8 +492,9 @@ def _table(name: str, spec: TableSpec) -> Table:
     )
 
 
-def _route(service: str, spec: RouteSpec) -> Route:
-    table, _, operation = (spec.crud or "").partition(".")
+def _route(service: str, spec: RouteSpec | GatewayRouteSpec) -> Route:
+    own = spec if isinstance(spec, RouteSpec) else None
+    table, _, operation = (own.crud or "").partition(".") if own else ("", "", "")
     roles: tuple[str, ...] = ("admin",) if spec.auth == "admin" else tuple(spec.roles or ())
     return Route(
         method=spec.method,
@@ -481,11 +502,11 @@ def _route(service: str, spec: RouteSpec) -> Route:
         service=service,
         auth=spec.auth,
         roles=roles,
-        name=spec.name,
-        handler=spec.handler,
+        name=own.name if own else None,
+        handler=own.handler if own else None,
         crud_table=table or None,
         crud_operation=operation or None,
-        saga=spec.saga,
+        saga=own.saga if own else None,
         description=spec.description,
     )
 
@@ -635,9 +656,16 @@ class _Builder:
             breaker_failures=gw.circuit_breaker.failures,
             breaker_reset_seconds=duration_ms(gw.circuit_breaker.reset) / 1000,
             cors_origins=tuple(spec.platform.cors_origins),
+            upstreams=(
+                *(Upstream(svc.name, svc.title, svc.prefix, svc.port) for svc in services),
+                Upstream("event_bus", "Event Bus", spec.event_bus.prefix, spec.event_bus.port),
+            ),
             routes=tuple(
                 sorted(
-                    (route for svc in services for route in svc.routes if route.via_gateway),
+                    [
+                        *(route for svc in services for route in svc.routes if route.via_gateway),
+                        *(_route(extra.upstream, extra) for extra in gw.routes),
+                    ],
                     key=_route_order,
                 )
             ),
@@ -647,6 +675,7 @@ class _Builder:
             deployable=self.deployable(
                 "event-bus", "event-bus", "Event Bus", bus.port, bus.scaling, bus.resources
             ),
+            prefix=bus.prefix,
             store_retention_seconds=duration_ms(bus.store_retention) // 1000,
         )
         return Platform(

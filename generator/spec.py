@@ -118,18 +118,31 @@ class CircuitBreakerSpec(Strict):
     reset: Duration
 
 
+class GatewayRouteSpec(Strict):
+    """A gateway route to an upstream that is not a spec service's own route (the event bus)."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: UrlPath
+    upstream: str
+    auth: Literal["public", "authenticated", "admin"]
+    roles: list[Identifier] | None = None
+    description: str = ""
+
+
 class GatewaySpec(Strict):
     port: Port
     rate_limit: RateLimitSpec
     body_limit: ByteSize = "1MiB"
     timeout: Duration = "10s"
     circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec(failures=5, reset="30s")
+    routes: list[GatewayRouteSpec] = []
     scaling: ScalingSpec = ScalingSpec()
     resources: ResourcesSpec | None = None
 
 
 class EventBusSpec(Strict):
     port: Port
+    prefix: UrlPath = "/api/events"
     store_retention: Duration = "7d"
     scaling: ScalingSpec = ScalingSpec()
     resources: ResourcesSpec | None = None

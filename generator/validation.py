@@ -91,6 +91,11 @@ def _message(error: Any, path: PathKey) -> str:
     if kind == "string_pattern_mismatch":
         value = error.get("input")
         return f"'{value}' is not valid here (must match {error['ctx']['pattern']})"
+    given = error.get("input")
+    if isinstance(given, str | int | float | bool):
+        return f"{error['msg']} (got {given!r})"
+    if isinstance(given, list | dict):
+        return f"{error['msg']} (got a {'list' if isinstance(given, list) else 'mapping'})"
     return str(error["msg"])
 
 

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from generator import SpecError, load_platform
+from generator.checks import check_spec
+from generator.loader import load_text
+from generator.spec import Spec
+from generator.validation import parse_spec, suggest
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = ROOT / "tests" / "specs" / "minimal.yaml"
+
+
+def _minimal() -> dict:
+    return yaml.safe_load(MINIMAL.read_text())
+
+
+def _issues(data: dict) -> list[str]:
+    document = load_text(yaml.safe_dump(data, sort_keys=False), "t.yaml")
+    try:
+        spec = parse_spec(document)
+    except SpecError as error:
+        return [f"{i.where}: {i.message}" for i in error.issues]
+    return [f"{i.where}: {i.message}" for i in check_spec(spec, document)]
+
+
+def test_the_real_spec_is_valid():
+    platform = load_platform(ROOT / "spec" / "cloudretail.yaml")
+    assert [s.name for s in platform.services] == ["user", "product", "order", "inventory", "payment"]
+
+
+def test_minimal_spec_is_valid():
+    assert _issues(_minimal()) == []
+
+
+def test_unknown_key_is_refused_with_a_suggestion():
+    data = _minimal()
+    data["gateway"]["rate_limt"] = data["gateway"].pop("rate_limit")
+    issues = _issues(data)
+    assert "gateway.rate_limt: unknown key 'rate_limt' (did you mean 'rate_limit'?)" in issues
+
+
+def test_every_problem_is_reported_at_once():
+    data = _minimal()
+    data["services"]["cart"]["port"] = 3001
+    data["services"]["cart"]["calls"] = ["catalogue"]
+    data["services"]["catalog"]["tables"]["items"]["indexes"] = ["nmae"]
+    issues = _issues(data)
+    assert len(issues) == 4, issues
+    assert any("call to unknown service 'catalogue' (did you mean 'catalog'?)" in i for i in issues)
+    assert any("index on unknown column 'nmae' of table 'items' (did you mean 'name'?)" in i for i in issues)
+    assert any("port 3001 is already used" in i for i in issues)
+    # the saga now calls a service that is not in `calls`
+    assert any("does not declare `calls: [catalog]`" in i for i in issues)
+
+
+def test_scaling_merges_defaults_before_comparing():
+    data = _minimal()
+    data["services"]["cart"]["scaling"] = {"min": 5}  # default max is 4
+    assert _issues(data) == ["services.cart.scaling: scaling min (5) is greater than max (4)"]
+
+
+@pytest.mark.parametrize("name", ["class", "match"])
+def test_python_keywords_are_refused_as_service_names(name):
+    data = _minimal()
+    data["services"][name] = data["services"].pop("cart")
+    data["services"]["catalog"]["events"]["consumes"] = []
+    data["events"].pop("cart.checked_out")
+    data["services"][name]["events"]["publishes"] = []
+    issues = _issues(data)
+    assert f"services.{name}: '{name}' is a reserved word in Python; choose another name" in issues
+
+
+def test_model_reserved_column_name():
+    data = _minimal()
+    columns = data["services"]["catalog"]["tables"]["items"]["columns"]
+    columns["metadata"] = {"type": "json"}
+    assert _issues(data) == [
+        "services.catalog.tables.items.columns.metadata: "
+        "'metadata' is reserved by the generated models; choose another name"
+    ]
+
+
+def test_route_needs_handler_or_crud_but_not_both():
+    data = _minimal()
+    data["services"]["catalog"]["routes"][0]["handler"] = "list_items"
+    assert _issues(data) == ["services.catalog.routes[0]: a route names exactly one of `handler` or `crud`"]
+
+
+def test_route_outside_prefix_and_roles_on_admin():
+    data = _minimal()
+    route = data["services"]["catalog"]["routes"][2]
+    route["path"] = "/api/things"
+    route["roles"] = ["vendor"]
+    assert _issues(data) == [
+        "services.catalog.routes[2].path: path '/api/things' is outside the service prefix '/api/items'",
+        "services.catalog.routes[2].roles: `roles` only applies to `auth: authenticated`",
+    ]
+
+
+def test_event_key_must_be_a_payload_field():
+    data = _minimal()
+    data["events"]["item.created"]["key"] = "itemid"
+    assert _issues(data) == [
+        "events.item.created.key: key 'itemid' is not a payload field (did you mean 'item_id'?)"
+    ]
+
+
+def test_default_must_fit_the_column():
+    data = _minimal()
+    columns = data["services"]["catalog"]["tables"]["items"]["columns"]
+    columns["name"]["default"] = 5
+    columns["price"]["default"] = "free"
+    issues = _issues(data)
+    assert "services.catalog.tables.items.columns.name: default 5 does not fit a `string` column" in issues
+    assert "services.catalog.tables.items.columns.price: default 'free' does not fit a `decimal` column" in issues
+
+
+def test_suggest():
+    assert suggest("paymnet", ["payment", "order"]) == " (did you mean 'payment'?)"
+    assert suggest("zzz", ["payment"]) == ""
+
+
+def test_json_schema_is_exported():
+    schema = Spec.model_json_schema()
+    assert schema["additionalProperties"] is False
+    assert "services" in schema["properties"]
