@@ -244,9 +244,8 @@ class _Checker:
                 self.error((*path, "path"), f"path '{route.path}' is outside the prefix '{prefix}'")
             signature = (route.method, route.path)
             if signature in seen:
-                self.error(
-                    path, f"duplicate route {route.method} {route.path} (first at {seen[signature]})"
-                )
+                first = seen[signature]
+                self.error(path, f"duplicate route {route.method} {route.path} (first at {first})")
             seen.setdefault(signature, dotted(path))
             if route.roles is not None and route.auth != "authenticated":
                 self.error((*path, "roles"), "`roles` only applies to `auth: authenticated`")

@@ -12,6 +12,9 @@ from generator.errors import Location, SpecError, SpecIssue
 
 PathKey = tuple[str | int, ...]
 
+# libyaml's parser is ~10x faster than the pure-Python one and keeps the same marks.
+SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 @dataclass
 class Document:
@@ -84,7 +87,7 @@ class _Builder:
 
 def load_text(text: str, source: str) -> Document:
     """Parse YAML text; raise SpecError (with line and column) when it is malformed."""
-    loader = yaml.SafeLoader(text)
+    loader = SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:

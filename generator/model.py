@@ -391,17 +391,18 @@ class Platform:
         return self._flows(lambda event: event.consumers)
 
     def _flows(self, ends: Callable[[Event], tuple[str, ...]]) -> tuple[Flow, ...]:
-        flows: list[Flow] = []
-        for service in self.services:
-            for topic in self.topics:
-                events = tuple(
-                    event.name
-                    for event in self.events
-                    if event.topic == topic.name and service.name in ends(event)
-                )
-                if events:
-                    flows.append(Flow(service=service.name, topic=topic.name, events=events))
-        return tuple(flows)
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for event in self.events:
+            for service in ends(event):
+                grouped.setdefault((service, event.topic), []).append(event.name)
+        order = {service.name: index for index, service in enumerate(self.services)}
+        return tuple(
+            Flow(service=service, topic=topic, events=tuple(events))
+            for (service, topic), events in sorted(
+                grouped.items(), key=lambda item: (order.get(item[0][0], 0), item[0][1])
+            )
+            if service in order
+        )
 
     def service(self, name: str) -> Service:
         return next(service for service in self.services if service.name == name)
