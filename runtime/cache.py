@@ -1,0 +1,196 @@
+"""A small byte cache: Redis when configured, an in-process TTL map otherwise."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from typing import Protocol, runtime_checkable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+CacheValue = bytes | str
+
+
+@runtime_checkable
+class Cache(Protocol):
+    """What services use. Keys are namespaced by the implementation; ttl is in seconds."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: CacheValue, ttl: float | None = None) -> None: ...
+
+    async def delete(self, key: str) -> bool: ...
+
+    async def delete_prefix(self, prefix: str) -> int: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+def _as_bytes(value: CacheValue) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _check_ttl(ttl: float | None) -> None:
+    if ttl is not None and ttl <= 0:
+        raise ValueError(f"ttl must be positive seconds or None, got {ttl}")
+
+
+def _namespace_prefix(namespace: str) -> str:
+    return f"{namespace}:" if namespace else ""
+
+
+class MemoryCache:
+    """Per-process cache with TTLs and LRU eviction; replicas do not share it."""
+
+    def __init__(self, namespace: str = "", max_entries: int = 10_000) -> None:
+        self._prefix = _namespace_prefix(namespace)
+        self._max_entries = max_entries
+        # key -> (monotonic expiry or None, value); order is least recently used first.
+        self._entries: OrderedDict[str, tuple[float | None, bytes]] = OrderedDict()
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+    async def get(self, key: str) -> bytes | None:
+        full_key = self._key(key)
+        entry = self._entries.get(full_key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires is not None and expires <= time.monotonic():
+            del self._entries[full_key]
+            return None
+        self._entries.move_to_end(full_key)
+        return value
+
+    async def set(self, key: str, value: CacheValue, ttl: float | None = None) -> None:
+        _check_ttl(ttl)
+        full_key = self._key(key)
+        expires = None if ttl is None else time.monotonic() + ttl
+        self._entries[full_key] = (expires, _as_bytes(value))
+        self._entries.move_to_end(full_key)
+        if len(self._entries) > self._max_entries:
+            self._evict()
+
+    def _evict(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, (expires, _) in self._entries.items() if expires and expires <= now]:
+            del self._entries[key]
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    async def delete(self, key: str) -> bool:
+        return self._entries.pop(self._key(key), None) is not None
+
+    async def delete_prefix(self, prefix: str) -> int:
+        full_prefix = self._key(prefix)
+        doomed = [key for key in self._entries if key.startswith(full_prefix)]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+class RedisCache:
+    """Redis-backed cache shared by every replica.
+
+    Failures degrade to cache misses with a warning instead of failing the request: the
+    database is still there, and the readiness probe reports the cache as down.
+    """
+
+    def __init__(self, client: Redis, namespace: str = "", scan_batch: int = 500) -> None:
+        self._client = client
+        self._prefix = _namespace_prefix(namespace)
+        self._scan_batch = scan_batch
+
+    @classmethod
+    def from_url(cls, url: str, namespace: str = "", timeout: float = 2.0) -> RedisCache:
+        # Bounded socket timeouts: a stalled Redis must cost milliseconds, not a hung request.
+        client = Redis.from_url(
+            url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            health_check_interval=30,
+        )
+        return cls(client, namespace=namespace)
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+    def _warn(self, operation: str, error: Exception) -> None:
+        logger.warning(
+            "cache operation failed", extra={"operation": operation, "error": repr(error)}
+        )
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self._client.get(self._key(key))
+        except (RedisError, OSError) as error:
+            self._warn("get", error)
+            return None
+        return value if value is None or isinstance(value, bytes) else str(value).encode()
+
+    async def set(self, key: str, value: CacheValue, ttl: float | None = None) -> None:
+        _check_ttl(ttl)
+        # Milliseconds, so fractional TTLs mean what they say; at least 1 ms or Redis refuses.
+        expiry = None if ttl is None else max(1, round(ttl * 1000))
+        try:
+            await self._client.set(self._key(key), _as_bytes(value), px=expiry)
+        except (RedisError, OSError) as error:
+            self._warn("set", error)
+
+    async def delete(self, key: str) -> bool:
+        try:
+            return bool(await self._client.delete(self._key(key)))
+        except (RedisError, OSError) as error:
+            self._warn("delete", error)
+            return False
+
+    async def delete_prefix(self, prefix: str) -> int:
+        # SCAN, not KEYS: KEYS blocks Redis for every client while it walks the keyspace.
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", self._key(prefix)) + "*"
+        deleted = 0
+        batch: list[bytes | str] = []
+        try:
+            async for key in self._client.scan_iter(match=pattern, count=self._scan_batch):
+                batch.append(key)
+                if len(batch) >= self._scan_batch:
+                    deleted += await self._client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                deleted += await self._client.unlink(*batch)
+        except (RedisError, OSError) as error:
+            self._warn("delete_prefix", error)
+        return deleted
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except Exception as error:
+            self._warn("ping", error)
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def make_cache(redis_url: str | None, namespace: str = "") -> Cache:
+    """Redis when a URL is configured, otherwise the in-process cache."""
+    if redis_url:
+        return RedisCache.from_url(redis_url, namespace=namespace)
+    return MemoryCache(namespace=namespace)

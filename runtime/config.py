@@ -1,0 +1,187 @@
+"""Service settings from the environment (12-factor): code has defaults, deployments override."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+Environment = Literal["development", "production"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+# The placeholder every secret starts with; production refuses to run with it.
+DEFAULT_SECRET = "changethis"
+DEFAULT_DATA_DIR = "./.cloudretail/data"
+
+# Variables ending in _URL that are this service's own settings, not other services.
+_OWN_URL_VARIABLES = frozenset({"DATABASE_URL", "REDIS_URL", "JWKS_URL"})
+
+
+class MissingServiceUrlError(LookupError):
+    """A call to another service whose address nobody configured."""
+
+
+def service_env_key(service: str) -> str:
+    """`inventory` -> `INVENTORY`, `event-bus` -> `EVENT_BUS`: the env var stem for a service."""
+    return service.strip().upper().replace("-", "_").replace(".", "_")
+
+
+def default_database_url(database: str, data_dir: str = DEFAULT_DATA_DIR) -> str:
+    """A SQLite file per database, so a laptop runs every service with nothing installed."""
+    return f"sqlite+aiosqlite:///{data_dir.rstrip('/')}/{database}.db"
+
+
+class _ServiceUrlSource(PydanticBaseSettingsSource):
+    """Collects `<SERVICE>_URL` variables; their names are open-ended, so no field can list them."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        urls: dict[str, str] = {}
+        for key, value in os.environ.items():
+            upper = key.upper()
+            if upper.endswith("_URL") and upper not in _OWN_URL_VARIABLES and value.strip():
+                urls[upper.removesuffix("_URL").lower()] = value.strip()
+        return {"service_urls": urls} if urls else {}
+
+
+class ServiceSettings(BaseSettings):
+    """Everything a generated service reads from its environment.
+
+    Arguments given to the constructor win over the environment (handy in tests);
+    `load_settings` is the entry point where the environment wins over code defaults.
+    """
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    service_name: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    host: str = "127.0.0.1"
+    environment: Environment = "development"
+    log_level: LogLevel = "INFO"
+
+    database_url: str
+    database_pool_size: int = Field(default=5, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
+    database_echo: bool = False
+
+    # None means in-process fallbacks: a memory cache, no shared state between replicas.
+    redis_url: str | None = None
+    kafka_bootstrap_servers: str | None = None
+
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwks_url: str | None = None
+    # Shared secret for `auth: service` routes between services.
+    service_token: SecretStr = SecretStr(DEFAULT_SECRET)
+
+    health_check_timeout: float = Field(default=2.0, gt=0)
+    shutdown_timeout: float = Field(default=10.0, ge=0)
+
+    # Filled from `<SERVICE>_URL` variables; keys are lower-case service names.
+    service_urls: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+            _ServiceUrlSource(settings_cls),
+        )
+
+    @field_validator("environment", "log_level", mode="before")
+    @classmethod
+    def _normalise_case(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
+
+    @field_validator("service_urls", mode="after")
+    @classmethod
+    def _normalise_service_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        return {service_env_key(name).lower(): url for name, url in value.items()}
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> ServiceSettings:
+        in_use = self.default_secrets_in_use()
+        if in_use and self.environment == "production":
+            raise ValueError(
+                f"{', '.join(in_use)} still {'has' if len(in_use) == 1 else 'have'} the "
+                f'placeholder value "{DEFAULT_SECRET}"; set real secrets before deploying'
+            )
+        return self
+
+    def default_secrets_in_use(self) -> list[str]:
+        """Secrets still at the placeholder; development runs with them, production refuses."""
+        secrets = {
+            "SERVICE_TOKEN": self.service_token.get_secret_value(),
+            "the DATABASE_URL password": _url_password(self.database_url),
+            "the REDIS_URL password": _url_password(self.redis_url),
+        }
+        return [name for name, value in secrets.items() if value == DEFAULT_SECRET]
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    def service_url(self, service: str, default: str | None = None) -> str:
+        """Base URL of another service, from `<SERVICE>_URL` (e.g. INVENTORY_URL)."""
+        found = self.service_urls.get(service_env_key(service).lower())
+        if found is not None:
+            return found.rstrip("/")
+        if default is not None:
+            return default.rstrip("/")
+        raise MissingServiceUrlError(
+            f"no URL configured for service {service!r}: set {service_env_key(service)}_URL"
+        )
+
+
+def _url_password(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return make_url(url).password
+    except ArgumentError:
+        # Not a URL SQLAlchemy can parse (e.g. some redis forms): nothing to check here.
+        return None
+
+
+def load_settings(service_name: str, port: int, default_database: str) -> ServiceSettings:
+    """Settings for one service: environment first, then the defaults generated into the code.
+
+    `default_database` is either a full URL or a bare database name, which becomes a SQLite
+    file under `.cloudretail/data/`.
+    """
+    database_url = (
+        default_database if "://" in default_database else default_database_url(default_database)
+    )
+    defaults: dict[str, Any] = {"port": port, "database_url": database_url}
+    present = {key.lower() for key, value in os.environ.items() if value.strip()}
+    # Constructor arguments outrank the environment, so pass only what the environment lacks;
+    # the service name is the code's identity and never comes from the environment.
+    given = {key: value for key, value in defaults.items() if key not in present}
+    return ServiceSettings(service_name=service_name, **given)

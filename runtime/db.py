@@ -1,0 +1,201 @@
+"""Async SQLAlchemy engine and sessions for one service database (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool, StaticPool
+
+from runtime.jsonenc import dumps
+
+logger = logging.getLogger(__name__)
+
+_SQLITE_MEMORY = {"", ":memory:"}
+
+
+def normalize_database_url(url: str | URL) -> URL:
+    """Pick the async driver for the URLs people actually paste.
+
+    `postgres://` (Heroku and friends) and `postgresql://` become `postgresql+asyncpg://`;
+    `sqlite://` becomes `sqlite+aiosqlite://`. A URL naming its driver is left alone.
+    """
+    if isinstance(url, str):
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url.removeprefix("postgres://")
+        url = make_url(url)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+asyncpg")
+    elif url.drivername == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    if url.drivername == "postgresql+asyncpg" and "sslmode" in url.query:
+        # asyncpg spells libpq's `sslmode` as `ssl`; passing it through would fail at connect.
+        mode = url.query["sslmode"]
+        url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
+    return url
+
+
+def is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    database = url.database or ""
+    in_memory = database in _SQLITE_MEMORY or url.query.get("mode") == "memory"
+    # `file:` URIs say where they live in their own syntax; leave them to SQLite.
+    if in_memory or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Connection pool occupancy, for metrics. `size` is the configured steady-state size."""
+
+    size: int
+    checked_out: int
+    overflow: int
+
+
+class Database:
+    """An AsyncEngine plus its session factory, built from one URL."""
+
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        echo: bool = False,
+        connect_timeout: float = 5.0,
+        json_serializer: Callable[[Any], str] = dumps,
+    ) -> None:
+        self.url = normalize_database_url(url)
+        options: dict[str, Any] = {"echo": echo, "json_serializer": json_serializer}
+        sqlite_file = _sqlite_file(self.url) if is_sqlite(self.url) else None
+        if is_sqlite(self.url):
+            if sqlite_file is not None:
+                sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+            # sqlite3's timeout is its busy timeout: wait for a writer instead of failing.
+            options["connect_args"] = {"timeout": 30}
+        else:
+            options.update(
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                # A restarted PostgreSQL leaves dead sockets in the pool; test before use.
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args={"timeout": connect_timeout},
+            )
+        self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        # Objects stay usable after commit: in async code a lazy refresh would be an error.
+        self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            self.engine, expire_on_commit=False
+        )
+        self._checked_out = 0
+        self._install_listeners(sqlite_file is not None)
+
+    def _install_listeners(self, sqlite_file: bool) -> None:
+        sync_engine = self.engine.sync_engine
+
+        if is_sqlite(self.url):
+
+            @event.listens_for(sync_engine, "connect")
+            def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+                cursor = dbapi_connection.cursor()
+                # SQLite ignores foreign keys unless asked, per connection.
+                cursor.execute("PRAGMA foreign_keys=ON")
+                if sqlite_file:
+                    # WAL lets readers work while one writer commits.
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                    cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.close()
+
+        # Only pools without their own counters (StaticPool, NullPool) need these.
+        @event.listens_for(sync_engine, "checkout")
+        def _checkout(*_args: Any) -> None:
+            self._checked_out += 1
+
+        @event.listens_for(sync_engine, "checkin")
+        def _checkin(*_args: Any) -> None:
+            self._checked_out = max(0, self._checked_out - 1)
+
+    @property
+    def dialect_name(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password masked, fit for logs."""
+        return self.url.render_as_string(hide_password=True)
+
+    async def ping(self) -> bool:
+        """True when a connection answers `SELECT 1`; never raises, for health checks."""
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as error:
+            logger.warning(
+                "database ping failed",
+                extra={"database": self.safe_url, "error": f"{type(error).__name__}: {error}"},
+            )
+            return False
+        return True
+
+    def pool_stats(self) -> PoolStats:
+        pool = self.engine.sync_engine.pool
+        if isinstance(pool, QueuePool):
+            # overflow() starts at -pool_size; only connections beyond the size are overflow.
+            return PoolStats(
+                size=pool.size(), checked_out=pool.checkedout(), overflow=max(0, pool.overflow())
+            )
+        size = 1 if isinstance(pool, StaticPool) else 0
+        return PoolStats(size=size, checked_out=self._checked_out, overflow=0)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work: committed when the block ends, rolled back if it raises."""
+        async with self.sessionmaker() as session:
+            try:
+                yield session
+                await session.commit()
+            except Exception:
+                await session.rollback()
+                raise
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def get_database(request: Request) -> Database:
+    database = getattr(request.app.state, "database", None)
+    if not isinstance(database, Database):
+        raise RuntimeError(
+            "no Database on app.state.database: build the app with create_service_app "
+            "or set app.state.database yourself"
+        )
+    return database
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request, committed when the endpoint returns."""
+    async with get_database(request).session() as session:
+        yield session
+
+
+# scope="function" ends the dependency before the response is sent, so a failing commit
+# (say a unique violation) still becomes the response instead of a 200 for lost data.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,160 @@
+"""Fixtures for runtime tests: real SQLite, PostgreSQL and Redis, never mocks of them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from runtime.config import ServiceSettings
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "CLOUDRETAIL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+POSTGRES_TEST_DATABASE = "cloudretail_test_runtime"
+REDIS_TEST_URL = os.environ.get("CLOUDRETAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Nothing listens on port 1, so connections are refused at once instead of timing out.
+DEAD_POSTGRES_URL = "postgresql://postgres@127.0.0.1:1/cloudretail_nowhere"
+TEST_TOKEN = "test-service-token"
+# Set in CI, where the servers are part of the job: unreachable then fails instead of skipping.
+REQUIRE_SERVICES = os.environ.get("CLOUDRETAIL_REQUIRE_SERVICES", "") not in ("", "0")
+
+# Variables the settings read; cleared so a developer's shell cannot change test outcomes.
+_SETTINGS_VARIABLES = (
+    "PORT",
+    "HOST",
+    "ENVIRONMENT",
+    "LOG_LEVEL",
+    "DATABASE_URL",
+    "DATABASE_POOL_SIZE",
+    "DATABASE_MAX_OVERFLOW",
+    "DATABASE_ECHO",
+    "REDIS_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "JWKS_URL",
+    "SERVICE_TOKEN",
+    "SERVICE_NAME",
+    "SERVICE_URLS",
+    "HEALTH_CHECK_TIMEOUT",
+    "SHUTDOWN_TIMEOUT",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.upper() in _SETTINGS_VARIABLES or name.upper().endswith("_URL"):
+            monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _admin_dsn() -> str:
+    return POSTGRES_ADMIN_URL.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def _ensure_database() -> None:
+    connection = await asyncpg.connect(_admin_dsn(), timeout=3)
+    try:
+        exists = await connection.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", POSTGRES_TEST_DATABASE
+        )
+        if not exists:
+            await connection.execute(f'CREATE DATABASE "{POSTGRES_TEST_DATABASE}"')
+    finally:
+        await connection.close()
+
+
+def _run_in_own_loop(probe: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    # These session fixtures may first be requested from inside a running test loop
+    # (getfixturevalue in an async fixture), where asyncio.run is not allowed.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, probe()).result()
+
+
+def _unreachable(what: str, error: BaseException) -> None:
+    message = f"{what}: {error!r}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (CLOUDRETAIL_REQUIRE_SERVICES is set)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """URL of a scratch PostgreSQL database; skips (saying why) when no server answers."""
+    try:
+        _run_in_own_loop(_ensure_database)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+        _unreachable(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}", error)
+    base, _, _ = _admin_dsn().rpartition("/")
+    return f"{base}/{POSTGRES_TEST_DATABASE}"
+
+
+async def _redis_answers() -> None:
+    client = Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of a Redis database for tests; skips (saying why) when no server answers."""
+    try:
+        _run_in_own_loop(_redis_answers)
+    except (RedisError, OSError) as error:
+        _unreachable(f"Redis not reachable at {REDIS_TEST_URL}", error)
+    return REDIS_TEST_URL
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path}/data/service.db"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using it runs once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/data/service.db"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def unique_name(stem: str) -> str:
+    """Table names unique per test, so parallel runs on one server never collide."""
+    return f"{stem}_{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(database_url: str, **overrides: Any) -> ServiceSettings:
+    values: dict[str, Any] = {
+        "service_name": "testsvc",
+        "port": 3999,
+        "database_url": database_url,
+        "service_token": TEST_TOKEN,
+        "health_check_timeout": 2.0,
+    }
+    values.update(overrides)
+    return ServiceSettings(**values)
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan entered, as a server would run it, and a client for it."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
