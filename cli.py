@@ -62,11 +62,22 @@ def _summary(platform: Platform) -> str:
     return "\n".join(lines)
 
 
+HandlersOption = Annotated[
+    Path | None,
+    typer.Option("--handlers", help="Folder of hand-written handlers [default: beside --out]."),
+]
+
+
 @app.command()
-def validate(spec: SpecArgument = DEFAULT_SPEC) -> None:
+def validate(
+    spec: SpecArgument = DEFAULT_SPEC,
+    handlers: Annotated[
+        Path, typer.Option("--handlers", help="Folder of hand-written handlers.")
+    ] = Path("handlers"),
+) -> None:
     """Check a spec; print a summary when it is valid, every problem when it is not."""
     try:
-        platform = load_platform(spec)
+        platform = load_platform(spec, handlers_dir=handlers)
     except CloudRetailError as error:
         raise _fail(error) from None
     typer.echo(_summary(platform))
@@ -79,19 +90,24 @@ def generate_command(
     check: Annotated[
         bool, typer.Option("--check", help="Write nothing; show the diff, exit 1 when stale.")
     ] = False,
+    handlers: HandlersOption = None,
 ) -> None:
-    """Render the spec into the output folder (only changed files are written)."""
+    """Render the spec into the output folder (only changed files are written) and add
+    stubs for handlers the spec names but nobody has written yet."""
     try:
-        result = generate(spec, out, check=check)
+        result = generate(spec, out, check=check, handlers_dir=handlers)
     except CloudRetailError as error:
         raise _fail(error) from None
     plan = result.plan
     if check:
-        if plan.stale:
+        if result.stale:
             sys.stdout.write(plan.diff())
+            for stub in result.stubs:
+                typer.echo(f"{stub.path} lacks handlers: {', '.join(stub.handlers)}", err=True)
             typer.echo(
                 f"{out}/ is stale: {len(plan.added)} to add, {len(plan.changed)} to change, "
-                f"{len(plan.removed)} to remove; run `cloudretail generate`",
+                f"{len(plan.removed)} to remove, {len(result.stubs)} handler files to extend; "
+                "run `cloudretail generate`",
                 err=True,
             )
             raise typer.Exit(EXIT_STALE)
@@ -104,6 +120,9 @@ def generate_command(
     ):
         for path in paths:
             typer.echo(f"  {label:<8}{out / path}")
+    for stub in result.stubs:
+        verb = "created" if stub.created else "extended"
+        typer.echo(f"  {verb:<8}{stub.path} with stubs: {', '.join(stub.handlers)}")
     typer.echo(
         f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
         f"{len(plan.unchanged)} unchanged"

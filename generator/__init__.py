@@ -11,7 +11,8 @@ from pathlib import Path
 
 from generator.checks import check_spec
 from generator.errors import CloudRetailError, OutputConflictError, SpecError, SpecIssue
-from generator.loader import load_file
+from generator.handlers import HandlerChange, missing_handlers, plan_stubs, write_stubs
+from generator.loader import dotted, load_file
 from generator.model import Platform, build_platform
 from generator.render import render_files
 from generator.targets import all_files
@@ -42,15 +43,33 @@ def source_name(spec_path: Path) -> str:
         return os.path.basename(resolved)
 
 
-def load_platform(spec_path: Path) -> Platform:
-    """Load, validate and resolve a spec; raise SpecError with every problem found."""
+def load_platform(spec_path: Path, *, handlers_dir: Path | None = None) -> Platform:
+    """Load, validate and resolve a spec; raise SpecError with every problem found.
+
+    With `handlers_dir`, a handler the spec names that `handlers_dir/<service>.py` does not
+    define is a problem too (`generate` writes stubs for those instead).
+    """
     source = source_name(spec_path)
     document = load_file(spec_path, source)
     spec = parse_spec(document)
     issues = check_spec(spec, document)
     if issues:
         raise SpecError(issues)
-    return build_platform(spec, source)
+    platform = build_platform(spec, source)
+    if handlers_dir is not None:
+        issues = [
+            SpecIssue(
+                document.locate(path := ("services", name, "routes", route.index, "handler")),
+                dotted(path),
+                f"handler '{route.handler}' is not defined in {handlers_dir / name}.py; "
+                "`cloudretail generate` writes a stub for it",
+            )
+            for name, routes in missing_handlers(platform, handlers_dir).items()
+            for route in routes
+        ]
+        if issues:
+            raise SpecError(issues)
+    return platform
 
 
 def render(platform: Platform) -> dict[str, str]:
@@ -61,13 +80,27 @@ def render(platform: Platform) -> dict[str, str]:
 @dataclass(frozen=True)
 class GenerateResult:
     plan: Plan
+    stubs: list[HandlerChange]
     written: bool
 
+    @property
+    def stale(self) -> bool:
+        return self.plan.stale or bool(self.stubs)
 
-def generate(spec_path: Path, out_dir: Path, *, check: bool = False) -> GenerateResult:
-    """Render the spec into `out_dir`; with `check`, only compare (nothing is written)."""
+
+def generate(
+    spec_path: Path,
+    out_dir: Path,
+    *,
+    check: bool = False,
+    handlers_dir: Path | None = None,
+) -> GenerateResult:
+    """Render the spec into `out_dir` and add stubs for missing handlers (by default in
+    `handlers/` beside `out_dir`); with `check`, only compare: nothing is written."""
     platform = load_platform(spec_path)
     result = plan(out_dir, render(platform))
+    stubs = plan_stubs(platform, handlers_dir or out_dir.parent / "handlers")
     if not check:
         apply(result)
-    return GenerateResult(plan=result, written=not check and result.stale)
+        write_stubs(stubs)
+    return GenerateResult(plan=result, stubs=stubs, written=not check and result.stale)

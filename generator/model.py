@@ -189,6 +189,7 @@ class Route:
     crud_operation: str | None
     saga: str | None
     description: str
+    index: int  # position in the spec's list of routes, for error locations
 
     @property
     def via_gateway(self) -> bool:
@@ -493,7 +494,7 @@ def _table(name: str, spec: TableSpec) -> Table:
     )
 
 
-def _route(service: str, spec: RouteSpec | GatewayRouteSpec) -> Route:
+def _route(service: str, spec: RouteSpec | GatewayRouteSpec, index: int) -> Route:
     own = spec if isinstance(spec, RouteSpec) else None
     table, _, operation = (own.crud or "").partition(".") if own else ("", "", "")
     roles: tuple[str, ...] = ("admin",) if spec.auth == "admin" else tuple(spec.roles or ())
@@ -509,6 +510,7 @@ def _route(service: str, spec: RouteSpec | GatewayRouteSpec) -> Route:
         crud_operation=operation or None,
         saga=own.saga if own else None,
         description=spec.description,
+        index=index,
     )
 
 
@@ -575,7 +577,12 @@ class _Builder:
             tables=tuple(_table(table, table_spec) for table, table_spec in spec.tables.items()),
             publishes=tuple(spec.events.publishes),
             consumes=tuple(spec.events.consumes),
-            routes=tuple(sorted((_route(name, r) for r in spec.routes), key=_route_order)),
+            routes=tuple(
+                sorted(
+                    (_route(name, route, index) for index, route in enumerate(spec.routes)),
+                    key=_route_order,
+                )
+            ),
             sagas=tuple(
                 Saga(
                     name=saga,
@@ -665,7 +672,7 @@ class _Builder:
                 sorted(
                     [
                         *(route for svc in services for route in svc.routes if route.via_gateway),
-                        *(_route(extra.upstream, extra) for extra in gw.routes),
+                        *(_route(extra.upstream, extra, i) for i, extra in enumerate(gw.routes)),
                     ],
                     key=_route_order,
                 )

@@ -35,6 +35,11 @@ def _yaml_scalar(value: Any) -> str:
     return json.dumps(text)
 
 
+def pystr(value: str) -> str:
+    """A Python string literal in double quotes, as ruff's formatter writes it."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates)),
@@ -46,6 +51,7 @@ def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
     )
     env.filters["yaml"] = _yaml_scalar
     env.filters["json"] = lambda value: json.dumps(value, sort_keys=True)
+    env.filters["pystr"] = pystr
     return env
 
 

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 from generator.model import Platform
 from generator.render import OutputFile
-from generator.targets import docs, gateway, topics
+from generator.targets import docs, gateway, services, topics
 
 Target = Callable[[Platform], list[OutputFile]]
 
-TARGETS: tuple[Target, ...] = (topics.files, gateway.files, docs.files)
+TARGETS: tuple[Target, ...] = (topics.files, gateway.files, docs.files, services.files)
 
 
 def all_files(platform: Platform) -> list[OutputFile]:

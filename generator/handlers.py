@@ -1,0 +1,125 @@
+"""Hand-written handlers: find the ones the spec names, write stubs for the missing ones.
+
+`handlers/<service>.py` belongs to the user. The generator only ever adds to it: a new
+file for a service that has none, or a stub appended for a handler the file lacks. It never
+rewrites what is there.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from generator.model import Platform, Route, Service
+
+_HEADER = '''"""Hand-written logic of the {service} service's routes.
+
+Each function handles one route of the spec; `cloudretail generate` adds a stub here for a
+route it cannot find and never changes what is already written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.handlers import Context, not_implemented
+'''
+
+_NEEDED_IMPORTS = {
+    "Any": "from typing import Any",
+    "Context": "from runtime.handlers import Context",
+    "not_implemented": "from runtime.handlers import not_implemented",
+}
+
+
+@dataclass(frozen=True)
+class HandlerChange:
+    path: Path
+    text: str
+    created: bool
+    handlers: tuple[str, ...]
+
+
+def _stub(service: Service, route: Route) -> str:
+    auth = route.auth if not route.roles else f"{route.auth}: {', '.join(route.roles)}"
+    return (
+        f"\n\nasync def {route.handler}(ctx: Context) -> Any:\n"
+        f'    """{route.method} {route.path} ({auth})."""\n'
+        f'    raise not_implemented("{service.name}", "{route.handler}")\n'
+    )
+
+
+def defined_functions(source: str) -> set[str]:
+    """Top-level function names of a module (async or not); empty when it does not parse."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {
+        node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+
+def _imported_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom | ast.Import):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def _with_imports(source: str, needed: list[str]) -> str:
+    tree = ast.parse(source)
+    missing = [_NEEDED_IMPORTS[name] for name in needed if name not in _imported_names(tree)]
+    if not missing:
+        return source
+    imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    lines = source.splitlines(keepends=True)
+    at = imports[-1].end_lineno if imports and imports[-1].end_lineno else 0
+    return "".join([*lines[:at], *(line + "\n" for line in missing), *lines[at:]])
+
+
+def missing_handlers(platform: Platform, folder: Path) -> dict[str, list[Route]]:
+    """Routes whose handler function is not in `folder/<service>.py`, by service."""
+    missing: dict[str, list[Route]] = {}
+    for service in platform.services:
+        routes = sorted((r for r in service.routes if r.handler), key=lambda r: r.index)
+        if not routes:
+            continue
+        path = folder / f"{service.name}.py"
+        source = path.read_text(encoding="utf-8") if path.exists() else ""
+        present = defined_functions(source)
+        absent = [route for route in routes if route.handler not in present]
+        if absent:
+            missing[service.name] = absent
+    return missing
+
+
+def plan_stubs(platform: Platform, folder: Path) -> list[HandlerChange]:
+    changes = []
+    for name, routes in missing_handlers(platform, folder).items():
+        service = platform.service(name)
+        path = folder / f"{name}.py"
+        stubs = "".join(_stub(service, route) for route in routes)
+        if path.exists():
+            source = path.read_text(encoding="utf-8")
+            # A file that does not parse is left as it is; the stubs still go at the end.
+            with contextlib.suppress(SyntaxError):
+                source = _with_imports(source, list(_NEEDED_IMPORTS))
+            text = source.rstrip("\n") + "\n" + stubs
+        else:
+            text = _HEADER.format(service=name) + stubs
+        handlers = tuple(route.handler or "" for route in routes)
+        changes.append(HandlerChange(path, text, not path.exists(), handlers))
+    return changes
+
+
+def write_stubs(changes: list[HandlerChange]) -> None:
+    for change in changes:
+        change.path.parent.mkdir(parents=True, exist_ok=True)
+        init = change.path.parent / "__init__.py"
+        if not init.exists():
+            init.write_text('"""Hand-written domain logic, one module per service."""\n')
+        change.path.write_text(change.text, encoding="utf-8")

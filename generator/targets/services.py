@@ -1,0 +1,523 @@
+"""One FastAPI service per spec service: `generated/services/<name>/`.
+
+This module turns the model into the Python-specific view the templates print: type
+expressions, imports, whole lines wrapped to 100 columns. Templates make no decisions.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from dataclasses import dataclass
+
+from generator.model import Column, Platform, Route, Service, Table, pascal
+from generator.pycode import Imports, call
+from generator.render import OutputFile, pystr
+from generator.sqlschema import check_name, unique_name
+
+PAGE_LIMIT_DEFAULT = 20
+PAGE_LIMIT_MAX = 100
+
+_PYTHON_TYPES = {
+    "uuid": "uuid.UUID",
+    "string": "str",
+    "text": "str",
+    "enum": "str",
+    "integer": "int",
+    "bigint": "int",
+    "decimal": "Decimal",
+    "boolean": "bool",
+    "timestamp": "datetime",
+    "json": "Any",
+}
+# What each Python type needs imported, as (module, name) or (module,) for `import module`.
+_TYPE_IMPORTS: dict[str, tuple[str, ...]] = {
+    "uuid.UUID": ("uuid",),
+    "Decimal": ("decimal", "Decimal"),
+    "datetime": ("datetime", "datetime"),
+    "Any": ("typing", "Any"),
+}
+_SA_TYPES = {
+    "uuid": "sa.Uuid",
+    "text": "sa.Text",
+    "integer": "sa.Integer",
+    "bigint": "sa.BigInteger",
+    "boolean": "sa.Boolean",
+    "timestamp": "UTCDateTime",
+    "json": "JSONType",
+}
+_CHECK_OPERATORS = {">=": "ge", ">": "gt", "<=": "le", "<": "lt"}
+
+
+@dataclass(frozen=True)
+class ColumnCode:
+    name: str
+    secret: bool
+    schema_type: str
+    model_line: str
+    create_line: str | None
+    update_line: str | None
+
+
+@dataclass(frozen=True)
+class FilterCode:
+    name: str
+    param: str
+    condition: str
+
+
+@dataclass(frozen=True)
+class TableCode:
+    table: Table
+    class_name: str
+    columns: tuple[ColumnCode, ...]
+    table_args: tuple[str, ...]
+    filters: tuple[FilterCode, ...]
+    sort_values: tuple[str, ...]
+    aliases: tuple[str, ...]
+    where_line: str
+    not_null_line: str
+    default_order: str
+    key_type: str
+    cache_ttl: int | None
+
+
+@dataclass(frozen=True)
+class RouteCode:
+    route: Route
+    function: str
+    kind: str  # "handler" or a CRUD operation
+    decorator: str
+    params: tuple[str, ...]
+    returns: str
+    table: TableCode | None
+    key_param: str | None
+
+
+@dataclass(frozen=True)
+class ServiceCode:
+    service: Service
+    package: str
+    docstring: str
+    tables: tuple[TableCode, ...]
+    routes: tuple[RouteCode, ...]
+    model_imports: str
+    schema_imports: str
+    route_imports: str
+
+
+# -- columns -------------------------------------------------------------------------------
+
+
+def _add_type(imports: Imports, python_type: str) -> None:
+    needed = _TYPE_IMPORTS.get(python_type)
+    if needed:
+        imports.add(*needed)
+
+
+def _sa_type(column: Column) -> str:
+    if column.type in {"string", "enum"}:
+        return f"sa.String({column.length})"
+    if column.type == "decimal":
+        return f"DecimalType({column.precision}, {column.scale})"
+    return _SA_TYPES[column.type]
+
+
+def _decimal(value: object) -> str:
+    return f'Decimal("{value}")'
+
+
+def _server_default(column: Column) -> str | None:
+    default = column.default
+    if default is None or default == "gen_random_uuid":
+        return None
+    if default == "now":
+        return 'sa.text("CURRENT_TIMESTAMP")'
+    if isinstance(default, bool):
+        return f'sa.text("{"true" if default else "false"}")'
+    if isinstance(default, int | float):
+        return f'sa.text("{default}")'
+    return pystr(str(default))
+
+
+def _python_default(column: Column) -> str | None:
+    default = column.default
+    if default is None:
+        return None
+    if default == "gen_random_uuid":
+        return "uuid.uuid4"
+    if default == "now":
+        return "utc_now"
+    if column.type == "decimal":
+        return _decimal(default)
+    return pystr(default) if isinstance(default, str) else repr(default)
+
+
+def _model_line(column: Column) -> str:
+    args = [_sa_type(column)]
+    if column.primary_key:
+        args.append("primary_key=True")
+    elif not column.nullable:
+        args.append("nullable=False")
+    default = _python_default(column)
+    if default is not None:
+        args.append(f"default={default}")
+    server_default = _server_default(column)
+    if server_default is not None:
+        args.append(f"server_default={server_default}")
+    if column.on_update_now:
+        args.append("onupdate=utc_now")
+    mapped = _PYTHON_TYPES[column.type] + (" | None" if column.nullable else "")
+    return call(f"{column.name}: Mapped[{mapped}] = mapped_column(", args, indent=4)
+
+
+def enum_alias(table: Table, column: Column) -> str:
+    """Enum columns get a named Literal type: `OrderStatus = Literal["pending", ...]`."""
+    return f"{table.class_name}{pascal(column.name)}"
+
+
+def _schema_type(column: Column, table: Table) -> str:
+    if column.type == "enum":
+        return enum_alias(table, column)
+    return _PYTHON_TYPES[column.type]
+
+
+def _constraints(column: Column) -> list[str]:
+    found = []
+    if column.type == "string" and column.length:
+        found.append(f"max_length={column.length}")
+    if column.type == "decimal":
+        found += [f"max_digits={column.precision}", f"decimal_places={column.scale}"]
+    if column.check is not None:
+        match = re.fullmatch(r"(>=|<=|>|<)\s*(-?[0-9.]+)", column.check)
+        if match:
+            bound = _decimal(match.group(2)) if column.type == "decimal" else match.group(2)
+            found.append(f"{_CHECK_OPERATORS[match.group(1)]}={bound}")
+    return found
+
+
+def _field_line(column: Column, table: Table, *, optional: bool, default: str | None) -> str:
+    annotation = _schema_type(column, table) + (" | None" if optional else "")
+    constraints = _constraints(column)
+    head = f"{column.name}: {annotation}"
+    if not constraints:
+        return f"    {head}" + (f" = {default}" if default is not None else "")
+    args = ([f"default={default}"] if default is not None else []) + constraints
+    return call(f"{head} = Field(", args, indent=4)
+
+
+def _create_line(column: Column, table: Table) -> str | None:
+    if column.generated:
+        return None
+    if column.default is not None:
+        default = _python_default(column)
+        return _field_line(column, table, optional=column.nullable, default=default)
+    if column.nullable:
+        return _field_line(column, table, optional=True, default="None")
+    return _field_line(column, table, optional=False, default=None)
+
+
+def _update_line(column: Column, table: Table) -> str | None:
+    if column.generated or column.primary_key:
+        return None
+    return _field_line(column, table, optional=True, default="None")
+
+
+def _column_code(column: Column, table: Table) -> ColumnCode:
+    return ColumnCode(
+        name=column.name,
+        secret=column.secret,
+        schema_type=_schema_type(column, table) + (" | None" if column.nullable else ""),
+        model_line=_model_line(column),
+        create_line=_create_line(column, table),
+        update_line=_update_line(column, table),
+    )
+
+
+# -- tables --------------------------------------------------------------------------------
+
+
+def _table_args(table: Table) -> tuple[str, ...]:
+    args = [
+        call(
+            "sa.CheckConstraint(",
+            [pystr(column.check_sql), f"name={pystr(check_name(table, column))}"],
+            indent=8,
+        ).strip()
+        for column in table.columns
+        if column.check_sql is not None
+    ]
+    args += [
+        f"sa.UniqueConstraint({pystr(column.name)}, name={pystr(unique_name(table, column))})"
+        for column in table.columns
+        if column.unique
+    ]
+    args += [
+        "sa.Index("
+        + ", ".join(pystr(part) for part in (index.name, *index.columns))
+        + (", unique=True" if index.unique else "")
+        + ")"
+        for index in table.indexes
+    ]
+    return tuple(args)
+
+
+def _filter_code(table: Table, name: str, op: str, columns: tuple[str, ...]) -> FilterCode:
+    if op == "search":
+        targets = ", ".join(f"{table.class_name}.{column}" for column in columns)
+        targets += "," if len(columns) == 1 else ""
+        return FilterCode(name, f"{name}: str | None = None", f"crud.search(({targets}), {name})")
+    column = next(c for c in table.columns if c.name == columns[0])
+    python_type = _PYTHON_TYPES[column.type]
+    return FilterCode(
+        name,
+        f"{name}: {python_type} | None = None",
+        f"crud.{op}({table.class_name}.{column.name}, {name})",
+    )
+
+
+def _table_code(table: Table) -> TableCode:
+    filters = tuple(_filter_code(table, f.name, f.op, f.columns) for f in table.filters)
+    sort_values = tuple(value for column in table.sort for value in (column, f"-{column}"))
+    not_null = sorted(
+        c.name for c in table.columns if not c.nullable and not c.generated and not c.primary_key
+    )
+    not_null_line = ""
+    if not_null:
+        head = "    not_null: ClassVar[frozenset[str]] = frozenset("
+        names = [pystr(name) for name in not_null]
+        not_null_line = head + "{" + ", ".join(names) + "})"
+        if len(not_null_line) > 100:
+            items = "".join(f"            {name},\n" for name in names)
+            not_null_line = f"{head}\n        {{\n{items}        }}\n    )"
+    aliases = [
+        call(f"{enum_alias(table, c)} = Literal[", [pystr(v) for v in c.values], indent=0, tail="]")
+        for c in table.columns
+        if c.type == "enum"
+    ]
+    if sort_values:
+        values = [pystr(value) for value in sort_values]
+        aliases.append(call(f"{table.class_name}Sort = Literal[", values, indent=0, tail="]"))
+    return TableCode(
+        table=table,
+        class_name=table.class_name,
+        columns=tuple(_column_code(column, table) for column in table.columns),
+        table_args=_table_args(table),
+        filters=filters,
+        sort_values=sort_values,
+        aliases=tuple(aliases),
+        where_line=call("where = crud.where(", [f.condition for f in filters], indent=4),
+        not_null_line=not_null_line,
+        default_order=table.sort[0] if table.sort else table.primary_key.name,
+        key_type=_PYTHON_TYPES[table.primary_key.type],
+        cache_ttl=table.cache_ttl_seconds,
+    )
+
+
+# -- routes --------------------------------------------------------------------------------
+
+
+def _path_params(path: str) -> list[str]:
+    return re.findall(r"{([a-z_][a-z0-9_]*)}", path)
+
+
+def _route_code(route: Route, tables: dict[str, TableCode]) -> RouteCode:
+    table = tables.get(route.crud_table or "")
+    kind = route.crud_operation or "handler"
+    params = _path_params(route.path)
+    key_param = params[-1] if params else None
+    if table is None:
+        function = route.handler or ""
+        tag = route.service
+    else:
+        noun = table.table.name if kind == "list" else table.table.row_name
+        function = f"{kind}_{noun}"
+        tag = table.table.name
+    decorator_args = [pystr(route.path)]
+    signature: list[str] = []
+    returns = "Any"
+    if table is None:
+        signature = ["ctx: ContextDep", *(f"{name}: str" for name in params)]
+    else:
+        cls = table.class_name
+        key = f"{key_param}: {table.key_type}" if key_param else None
+        cached = table.cache_ttl is not None
+        read = f"{cls}Read"
+        if kind == "list":
+            decorator_args.append(f"response_model={cls}Page")
+            signature = (["request: Request"] if cached else []) + ["session: SessionDep"]
+            signature += ["cache: CacheDep"] if cached else []
+            signature += [
+                f"limit: Annotated[int, Query(ge=1, le={PAGE_LIMIT_MAX})] = {PAGE_LIMIT_DEFAULT}",
+                "offset: Annotated[int, Query(ge=0)] = 0",
+            ]
+            if table.sort_values:
+                signature.append(f"sort: {cls}Sort | None = None")
+            else:
+                signature.append("sort: str | None = None")
+            signature += [f.param for f in table.filters]
+            returns = "Response" if cached else f"{cls}Page"
+        elif kind == "get":
+            decorator_args.append(f"response_model={read}")
+            signature = ["request: Request"] if cached else []
+            signature += [key or "", "session: SessionDep"]
+            signature += ["cache: CacheDep"] if cached else []
+            returns = "Response" if cached else read
+        elif kind in {"create", "replace", "update"}:
+            body = f"{cls}Update" if kind == "update" else f"{cls}Create"
+            decorator_args.append(f"response_model={read}")
+            if kind == "create":
+                decorator_args.append("status_code=201")
+            signature = ([key] if key else []) + [f"body: {body}", "session: SessionDep"]
+            signature += ["cache: CacheDep"] if cached else []
+            returns = read
+        elif kind == "delete":
+            decorator_args.append("status_code=204")
+            decorator_args.append("response_class=Response")
+            signature = [key or "", "session: SessionDep"] + (["cache: CacheDep"] if cached else [])
+            returns = "Response"
+    decorator_args.append(f"tags=[{pystr(tag)}]")
+    if route.auth == "service":
+        decorator_args.append("dependencies=[Depends(require_service)]")
+    elif route.auth != "public":
+        roles = ", ".join(pystr(role) for role in route.roles)
+        decorator_args.append(f"dependencies=[Depends(require({roles}))]")
+    decorator = call(f"@router.{route.method.lower()}(", decorator_args, indent=0)
+    return RouteCode(
+        route=route,
+        function=function,
+        kind=kind,
+        decorator=decorator,
+        params=tuple(signature),
+        returns=returns,
+        table=table,
+        key_param=key_param,
+    )
+
+
+# -- imports -------------------------------------------------------------------------------
+
+
+def _model_imports(service: Service) -> str:
+    imports = (
+        Imports()
+        .add("sqlalchemy as sa")
+        .add("sqlalchemy.orm", "DeclarativeBase", "Mapped", "mapped_column")
+    )
+    runtime = {"decimal": "DecimalType", "json": "JSONType", "timestamp": "UTCDateTime"}
+    for table in service.tables:
+        for column in table.columns:
+            _add_type(imports, _PYTHON_TYPES[column.type])
+            if column.type in runtime:
+                imports.add("runtime.types", runtime[column.type])
+            if column.default == "now" or column.on_update_now:
+                imports.add("runtime.types", "utc_now")
+            if column.default == "gen_random_uuid":
+                imports.add("uuid")
+    return imports.lines()
+
+
+def _schema_imports(service: Service, tables: tuple[TableCode, ...]) -> str:
+    imports = Imports().add("pydantic", "BaseModel", "ConfigDict")
+    imports.add("runtime.schemas", "PatchModel")
+    text = "\n".join(
+        line
+        for table in tables
+        for column in table.columns
+        for line in (column.create_line, column.update_line)
+        if line
+    )
+    for table in service.tables:
+        for column in table.columns:
+            _add_type(imports, _PYTHON_TYPES[column.type])
+    if "Field(" in text:
+        imports.add("pydantic", "Field")
+    if any(t.aliases for t in tables):
+        imports.add("typing", "Literal")
+    if any(t.not_null_line for t in tables):
+        imports.add("typing", "ClassVar")
+    return imports.lines()
+
+
+def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
+    imports = Imports().add("fastapi", "APIRouter")
+    package = f"generated.services.{service.name}"
+    text = "\n".join(param for route in routes for param in route.params)
+    text += "\n".join(route.returns + route.decorator for route in routes)
+    for route in routes:
+        if route.kind == "handler":
+            imports.add("typing", "Any")
+            imports.add("runtime.handlers", "ContextDep")
+            imports.add("handlers", f"{service.name} as handlers")
+            continue
+        assert route.table is not None
+        imports.add("runtime", "crud")
+        cls = route.table.class_name
+        imports.add(f"{package}.models", cls)
+        schemas = {
+            "list": ["Page", "Read"] + (["Sort"] if route.table.sort_values else []),
+            "get": ["Read"],
+            "create": ["Create", "Read"],
+            "replace": ["Create", "Read"],
+            "update": ["Update", "Read"],
+            "delete": [],
+        }[route.kind]
+        if schemas:
+            imports.add(f"{package}.schemas", *(cls + suffix for suffix in schemas))
+    for pattern, module, name in (
+        (r"\bAnnotated\[", "typing", "Annotated"),
+        (r"\bQuery\(", "fastapi", "Query"),
+        (r"\bRequest\b", "fastapi", "Request"),
+        (r"\bResponse\b", "fastapi", "Response"),
+        (r"\bDepends\(", "fastapi", "Depends"),
+        (r"\brequire\(", "runtime.auth", "require"),
+        (r"\brequire_service\b", "runtime.auth", "require_service"),
+        (r"\bSessionDep\b", "runtime.deps", "SessionDep"),
+        (r"\bCacheDep\b", "runtime.deps", "CacheDep"),
+        (r"\buuid\.UUID\b", "uuid", None),
+        (r"\bDecimal\b", "decimal", "Decimal"),
+        (r"\bdatetime\b", "datetime", "datetime"),
+    ):
+        if re.search(pattern, text):
+            imports.add(module, *((name,) if name else ()))
+    if any(route.kind == "delete" for route in routes):
+        imports.add("fastapi", "Response")
+    return imports.lines()
+
+
+def service_code(service: Service) -> ServiceCode:
+    tables = {table.name: _table_code(table) for table in service.tables}
+    routes = tuple(_route_code(route, tables) for route in service.routes)
+    summary = f"{service.title}: {service.description}" if service.description else service.title
+    wrapped = textwrap.fill(summary, width=96)
+    docstring = f'"""{wrapped}"""' if "\n" not in wrapped else f'"""{wrapped}\n"""'
+    return ServiceCode(
+        service=service,
+        package=f"generated.services.{service.name}",
+        docstring=docstring,
+        tables=tuple(tables.values()),
+        routes=routes,
+        model_imports=_model_imports(service),
+        schema_imports=_schema_imports(service, tuple(tables.values())),
+        route_imports=_route_imports(service, routes),
+    )
+
+
+def files(platform: Platform) -> list[OutputFile]:
+    out = [
+        OutputFile("__init__.py", "services/package.py.j2", {"doc": "Generated platform code."}),
+        OutputFile(
+            "services/__init__.py",
+            "services/package.py.j2",
+            {"doc": "One package per service of the spec."},
+        ),
+    ]
+    for service in platform.services:
+        code = service_code(service)
+        base = f"services/{service.name}"
+        context = {"platform": platform, "code": code, "service": service}
+        modules = ("__init__.py", "__main__.py", "app.py", "models.py", "schemas.py", "routes.py")
+        for name in modules:
+            out.append(OutputFile(f"{base}/{name}", f"services/{name}.j2", context))
+        out.append(OutputFile(f"{base}/Dockerfile", "services/Dockerfile.j2", context))
+    return out

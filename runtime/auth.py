@@ -1,0 +1,289 @@
+"""JWT authentication and role checks: RS256 tokens, verified locally against a key set.
+
+The user service signs tokens with its private key and publishes the public half as a
+JWKS. Everyone else verifies with the JWKS (cached; fetched again when a token names an
+unknown `kid`), so verifying never costs a call per request. Only RS256 is accepted: the
+key objects are RSA public keys, so neither `alg: none` nor an HS256 token signed with the
+public key as a secret can pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import Depends, Request
+
+from runtime.errors import Problem
+
+ALGORITHM = "RS256"
+ROLES = ("customer", "admin", "vendor", "service")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's subject and role, plus every claim for handlers."""
+
+    subject: str
+    role: str
+    claims: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def user_id(self) -> uuid.UUID | None:
+        try:
+            return uuid.UUID(self.subject)
+        except ValueError:
+            return None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def generate_private_key_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def _private_key(pem: str) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("the JWT signing key must be an RSA private key")
+    return key
+
+
+def _thumbprint(jwk: Mapping[str, Any]) -> str:
+    """A stable `kid`: the RFC 7638 thumbprint of the public key."""
+    canonical = json.dumps({k: jwk[k] for k in ("e", "kty", "n")}, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+class TokenIssuer:
+    """Signs access tokens (the user service holds one)."""
+
+    def __init__(self, private_key_pem: str, *, issuer: str, audience: str, ttl: int = 3600):
+        self._key = _private_key(private_key_pem)
+        public = self._key.public_key()
+        self.kid = _thumbprint(json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(public)))
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl = ttl
+
+    def issue(self, subject: str, role: str, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {
+            **claims,
+            "sub": subject,
+            "role": role,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(payload, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
+
+    def jwks(self) -> dict[str, Any]:
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._key.public_key()))
+        return {"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": ALGORITHM}]}
+
+
+JwksFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+def http_jwks_fetcher(url: str, timeout: float = 3.0) -> JwksFetcher:
+    async def fetch() -> Mapping[str, Any]:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.get(url)
+            response.raise_for_status()
+            body: Mapping[str, Any] = response.json()
+            return body
+
+    return fetch
+
+
+def static_jwks(jwks: Mapping[str, Any]) -> JwksFetcher:
+    async def fetch() -> Mapping[str, Any]:
+        return jwks
+
+    return fetch
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against a JWKS; fetches it again when a `kid` is unknown."""
+
+    def __init__(
+        self,
+        fetch_jwks: JwksFetcher,
+        *,
+        issuer: str,
+        audience: str,
+        leeway: float = 5.0,
+        min_refresh_interval: float = 30.0,
+    ) -> None:
+        self._fetch = fetch_jwks
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = float("-inf")
+        self._min_refresh = min_refresh_interval
+        self._lock = asyncio.Lock()
+
+    async def _key_for(self, kid: str) -> Any:
+        if kid in self._keys:
+            return self._keys[kid]
+        async with self._lock:
+            # A flood of tokens with made-up kids must not become a flood of JWKS fetches.
+            stale = time.monotonic() - self._fetched_at >= self._min_refresh
+            if kid not in self._keys and (stale or not self._keys):
+                await self._refresh()
+        if kid not in self._keys:
+            raise Problem(401, title="Invalid token", detail="the token's signing key is unknown")
+        return self._keys[kid]
+
+    async def _refresh(self) -> None:
+        try:
+            jwks = await self._fetch()
+        except Exception as error:  # the key server being down is a 503, not a 500
+            raise Problem(
+                503, title="Authentication unavailable", detail="cannot load signing keys"
+            ) from error
+        keys: dict[str, Any] = {}
+        for jwk in jwks.get("keys", []):
+            if jwk.get("kty") == "RSA" and jwk.get("kid"):
+                keys[str(jwk["kid"])] = jwt.algorithms.RSAAlgorithm.from_jwk(jwk)
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+
+    async def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Problem(
+                401, title="Invalid token", detail="the bearer token is malformed"
+            ) from None
+        if header.get("alg") != ALGORITHM:
+            raise Problem(
+                401, title="Invalid token", detail=f"only {ALGORITHM} tokens are accepted"
+            )
+        key = await self._key_for(str(header.get("kid", "")))
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iat", "nbf", "sub", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Problem(401, title="Invalid token", detail="the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Problem(401, title="Invalid token", detail="the token is not valid yet") from None
+        except jwt.PyJWTError as error:
+            raise Problem(401, title="Invalid token", detail=str(error)) from None
+        role = str(claims.get("role", ""))
+        if role not in ROLES:
+            raise Problem(401, title="Invalid token", detail="the token carries no known role")
+        return Principal(subject=str(claims["sub"]), role=role, claims=claims)
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def get_verifier(request: Request) -> TokenVerifier:
+    verifier = getattr(request.app.state, "token_verifier", None)
+    if not isinstance(verifier, TokenVerifier):
+        raise Problem(
+            503, title="Authentication unavailable", detail="no token verifier is configured"
+        )
+    return verifier
+
+
+async def optional_principal(request: Request) -> Principal | None:
+    """The caller when a valid token is present, None when there is none; 401 when it is bad."""
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    token = bearer_token(request)
+    if token is None:
+        return None
+    principal = await get_verifier(request).verify(token)
+    request.state.principal = principal
+    return principal
+
+
+def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
+    """Dependency: a valid token (401 otherwise) whose role is one of `roles` (403 otherwise).
+
+    No roles means any authenticated caller.
+    """
+
+    async def dependency(
+        principal: Annotated[Principal | None, Depends(optional_principal)],
+    ) -> Principal:
+        if principal is None:
+            raise Problem(
+                401,
+                title="Authentication required",
+                detail="send a bearer token in the Authorization header",
+                headers={"WWW-Authenticate": 'Bearer realm="cloudretail"'},
+            )
+        if roles and principal.role not in roles:
+            raise Problem(
+                403, title="Forbidden", detail=f"this needs the role {' or '.join(roles)}"
+            )
+        return principal
+
+    return dependency
+
+
+PrincipalDep = Annotated[Principal, Depends(require())]
+AdminDep = Annotated[Principal, Depends(require("admin"))]
+ServiceCallerDep = Annotated[Principal, Depends(require("service"))]
+OptionalPrincipalDep = Annotated[Principal | None, Depends(optional_principal)]
+
+
+SERVICE_TOKEN_HEADER = "X-Service-Token"
+
+
+async def require_service(request: Request) -> None:
+    """Dependency of `auth: service` routes: the caller shows the platform's service token.
+
+    Service-to-service routes are never routed by the gateway, and network policies only
+    let the declared callers reach them; the shared token is the second lock.
+    """
+    settings = getattr(request.app.state, "settings", None)
+    expected = settings.service_token.get_secret_value() if settings is not None else ""
+    given = request.headers.get(SERVICE_TOKEN_HEADER, "")
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Problem(
+            401 if not given else 403,
+            title="Service token required",
+            detail=f"this route is for other services; send {SERVICE_TOKEN_HEADER}",
+        )

@@ -1,0 +1,71 @@
+"""What a hand-written handler receives: one context object per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from runtime.auth import OptionalPrincipalDep, Principal
+from runtime.cache import Cache
+from runtime.config import ServiceSettings
+from runtime.deps import CacheDep, SessionDep, SettingsDep
+from runtime.errors import Problem
+
+
+@dataclass
+class Context:
+    """The request, its database session, the caller (if any) and the service's pieces."""
+
+    request: Request
+    session: AsyncSession
+    principal: Principal | None
+    settings: ServiceSettings
+    cache: Cache
+
+    @property
+    def user(self) -> Principal:
+        """The authenticated caller; routes with `auth: public` may have none (401 then)."""
+        if self.principal is None:
+            raise Problem(401, detail="send a bearer token in the Authorization header")
+        return self.principal
+
+    def path(self, name: str) -> str:
+        return str(self.request.path_params[name])
+
+    async def json(self) -> Any:
+        try:
+            return await self.request.json()
+        except ValueError:
+            raise Problem(400, detail="the request body is not valid JSON") from None
+
+
+async def get_context(
+    request: Request,
+    session: SessionDep,
+    principal: OptionalPrincipalDep,
+    settings: SettingsDep,
+    cache: CacheDep,
+) -> Context:
+    return Context(request, session, principal, settings, cache)
+
+
+ContextDep = Annotated[Context, Depends(get_context)]
+
+
+def created(body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A 201 response with a JSON body (Decimal, UUID and datetime made JSON-safe)."""
+    return JSONResponse(jsonable_encoder(body), status_code=201, headers=headers)
+
+
+def not_implemented(service: str, handler: str) -> Problem:
+    """What a generated stub raises until someone writes the handler."""
+    return Problem(
+        501,
+        title="Not implemented",
+        detail=f"handler {service}.{handler} is not written yet (handlers/{service}.py)",
+    )
