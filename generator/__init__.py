@@ -6,6 +6,7 @@ The CLI is a thin layer over these functions; so can any other caller be.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from generator.model import Platform, build_platform
 from generator.render import render_files
 from generator.targets import all_files
 from generator.validation import parse_spec
-from generator.writer import Plan, apply, plan
+from generator.writer import Plan, apply, plan, read_owned
 
 __all__ = [
     "CloudRetailError",
@@ -72,9 +73,10 @@ def load_platform(spec_path: Path, *, handlers_dir: Path | None = None) -> Platf
     return platform
 
 
-def render(platform: Platform) -> dict[str, str]:
-    """Every generated file's text, keyed by its path inside the output folder."""
-    return render_files(all_files(platform), platform.source)
+def render(platform: Platform, existing: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every generated file's text, keyed by its path inside the output folder. `existing`:
+    the generated files already there (from `read_owned`), which migrations build on."""
+    return render_files(all_files(platform, existing or {}), platform.source)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def generate(
     """Render the spec into `out_dir` and add stubs for missing handlers (by default in
     `handlers/` beside `out_dir`); with `check`, only compare: nothing is written."""
     platform = load_platform(spec_path)
-    result = plan(out_dir, render(platform))
+    result = plan(out_dir, render(platform, read_owned(out_dir)))
     stubs = plan_stubs(platform, handlers_dir or out_dir.parent / "handlers")
     if not check:
         apply(result)

@@ -14,11 +14,17 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 @dataclass(frozen=True)
 class OutputFile:
-    """One file a target wants: where it goes, which template draws it, with what."""
+    """One file a target wants: where it goes, which template draws it, with what.
+
+    A target that computes a file's text itself (migration revisions) gives `text` instead
+    of a template; `verbatim` keeps a file exactly as it already is (no header added).
+    """
 
     path: str
-    template: str
+    template: str = ""
     context: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    text: str | None = None
+    verbatim: bool = False
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -89,7 +95,13 @@ def render_files(
     for file in sorted(files, key=lambda f: f.path):
         if file.path in rendered:
             raise ValueError(f"two targets produce {file.path}")
-        body = env.get_template(file.template).render(**file.context)
+        if file.verbatim and file.text is not None:
+            rendered[file.path] = file.text
+            continue
+        if file.text is not None:
+            body = file.text
+        else:
+            body = env.get_template(file.template).render(**file.context)
         line = header(file.path, source)
         shebang = ""
         if body.startswith("#!"):

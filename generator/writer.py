@@ -55,6 +55,16 @@ def read_manifest(out: Path) -> set[str]:
     return {line for line in text.splitlines() if line and not line.startswith("#")}
 
 
+def read_owned(out: Path) -> dict[str, str]:
+    """The text of every file the manifest says the generator owns (and that still exists)."""
+    texts = {}
+    for path in sorted(read_manifest(out)):
+        text = _read(out / path)
+        if text is not None:
+            texts[path] = text
+    return texts
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8")

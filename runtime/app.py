@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from runtime.auth import TokenVerifier, http_jwks_fetcher
 from runtime.cache import Cache, make_cache
 from runtime.config import ServiceSettings
 from runtime.correlation import CorrelationIdMiddleware
@@ -31,6 +32,17 @@ def database_from_settings(settings: ServiceSettings) -> Database:
     )
 
 
+def verifier_from_settings(settings: ServiceSettings) -> TokenVerifier | None:
+    """Verify tokens against the JWKS at JWKS_URL; without one, authenticated routes say 503."""
+    if not settings.jwks_url:
+        return None
+    return TokenVerifier(
+        http_jwks_fetcher(settings.jwks_url),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+
+
 def create_service_app(
     settings: ServiceSettings,
     *,
@@ -44,6 +56,7 @@ def create_service_app(
     extra_checks: Mapping[str, HealthCheck] | None = None,
     lifespan: Lifespan | None = None,
     metrics: Metrics | None = None,
+    token_verifier: TokenVerifier | None = None,
 ) -> FastAPI:
     """Build a service app with database, cache, errors, logs, metrics and health wired in.
 
@@ -102,6 +115,7 @@ def create_service_app(
         lifespan=service_lifespan,
     )
     app.state.settings = settings
+    app.state.token_verifier = token_verifier or verifier_from_settings(settings)
     app.state.database = database
     app.state.cache = cache
     app.state.metrics = metrics

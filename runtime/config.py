@@ -84,8 +84,9 @@ class ServiceSettings(BaseSettings):
     redis_url: str | None = None
     kafka_bootstrap_servers: str | None = None
 
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
+    # Tokens are RS256 JWTs from the user service; everyone verifies them with its JWKS.
+    jwt_issuer: str = "cloudretail"
+    jwt_audience: str = "cloudretail"
     jwks_url: str | None = None
     # Shared secret for `auth: service` routes between services.
     service_token: SecretStr = SecretStr(DEFAULT_SECRET)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from generator.model import Platform
 from generator.render import OutputFile
-from generator.targets import docs, gateway, services, topics
+from generator.targets import docs, gateway, migrations, services, topics
 
 Target = Callable[[Platform], list[OutputFile]]
 
 TARGETS: tuple[Target, ...] = (topics.files, gateway.files, docs.files, services.files)
 
 
-def all_files(platform: Platform) -> list[OutputFile]:
-    return [file for target in TARGETS for file in target(platform)]
+def all_files(platform: Platform, existing: Mapping[str, str]) -> list[OutputFile]:
+    """Every file of every target. `existing` holds the generated files already on disk that
+    a target builds on (migration revisions, which are appended to, never rewritten)."""
+    files = [file for target in TARGETS for file in target(platform)]
+    return files + migrations.files(platform, existing)

@@ -30,7 +30,13 @@ def _issues(data: dict) -> list[str]:
 
 def test_the_real_spec_is_valid():
     platform = load_platform(ROOT / "spec" / "cloudretail.yaml")
-    assert [s.name for s in platform.services] == ["user", "product", "order", "inventory", "payment"]
+    assert [s.name for s in platform.services] == [
+        "user",
+        "product",
+        "order",
+        "inventory",
+        "payment",
+    ]
 
 
 def test_minimal_spec_is_valid():
@@ -52,7 +58,10 @@ def test_every_problem_is_reported_at_once():
     issues = _issues(data)
     assert len(issues) == 4, issues
     assert any("call to unknown service 'catalogue' (did you mean 'catalog'?)" in i for i in issues)
-    assert any("index on unknown column 'nmae' of table 'items' (did you mean 'name'?)" in i for i in issues)
+    assert any(
+        "index on unknown column 'nmae' of table 'items' (did you mean 'name'?)" in i
+        for i in issues
+    )
     assert any("port 3001 is already used" in i for i in issues)
     # the saga now calls a service that is not in `calls`
     assert any("does not declare `calls: [catalog]`" in i for i in issues)
@@ -88,7 +97,9 @@ def test_model_reserved_column_name():
 def test_route_needs_handler_or_crud_but_not_both():
     data = _minimal()
     data["services"]["catalog"]["routes"][0]["handler"] = "list_items"
-    assert _issues(data) == ["services.catalog.routes[0]: a route names exactly one of `handler` or `crud`"]
+    assert _issues(data) == [
+        "services.catalog.routes[0]: a route names exactly one of `handler` or `crud`"
+    ]
 
 
 def test_route_outside_prefix_and_roles_on_admin():
@@ -116,8 +127,14 @@ def test_default_must_fit_the_column():
     columns["name"]["default"] = 5
     columns["price"]["default"] = "free"
     issues = _issues(data)
-    assert "services.catalog.tables.items.columns.name: default 5 does not fit a `string` column" in issues
-    assert "services.catalog.tables.items.columns.price: default 'free' does not fit a `decimal` column" in issues
+    assert (
+        "services.catalog.tables.items.columns.name: default 5 does not fit a `string` column"
+        in issues
+    )
+    assert (
+        "services.catalog.tables.items.columns.price: default 'free' does not fit a `decimal` column"
+        in issues
+    )
 
 
 def test_suggest():

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -19,17 +16,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from runtime.config import ServiceSettings
+from tests.servers import REDIS_TEST_URL, ensure_database, run_in_own_loop, unreachable
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "CLOUDRETAIL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 POSTGRES_TEST_DATABASE = "cloudretail_test_runtime"
-REDIS_TEST_URL = os.environ.get("CLOUDRETAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # Nothing listens on port 1, so connections are refused at once instead of timing out.
 DEAD_POSTGRES_URL = "postgresql://postgres@127.0.0.1:1/cloudretail_nowhere"
 TEST_TOKEN = "test-service-token"
-# Set in CI, where the servers are part of the job: unreachable then fails instead of skipping.
-REQUIRE_SERVICES = os.environ.get("CLOUDRETAIL_REQUIRE_SERVICES", "") not in ("", "0")
 
 # Variables the settings read; cleared so a developer's shell cannot change test outcomes.
 _SETTINGS_VARIABLES = (
@@ -62,45 +54,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def _admin_dsn() -> str:
-    return POSTGRES_ADMIN_URL.replace("postgresql+asyncpg://", "postgresql://")
-
-
-async def _ensure_database() -> None:
-    connection = await asyncpg.connect(_admin_dsn(), timeout=3)
-    try:
-        exists = await connection.fetchval(
-            "SELECT 1 FROM pg_database WHERE datname = $1", POSTGRES_TEST_DATABASE
-        )
-        if not exists:
-            await connection.execute(f'CREATE DATABASE "{POSTGRES_TEST_DATABASE}"')
-    finally:
-        await connection.close()
-
-
-def _run_in_own_loop(probe: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    # These session fixtures may first be requested from inside a running test loop
-    # (getfixturevalue in an async fixture), where asyncio.run is not allowed.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, probe()).result()
-
-
-def _unreachable(what: str, error: BaseException) -> None:
-    message = f"{what}: {error!r}"
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{message} (CLOUDRETAIL_REQUIRE_SERVICES is set)")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """URL of a scratch PostgreSQL database; skips (saying why) when no server answers."""
-    try:
-        _run_in_own_loop(_ensure_database)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
-        _unreachable(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}", error)
-    base, _, _ = _admin_dsn().rpartition("/")
-    return f"{base}/{POSTGRES_TEST_DATABASE}"
+    return ensure_database(POSTGRES_TEST_DATABASE)
 
 
 async def _redis_answers() -> None:
@@ -115,9 +72,9 @@ async def _redis_answers() -> None:
 def redis_url() -> str:
     """URL of a Redis database for tests; skips (saying why) when no server answers."""
     try:
-        _run_in_own_loop(_redis_answers)
+        run_in_own_loop(_redis_answers)
     except (RedisError, OSError) as error:
-        _unreachable(f"Redis not reachable at {REDIS_TEST_URL}", error)
+        unreachable(f"Redis not reachable at {REDIS_TEST_URL}", error)
     return REDIS_TEST_URL
 
 
