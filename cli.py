@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +12,7 @@ import typer
 
 from generator import CloudRetailError, SpecError, generate, load_platform
 from generator.model import Platform
+from generator.validation import suggest
 
 app = typer.Typer(
     name="cloudretail",
@@ -127,6 +129,60 @@ def generate_command(
         f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
         f"{len(plan.unchanged)} unchanged"
     )
+
+
+@app.command()
+def migrate(
+    services: Annotated[
+        list[str] | None, typer.Argument(help="Services to migrate [default: all].")
+    ] = None,
+    spec: SpecOption = DEFAULT_SPEC,
+    out: Annotated[Path, typer.Option("--out", help="Generated folder.")] = Path("generated"),
+    database_url_template: Annotated[
+        str | None,
+        typer.Option(
+            help="URL with {database}, e.g. postgresql://localhost/{database}; "
+            "default: DATABASE_URL if set, else a SQLite file per service under .cloudretail/."
+        ),
+    ] = None,
+) -> None:
+    """Upgrade each service's database to the newest revision (creating it when missing)."""
+    from runtime.config import default_database_url
+    from runtime.migrate import MigrationError
+    from runtime.migrate import migrate as upgrade_database
+
+    try:
+        platform = load_platform(spec)
+    except CloudRetailError as error:
+        raise _fail(error) from None
+    known = [service.name for service in platform.services if service.tables]
+    chosen = services or known
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        hints = "".join(suggest(name, known) for name in unknown)
+        typer.echo(
+            f"error: unknown service {', '.join(unknown)}{hints}; services with tables: "
+            + ", ".join(known),
+            err=True,
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
+    env_url = os.environ.get("DATABASE_URL")
+    for name in chosen:
+        service = platform.service(name)
+        if database_url_template:
+            url = database_url_template.format(database=service.database)
+        else:
+            url = env_url or default_database_url(service.database)
+        ini = out / "services" / name / "alembic.ini"
+        if not ini.exists():
+            typer.echo(f"error: {ini} is missing; run `cloudretail generate` first", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT)
+        try:
+            head = upgrade_database(ini, url)
+        except MigrationError as error:
+            typer.echo(f"error: {name}: {error}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        typer.echo(f"  {name:<10} {service.database:<24} at {head}")
 
 
 @app.command()

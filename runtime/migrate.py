@@ -29,3 +29,50 @@ def upgrade(ini: Path, database_url: str, revision: str = "head") -> None:
 
 def downgrade(ini: Path, database_url: str, revision: str = "-1") -> None:
     command.downgrade(alembic_config(ini, database_url), revision)
+
+
+class MigrationError(RuntimeError):
+    """A database could not be reached or upgraded; the message says which and why."""
+
+
+def create_database_if_missing(database_url: str) -> bool:
+    """For PostgreSQL URLs, create the database when it does not exist yet (True if made)."""
+    url = normalize_database_url(database_url)
+    if url.get_backend_name() != "postgresql" or not url.database:
+        return False
+    import asyncio
+
+    import asyncpg
+
+    async def create() -> bool:
+        admin = url.set(drivername="postgresql", database="postgres")
+        dsn = admin.render_as_string(hide_password=False)
+        connection = await asyncpg.connect(dsn, timeout=5)
+        try:
+            exists = await connection.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", url.database
+            )
+            if exists:
+                return False
+            name = str(url.database).replace('"', '""')
+            await connection.execute(f'CREATE DATABASE "{name}"')
+            return True
+        finally:
+            await connection.close()
+
+    return asyncio.run(create())
+
+
+def migrate(ini: Path, database_url: str) -> str:
+    """Create the database if needed and upgrade it to head; return the head revision."""
+    safe = normalize_database_url(database_url).render_as_string(hide_password=True)
+    try:
+        create_database_if_missing(database_url)
+        upgrade(ini, database_url)
+    except (OSError, TimeoutError) as error:
+        raise MigrationError(f"cannot reach the database at {safe}: {error}") from error
+    except Exception as error:
+        raise MigrationError(f"upgrading {safe} failed: {type(error).__name__}: {error}") from error
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory.from_config(alembic_config(ini, database_url)).get_current_head())

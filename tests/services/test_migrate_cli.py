@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def test_migrate_upgrades_every_service_database(in_root: Path, tmp_path: Path):
+    template = f"sqlite+aiosqlite:///{tmp_path}/{{database}}.db"
+    result = runner.invoke(app, ["migrate", "--database-url-template", template])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 5
+    tables = sqlite3.connect(tmp_path / "cloudretail_orders.db").execute(
+        "SELECT name FROM sqlite_master WHERE type='table'"
+    )
+    assert {"orders", "alembic_version"} <= {row[0] for row in tables}
+    again = runner.invoke(app, ["migrate", "order", "--database-url-template", template])
+    assert again.exit_code == 0  # idempotent
+
+
+def test_migrate_names_an_unreachable_database(in_root: Path):
+    template = "postgresql://postgres@127.0.0.1:1/{database}"
+    result = runner.invoke(app, ["migrate", "product", "--database-url-template", template])
+    assert result.exit_code == 2
+    assert (
+        "cannot reach the database at postgresql+asyncpg://postgres@127.0.0.1:1/" in result.stderr
+    )
+    assert "Traceback" not in result.output
+
+
+def test_migrate_refuses_an_unknown_service(in_root: Path):
+    result = runner.invoke(app, ["migrate", "prodcut"])
+    assert result.exit_code == 2
+    assert "unknown service prodcut" in result.stderr
