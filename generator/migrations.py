@@ -22,8 +22,11 @@ How it works, in four steps:
    downgrade recreates a dropped ``JSONB`` column as ``JSONB``), ``renamed_from`` pairs become
    ``alter_column(new_column_name=...)``, unnamed constraints get PostgreSQL's default names,
    destructive changes are refused, and the ops are put in a fixed, dependency-safe order.
-4. **Render.**  Alembic renders each op (for the PostgreSQL dialect), the code is laid out
-   to a 100-column limit, and the revision id is derived from the content.
+4. **Render.**  Alembic renders each op (for the PostgreSQL dialect).  Changes to tables
+   that exist before and after the revision go through ``op.batch_alter_table``: PostgreSQL
+   runs those as plain ``ALTER TABLE`` statements, SQLite (what services use in development)
+   as a copy of the table, so every revision applies to both.  The code is laid out the way
+   ``ruff format`` would (100 columns) and the revision id is derived from the content.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
+import textwrap
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -140,7 +144,7 @@ def plan_migration(
 
     summaries = [_summary(op) for op in upgrade]
     slug = "initial_schema" if not chain else _slug(upgrade)
-    title = "initial schema" if not chain else "; ".join(summaries)
+    title = "initial schema" if not chain else "; ".join(map(_summary, _main_ops(upgrade)))
     text = _revision_file(
         service=service,
         title=title,
@@ -219,13 +223,10 @@ def _load_chain(existing: Mapping[str, str]) -> list[_Revision]:
         children.setdefault(revision.down_revision, []).append(revision)
     chain: list[_Revision] = []
     parent: str | None = None
-    while parent in children or parent is None:
-        nxt = children.get(parent, [])
+    while nxt := children.get(parent):
         if len(nxt) > 1:
             names = ", ".join(r.filename for r in nxt)
             raise ValueError(f"revisions branch (several revisions revise {parent!r}): {names}")
-        if not nxt:
-            break
         chain.append(nxt[0])
         parent = nxt[0].revision
     if len(chain) != len(revisions):
@@ -588,6 +589,9 @@ def _sorted_constraints(constraints: Iterable[_ConstraintState]) -> list[_Constr
 
 
 def _sqlite_type(type_: TypeEngine[Any]) -> TypeEngine[Any]:
+    """A type SQLite accepts; which one does not matter, exact types are compared."""
+    if isinstance(type_, sa.types.SchemaType):
+        return sa.Text()  # no Enum / Boolean CHECK constraint in the stand-in
     try:
         type_.compile(dialect=_SQLITE)
     except sa.exc.SQLAlchemyError:
@@ -724,6 +728,12 @@ def _autogenerate(state: _SchemaState, exact: sa.MetaData, desired: sa.MetaData)
             return False  # computed / identity columns are not compared
         return _default_key(old.server_default) != _default_key(new)
 
+    def include_object(
+        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        # a CHECK that comes with an Enum / Boolean type is created and dropped with it
+        return not (type_ == "check_constraint" and getattr(obj, "_type_bound", False))
+
     engine = sa.create_engine("sqlite://")
     try:
         with engine.connect() as connection:
@@ -734,6 +744,7 @@ def _autogenerate(state: _SchemaState, exact: sa.MetaData, desired: sa.MetaData)
                     "target_metadata": desired,
                     "compare_type": compare_type,
                     "compare_server_default": compare_server_default,
+                    "include_object": include_object,
                     "autogenerate_plugins": [
                         "alembic.autogenerate.*",
                         "alembic.ext.checkconstraint_byname",
@@ -1270,6 +1281,8 @@ def _fmt(node: ast.AST, indent: int, column: int, trailer: int) -> str:
     if isinstance(node, ast.keyword) and node.arg is not None:
         prefix = f"{node.arg}="
         return prefix + _fmt(node.value, indent, column + len(prefix), trailer)
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and column == indent:
+        return _split_string(node.value, indent, trailer)
     split = _split(node)
     if split is None or not split[1] or column + len(split[0]) > _LINE_LIMIT:
         return flat
@@ -1281,6 +1294,21 @@ def _fmt(node: ast.AST, indent: int, column: int, trailer: int) -> str:
         return f"{opener}\n{pad}{joined}\n{end}"
     body = "\n".join(f"{pad}{_fmt(item, inner, inner, 1)}," for item in items)
     return f"{opener}\n{body}\n{end}"
+
+
+def _split_string(value: str, indent: int, trailer: int) -> str:
+    """A long string on a line of its own, as implicitly concatenated parts cut at spaces."""
+    width = _LINE_LIMIT - indent - trailer
+    parts: list[str] = []
+    current = ""
+    for word in re.split(r"(?<= )", value):
+        if current and len(_pystr(current + word)) > width:
+            parts.append(current)
+            current = word
+        else:
+            current += word
+    parts.append(current)
+    return ("\n" + " " * indent).join(_pystr(part) for part in parts)
 
 
 # --------------------------------------------------------------------------- file assembly
@@ -1335,7 +1363,8 @@ def _slug_phrase(op: ops.MigrateOperation) -> str:
     return "change"  # pragma: no cover
 
 
-def _slug(upgrade: Sequence[ops.MigrateOperation]) -> str:
+def _main_ops(upgrade: Sequence[ops.MigrateOperation]) -> list[ops.MigrateOperation]:
+    """The table and column changes (the indexes and constraints when there are none)."""
     structural = (
         ops.CreateTableOp,
         ops.DropTableOp,
@@ -1344,8 +1373,11 @@ def _slug(upgrade: Sequence[ops.MigrateOperation]) -> str:
         ops.AlterColumnOp,
     )
     main: list[ops.MigrateOperation] = [op for op in upgrade if isinstance(op, structural)]
-    main = main or list(upgrade)
-    phrases = list(dict.fromkeys(_slug_phrase(op) for op in main))
+    return main or list(upgrade)
+
+
+def _slug(upgrade: Sequence[ops.MigrateOperation]) -> str:
+    phrases = list(dict.fromkeys(_slug_phrase(op) for op in _main_ops(upgrade)))
     slug = phrases[0] if len(phrases) == 1 else f"{phrases[0]}_and_more"
     if len(phrases) == 2:
         slug = f"{phrases[0]}_and_{phrases[1]}"
@@ -1388,7 +1420,17 @@ def _revision_file(
         f"Revises: {down_revision or ''}".rstrip(),
         "",
         "Changes:",
-        *(f"- {change}" for change in changes),
+        *(
+            line
+            for change in changes
+            for line in textwrap.wrap(
+                f"- {change}",
+                _LINE_LIMIT,
+                subsequent_indent="  ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        ),
         '"""',
     ]
     down = _pystr(down_revision) if down_revision is not None else "None"

@@ -263,5 +263,6 @@ def test_foreign_keys_apply(db: Database) -> None:
     for schema in reversed(steps[:-1]):
         db.downgrade(chain)
         assert_matches(db, schema)
-    fks = db.run(lambda c: sa.inspect(c).get_foreign_keys("orders"))
-    assert [fk["name"] for fk in fks] == ["orders_user_id_fkey"]
+        if schema is steps[1]:  # named as PostgreSQL would, on SQLite too
+            fks = db.run(lambda c: sa.inspect(c).get_foreign_keys("orders"))
+            assert [fk["name"] for fk in fks] == ["orders_user_id_fkey"]

@@ -34,9 +34,28 @@ def revisions(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         checked,
     ]:
         chain.advance(schema, renames=renames, allow_destructive=True)
+    # long identifiers and a long CHECK expression exercise the line splitting
+    table, old, new = "t" * 60, "c" * 60, "d" * 60
+    values = ", ".join(f"'{word}'" for word in ["pending", "confirmed", "shipped", "delivered"] * 3)
+
+    def long_schema(column: str) -> sa.MetaData:
+        metadata = sa.MetaData()
+        sa.Table(
+            table,
+            metadata,
+            sa.Column("id", sa.Integer(), primary_key=True),
+            sa.Column(column, sa.String(20), server_default="pending", nullable=False),
+            sa.CheckConstraint(f"{column} IN ({values})", name="ck_long_status"),
+            sa.Index("ix_long_status", column),
+        )
+        return metadata
+
+    other = Chain()
+    other.advance(long_schema(old))
+    other.advance(long_schema(new), renames={(table, new): old})
     directory = tmp_path_factory.mktemp("versions")
     paths = []
-    for filename, text in chain.files.items():
+    for filename, text in [*chain.files.items(), *other.files.items()]:
         path = directory / filename
         path.write_text(text)
         paths.append(path)

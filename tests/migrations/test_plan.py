@@ -412,3 +412,34 @@ def test_foreign_keys_get_postgresql_names_and_stay_idempotent() -> None:
 
     gone = chain.advance(shop_schema(orders=False), allow_destructive=True)
     assert op_calls(gone.text, "upgrade") == ["drop_table"]
+
+
+def test_type_bound_check_constraints_stay_idempotent() -> None:
+    """Enum / Boolean CHECKs come and go with their column's type, not on their own."""
+
+    def schema() -> sa.MetaData:
+        metadata = sa.MetaData(naming_convention={"ck": "ck_%(table_name)s_%(constraint_name)s"})
+        sa.Table(
+            "flags",
+            metadata,
+            sa.Column("id", sa.Integer(), primary_key=True),
+            sa.Column("on", sa.Boolean(create_constraint=True, name="on")),
+            sa.Column(
+                "state",
+                sa.Enum("a", "b", name="state", native_enum=False, create_constraint=True),
+            ),
+        )
+        return metadata
+
+    chain = Chain()
+    chain.advance(schema())
+    assert chain.plan(schema()) is None
+
+
+def test_changed_literal_default(chain: Chain) -> None:
+    metadata = products_schema()
+    metadata.tables["products"].c.currency.server_default = sa.DefaultClause("EUR")
+    revision = chain.advance(metadata)
+    upgrade, downgrade = revision.text.split("def downgrade")
+    assert 'server_default="EUR"' in upgrade and 'server_default="USD"' in downgrade
+    assert chain.plan(metadata) is None
