@@ -26,8 +26,8 @@ generate: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check generator runtime cli.py
-	$(BIN)/mypy generator runtime cli.py
+	$(BIN)/ruff format --check generator runtime cli.py generated handlers tests
+	$(BIN)/mypy generator runtime cli.py generated handlers
 
 test: setup lint
 	$(BIN)/python -m pytest
