@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -44,7 +45,8 @@ def _fail(error: CloudRetailError) -> typer.Exit:
 
 
 def _summary(platform: Platform) -> str:
-    tables = sum(len(service.tables) for service in platform.services)
+    own = [t.name for s in platform.services for t in s.tables if not t.system]
+    system = sum(t.system for schema in platform.schemas for t in schema.tables)
     routes = len(platform.gateway.routes)
     internal = sum(not route.via_gateway for route in platform.routes)
     lines = [
@@ -54,7 +56,7 @@ def _summary(platform: Platform) -> str:
         f"  gateway   :{platform.gateway.deployable.port}, {routes} routes "
         f"({internal} service-to-service), rate limit {platform.gateway.rate_limit}",
         f"  event bus :{platform.event_bus.deployable.port}",
-        f"  tables    {tables}: " + ", ".join(t.name for s in platform.services for t in s.tables),
+        f"  tables    {len(own)}: {', '.join(own)} (+{system} platform tables)",
         f"  events    {len(platform.events)} on {len(platform.topics)} topics: "
         + ", ".join(f"{t.name}({len(t.events)})" for t in platform.topics),
         "  calls     " + (", ".join(f"{a}->{b}" for a, b in platform.call_edges) or "none"),
@@ -183,6 +185,173 @@ def migrate(
             typer.echo(f"error: {name}: {error}", err=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         typer.echo(f"  {name:<10} {service.database:<24} at {head}")
+
+
+DataDirOption = Annotated[
+    Path, typer.Option("--data-dir", help="Where the local stack keeps its data, logs and state.")
+]
+
+
+def _stack_table(processes: list[tuple[str, str]], states: dict[str, str]) -> str:
+    """`processes`: (name, base url) pairs."""
+    rows = [("service", "url", "state", "docs")]
+    for name, url in processes:
+        docs = f"{url}/openapi.json" if name == "gateway" else f"{url}/docs"
+        rows.append((name, url, states.get(name, "?"), docs))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    )
+
+
+@app.command()
+def up(
+    spec: SpecOption = DEFAULT_SPEC,
+    data_dir: DataDirOption = Path(".cloudretail"),
+    demo: Annotated[bool, typer.Option(help="Load a demo catalog and a demo customer.")] = False,
+    detach: Annotated[bool, typer.Option(help="Return once everything is ready.")] = False,
+    database_url_template: Annotated[
+        str | None,
+        typer.Option(help="e.g. postgresql://localhost/{database}; default: SQLite files."),
+    ] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis for cache and rate limits.")] = None,
+    kafka_bootstrap: Annotated[
+        str | None, typer.Option(help="An existing Kafka; default: the embedded broker.")
+    ] = None,
+    only: Annotated[str | None, typer.Option(help="Comma-separated services to run.")] = None,
+    reset: Annotated[bool, typer.Option(help="Start with empty databases.")] = False,
+) -> None:
+    """Run the whole platform on this machine: broker, topics, migrations, every service,
+    the event bus and the gateway, each in its own process on its spec port."""
+    from generator.stack import StackOptions
+    from generator.stack import plan as stack_plan
+    from runtime import stack
+
+    try:
+        platform = load_platform(spec)
+        if generate(spec, Path("generated"), check=True).stale:
+            typer.echo("error: generated/ is stale; run `cloudretail generate` first", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT)
+    except CloudRetailError as error:
+        raise _fail(error) from None
+    names = tuple(name.strip() for name in (only or "").split(",") if name.strip())
+    known = [s.name for s in platform.services] + ["eventbus", "gateway"]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        typer.echo(f"error: --only names unknown services: {', '.join(unknown)}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    options = StackOptions(data_dir, database_url_template, redis_url, kafka_bootstrap, names)
+    plan = stack_plan(platform, options, Path("generated").resolve())
+    running = stack.read_state(data_dir)
+    if running and stack.alive(running.get("supervisor")):
+        typer.echo(
+            f"error: a stack is already running from {data_dir} (pid {running['supervisor']}); "
+            "see `cloudretail status`, stop it with `cloudretail down`",
+            err=True,
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if reset:
+        stack.reset_data(plan)
+    keep = stack.stack_secrets(data_dir)
+    key_file = data_dir.resolve() / "keys" / "jwt-signing-key.pem"
+    if not key_file.exists():
+        from runtime.auth import generate_private_key_pem
+
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(generate_private_key_pem())
+        key_file.chmod(0o600)
+    extra_env = {
+        "SERVICE_TOKEN": keep["service_token"],
+        "CLOUDRETAIL_ADMIN_EMAIL": keep["admin_email"],
+        "CLOUDRETAIL_ADMIN_PASSWORD": keep["admin_password"],
+        "JWT_PRIVATE_KEY_FILE": str(key_file),
+    }
+
+    urls = [(str(p["name"]), f"http://127.0.0.1:{p['port']}") for p in plan["processes"]]
+
+    def welcome(states: dict[str, str]) -> None:
+        typer.echo("")
+        typer.echo(_stack_table(urls, states))
+        typer.echo(f"\n  gateway: {plan['gateway']}   logs: {data_dir}/logs/")
+        note = " (generated; kept in " + str(data_dir / "secrets.json") + ")"
+        typer.echo(
+            f"  admin:   {keep['admin_email']} / {keep['admin_password']}"
+            + (note if keep["admin_password_generated"] else "")
+        )
+        if demo:
+            from runtime.demo import load_demo
+
+            loaded = asyncio.run(
+                load_demo(str(plan["gateway"]), keep["admin_email"], keep["admin_password"])
+            )
+            typer.echo(
+                f"  demo:    {loaded.products} products ({loaded.created} new) in 4 categories; "
+                f"customer {loaded.customer_email} / {loaded.customer_password}"
+            )
+
+    if detach:
+        pid = stack.spawn_detached(data_dir, plan, extra_env)
+        typer.echo(f"starting the stack in the background (supervisor pid {pid}) ...")
+        state = stack.wait_detached(data_dir, pid)
+        if state["status"] != "ready":
+            typer.echo(
+                f"error: the stack did not start: {', '.join(state.get('failed', []))}", err=True
+            )
+            typer.echo(f"see {data_dir}/logs/supervisor.log", err=True)
+            stack.stop_detached(data_dir)
+            raise typer.Exit(1)
+        welcome(asyncio.run(stack.health(state)))
+        typer.echo("  stop it with `cloudretail down`")
+        return
+
+    async def ready(supervisor: stack.Supervisor) -> None:
+        await asyncio.to_thread(welcome, {c.name: "ready" for c in supervisor.children})
+        typer.echo("  press Ctrl-C to stop")
+
+    try:
+        code = asyncio.run(stack.run_stack(plan, console=True, extra_env=extra_env, on_ready=ready))
+    except stack.StackError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(data_dir: DataDirOption = Path(".cloudretail")) -> None:
+    """Each process of a detached stack and its health."""
+    from runtime import stack
+
+    state = stack.read_state(data_dir)
+    if state is None or not stack.alive(state.get("supervisor")):
+        typer.echo(f"no stack is running from {data_dir}")
+        raise typer.Exit(1)
+    typer.echo(f"stack {state['status']} (supervisor pid {state['supervisor']})")
+    urls = [(name, str(info["url"])) for name, info in state["processes"].items()]
+    typer.echo(_stack_table(urls, asyncio.run(stack.health(state))))
+
+
+@app.command()
+def down(data_dir: DataDirOption = Path(".cloudretail")) -> None:
+    """Stop a detached stack (everything it started) and check its ports are free."""
+    from runtime import stack
+    from runtime.events.broker import port_holder
+
+    state = stack.read_state(data_dir)
+    if state is None:
+        typer.echo(f"no stack is running from {data_dir}")
+        return
+    stopped = stack.stop_detached(data_dir)
+    busy = [
+        f"{info['port']} ({name})"
+        for name, info in state.get("processes", {}).items()
+        if port_holder("127.0.0.1", int(info["port"])) is not None
+    ]
+    typer.echo("stopped " + (", ".join(stopped) if stopped else "nothing (it had exited)"))
+    if busy:
+        typer.echo(f"warning: ports still in use: {', '.join(busy)}", err=True)
+        raise typer.Exit(1)
+    typer.echo("all processes stopped; ports are free")
 
 
 @app.command()

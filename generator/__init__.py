@@ -60,13 +60,13 @@ def load_platform(spec_path: Path, *, handlers_dir: Path | None = None) -> Platf
     if handlers_dir is not None:
         issues = [
             SpecIssue(
-                document.locate(path := ("services", name, "routes", route.index, "handler")),
-                dotted(path),
-                f"handler '{route.handler}' is not defined in {handlers_dir / name}.py; "
+                document.locate(item.spec_path),
+                dotted(item.spec_path),
+                f"handler '{item.name}' is not defined in {handlers_dir / name}.py; "
                 "`cloudretail generate` writes a stub for it",
             )
-            for name, routes in missing_handlers(platform, handlers_dir).items()
-            for route in routes
+            for name, absent in missing_handlers(platform, handlers_dir).items()
+            for item in absent
         ]
         if issues:
             raise SpecError(issues)

@@ -7,9 +7,12 @@ import keyword
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from generator.crud_events import crud_events
 from generator.errors import SpecIssue
 from generator.loader import Document, PathKey, dotted
+from generator.model import singular
 from generator.spec import ColumnSpec, RouteSpec, ScalingSpec, Spec
+from generator.system_tables import SYSTEM_TABLES
 from generator.validation import suggest
 
 CRUD_OPERATIONS = ("list", "get", "create", "replace", "update", "delete")
@@ -62,15 +65,15 @@ class _Checker:
                 self.error(path, f"port {port} is already used by {seen[port]}")
             else:
                 seen[port] = dotted(path[:-1])
-        databases: dict[str, str] = {}
+        databases: dict[str, str] = {self.spec.event_bus.database: "the event bus"}
         for name, svc in self.spec.services.items():
             if svc.database in databases:
                 self.error(
                     ("services", name, "database"),
-                    f"database '{svc.database}' already belongs to service "
-                    f"'{databases[svc.database]}' (one database per service)",
+                    f"database '{svc.database}' already belongs to "
+                    f"{databases[svc.database]} (one database per service)",
                 )
-            databases.setdefault(svc.database, name)
+            databases.setdefault(svc.database, f"service '{name}'")
 
     def check_names(self) -> None:
         for name in self.spec.services:
@@ -81,6 +84,12 @@ class _Checker:
         for name, svc in self.spec.services.items():
             for table, table_spec in svc.tables.items():
                 self.reserved(("services", name, "tables", table), table, sql=True)
+                if table in SYSTEM_TABLES:
+                    self.error(
+                        ("services", name, "tables", table),
+                        f"'{table}' is a table the platform adds itself; choose another name",
+                        key=True,
+                    )
                 for column in table_spec.columns:
                     column_path = ("services", name, "tables", table, "columns", column)
                     self.reserved(column_path, column, sql=True)
@@ -302,12 +311,14 @@ class _Checker:
                     f"unknown operation '{operation}'{suggest(operation, CRUD_OPERATIONS)}; "
                     f"expected one of {', '.join(CRUD_OPERATIONS)}",
                 )
-            elif operation in {"get", "replace", "update", "delete"} and not route.path.endswith(
-                "}"
-            ):
-                self.error(
-                    (*path, "path"), f"`{operation}` needs the row's key as the last path parameter"
-                )
+            else:
+                self.check_crud_events(path, service, table, operation)
+                needs_key = operation in {"get", "replace", "update", "delete"}
+                if needs_key and not route.path.endswith("}"):
+                    self.error(
+                        (*path, "path"),
+                        f"`{operation}` needs the row's key as the last path parameter",
+                    )
         if route.saga is not None and route.saga not in svc.sagas:
             self.error(
                 (*path, "saga"), f"unknown saga '{route.saga}'{suggest(route.saga, svc.sagas)}"
@@ -319,6 +330,24 @@ class _Checker:
                     f"route name '{route.name}' is used twice in service '{service}'",
                 )
             names.add(route.name)
+
+    def check_crud_events(self, path: PathKey, service: str, table: str, operation: str) -> None:
+        svc = self.spec.services[service]
+        columns = svc.tables[table].columns
+        key = next((name for name, column in columns.items() if column.primary_key), "id")
+        published = {
+            event: list(self.spec.events[event].payload)
+            for event in svc.events.publishes
+            if event in self.spec.events
+        }
+        for event in crud_events(singular(table), key, columns, operation, published):
+            if event.missing:
+                self.error(
+                    (*path, "crud"),
+                    f"`{operation}` of '{table}' publishes '{event.event}', but nothing provides "
+                    f"its payload field {', '.join(repr(f) for f in event.missing)} "
+                    "(use the row's columns, '<row>_id', 'fields', 'old_<column>'/'new_<column>')",
+                )
 
     def check_call(self, path: PathKey, service: str, target: str) -> None:
         callee, _, operation = target.partition(".")

@@ -12,26 +12,37 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from generator.model import Platform, Route, Service
+from generator.model import Platform, Service
 
-_HEADER = '''"""Hand-written logic of the {service} service's routes.
+_HEADER = '''"""Hand-written logic of the {service} service: its routes and the events it consumes.
 
-Each function handles one route of the spec; `cloudretail generate` adds a stub here for a
-route it cannot find and never changes what is already written.
+Each function handles one route or one consumed event of the spec; `cloudretail generate`
+adds a stub here for one it cannot find and never changes what is already written.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from runtime.events.consumer import EventContext
 from runtime.handlers import Context, not_implemented
 '''
 
 _NEEDED_IMPORTS = {
     "Any": "from typing import Any",
     "Context": "from runtime.handlers import Context",
+    "EventContext": "from runtime.events.consumer import EventContext",
     "not_implemented": "from runtime.handlers import not_implemented",
 }
+
+
+@dataclass(frozen=True)
+class Needed:
+    """A function the spec expects in `handlers/<service>.py`, and where the spec says so."""
+
+    name: str
+    stub: str
+    spec_path: tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
@@ -42,13 +53,36 @@ class HandlerChange:
     handlers: tuple[str, ...]
 
 
-def _stub(service: Service, route: Route) -> str:
-    auth = route.auth if not route.roles else f"{route.auth}: {', '.join(route.roles)}"
-    return (
-        f"\n\nasync def {route.handler}(ctx: Context) -> Any:\n"
-        f'    """{route.method} {route.path} ({auth})."""\n'
-        f'    raise not_implemented("{service.name}", "{route.handler}")\n'
-    )
+def event_handler_name(event: str) -> str:
+    """`order.created` -> `on_order_created`."""
+    return "on_" + event.replace(".", "_")
+
+
+def needed(service: Service) -> list[Needed]:
+    found = []
+    for route in sorted((r for r in service.routes if r.handler), key=lambda r: r.index):
+        auth = route.auth if not route.roles else f"{route.auth}: {', '.join(route.roles)}"
+        found.append(
+            Needed(
+                route.handler or "",
+                f"\n\nasync def {route.handler}(ctx: Context) -> Any:\n"
+                f'    """{route.method} {route.path} ({auth})."""\n'
+                f'    raise not_implemented("{service.name}", "{route.handler}")\n',
+                ("services", service.name, "routes", route.index, "handler"),
+            )
+        )
+    for index, event in enumerate(service.consumes):
+        name = event_handler_name(event)
+        found.append(
+            Needed(
+                name,
+                f"\n\nasync def {name}(ctx: EventContext) -> None:\n"
+                f'    """Apply `{event}` (consumed once per event id)."""\n'
+                f'    raise not_implemented("{service.name}", "{name}")\n',
+                ("services", service.name, "events", "consumes", index),
+            )
+        )
+    return found
 
 
 def defined_functions(source: str) -> set[str]:
@@ -81,17 +115,17 @@ def _with_imports(source: str, needed: list[str]) -> str:
     return "".join([*lines[:at], *(line + "\n" for line in missing), *lines[at:]])
 
 
-def missing_handlers(platform: Platform, folder: Path) -> dict[str, list[Route]]:
-    """Routes whose handler function is not in `folder/<service>.py`, by service."""
-    missing: dict[str, list[Route]] = {}
+def missing_handlers(platform: Platform, folder: Path) -> dict[str, list[Needed]]:
+    """Functions the spec needs that `folder/<service>.py` does not define, by service."""
+    missing: dict[str, list[Needed]] = {}
     for service in platform.services:
-        routes = sorted((r for r in service.routes if r.handler), key=lambda r: r.index)
-        if not routes:
+        wanted = needed(service)
+        if not wanted:
             continue
         path = folder / f"{service.name}.py"
         source = path.read_text(encoding="utf-8") if path.exists() else ""
         present = defined_functions(source)
-        absent = [route for route in routes if route.handler not in present]
+        absent = [item for item in wanted if item.name not in present]
         if absent:
             missing[service.name] = absent
     return missing
@@ -99,19 +133,19 @@ def missing_handlers(platform: Platform, folder: Path) -> dict[str, list[Route]]
 
 def plan_stubs(platform: Platform, folder: Path) -> list[HandlerChange]:
     changes = []
-    for name, routes in missing_handlers(platform, folder).items():
-        service = platform.service(name)
+    for name, absent in missing_handlers(platform, folder).items():
         path = folder / f"{name}.py"
-        stubs = "".join(_stub(service, route) for route in routes)
+        stubs = "".join(item.stub for item in absent)
         if path.exists():
             source = path.read_text(encoding="utf-8")
+            needs = [name for name in _NEEDED_IMPORTS if f"{name}" in stubs]
             # A file that does not parse is left as it is; the stubs still go at the end.
             with contextlib.suppress(SyntaxError):
-                source = _with_imports(source, list(_NEEDED_IMPORTS))
+                source = _with_imports(source, needs)
             text = source.rstrip("\n") + "\n" + stubs
         else:
             text = _HEADER.format(service=name) + stubs
-        handlers = tuple(route.handler or "" for route in routes)
+        handlers = tuple(item.name for item in absent)
         changes.append(HandlerChange(path, text, not path.exists(), handlers))
     return changes
 

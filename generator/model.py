@@ -22,6 +22,7 @@ from generator.spec import (
     Spec,
     TableSpec,
 )
+from generator.system_tables import SYSTEM_TABLES
 
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _UNIT_BYTES = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
@@ -170,6 +171,7 @@ class Table:
     sort: tuple[str, ...]
     cache_ttl_seconds: int | None
     allow_destructive: bool
+    system: bool = False  # added by the platform (event machinery), not written in the spec
 
     @property
     def primary_key(self) -> Column:
@@ -351,7 +353,23 @@ class Gateway:
 class EventBus:
     deployable: Deployable
     prefix: str
+    database: str
+    tables: tuple[Table, ...]
     store_retention_seconds: int
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One database and the package whose models and migrations describe it."""
+
+    title: str
+    database: str
+    folder: str  # inside generated/, e.g. "services/user" or "eventbus"
+    tables: tuple[Table, ...]
+
+    @property
+    def package(self) -> str:
+        return "generated." + self.folder.replace("/", ".")
 
 
 @dataclass(frozen=True)
@@ -404,6 +422,17 @@ class Platform:
             )
             if service in order
         )
+
+    @property
+    def schemas(self) -> tuple[Schema, ...]:
+        owners = [
+            Schema(service.title, service.database, f"services/{service.name}", service.tables)
+            for service in self.services
+            if service.tables
+        ]
+        bus = self.event_bus
+        owners.append(Schema(bus.deployable.title, bus.database, "eventbus", bus.tables))
+        return tuple(owners)
 
     def service(self, name: str) -> Service:
         return next(service for service in self.services if service.name == name)
@@ -467,7 +496,7 @@ def _column(name: str, spec: ColumnSpec) -> Column:
     )
 
 
-def _table(name: str, spec: TableSpec) -> Table:
+def _table(name: str, spec: TableSpec, *, system: bool = False) -> Table:
     indexes = tuple(
         Index(
             name=index.name or f"idx_{name}_{'_'.join(index.columns)}",
@@ -491,7 +520,12 @@ def _table(name: str, spec: TableSpec) -> Table:
         sort=tuple(spec.sort),
         cache_ttl_seconds=duration_ms(spec.cache.ttl) // 1000 if spec.cache else None,
         allow_destructive=spec.allow_destructive,
+        system=system,
     )
+
+
+def _system_tables(*names: str) -> tuple[Table, ...]:
+    return tuple(_table(name, SYSTEM_TABLES[name], system=True) for name in names)
 
 
 def _route(service: str, spec: RouteSpec | GatewayRouteSpec, index: int) -> Route:
@@ -574,7 +608,14 @@ class _Builder:
             prefix=spec.prefix,
             uses_cache="cache" in spec.uses,
             calls=tuple(spec.calls),
-            tables=tuple(_table(table, table_spec) for table, table_spec in spec.tables.items()),
+            tables=(
+                *(_table(table, table_spec) for table, table_spec in spec.tables.items()),
+                *_system_tables(
+                    *(["outbox"] if spec.events.publishes else []),
+                    *(["processed_events"] if spec.events.consumes else []),
+                    *(["saga_instances"] if spec.sagas else []),
+                ),
+            ),
             publishes=tuple(spec.events.publishes),
             consumes=tuple(spec.events.consumes),
             routes=tuple(
@@ -684,6 +725,8 @@ class _Builder:
                 "event-bus", "event-bus", "Event Bus", bus.port, bus.scaling, bus.resources
             ),
             prefix=bus.prefix,
+            database=bus.database,
+            tables=_system_tables("audit_log"),
             store_retention_seconds=duration_ms(bus.store_retention) // 1000,
         )
         return Platform(

@@ -61,12 +61,15 @@ class Imports:
         return "\n\n".join(blocks)
 
 
-def call(head: str, args: list[str] | tuple[str, ...], *, indent: int, tail: str = ")") -> str:
-    """`head(arg, ...)` on one line when it fits in 100 columns, else one argument per line
-    with a trailing comma (which ruff's formatter keeps exploded, so output is stable)."""
+def call(
+    head: str, args: list[str] | tuple[str, ...], *, indent: int, tail: str = ")", reserve: int = 0
+) -> str:
+    """`head(arg, ...)` on one line when it fits in 100 columns (less `reserve` for what
+    follows it, e.g. a comma), else one argument per line with a trailing comma (which
+    ruff's formatter keeps exploded, so output is stable)."""
     pad = " " * indent
     one_line = f"{pad}{head}{', '.join(args)}{tail}"
-    if len(one_line) <= 100:
+    if len(one_line) + reserve <= 100:
         return one_line
     inner = "".join(f"{pad}    {arg},\n" for arg in args)
     return f"{pad}{head}\n{inner}{pad}{tail}"

@@ -143,6 +143,7 @@ class GatewaySpec(Strict):
 class EventBusSpec(Strict):
     port: Port
     prefix: UrlPath = "/api/events"
+    database: Identifier = "cloudretail_events"
     store_retention: Duration = "7d"
     scaling: ScalingSpec = ScalingSpec()
     resources: ResourcesSpec | None = None

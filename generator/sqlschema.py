@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from generator.model import Column, Service, Table
+from generator.model import Column, Table
 
 
 def column_type(column: Column) -> sa.types.TypeEngine[Any]:
@@ -81,8 +81,8 @@ def table_schema(table: Table, metadata: sa.MetaData) -> sa.Table:
     return sa.Table(table.name, metadata, *columns, *constraints, *indexes)
 
 
-def service_metadata(service: Service) -> sa.MetaData:
+def schema_metadata(tables: tuple[Table, ...]) -> sa.MetaData:
     metadata = sa.MetaData()
-    for table in service.tables:
+    for table in tables:
         table_schema(table, metadata)
     return metadata

@@ -57,11 +57,14 @@ def create_service_app(
     lifespan: Lifespan | None = None,
     metrics: Metrics | None = None,
     token_verifier: TokenVerifier | None = None,
+    hooks: object | None = None,
 ) -> FastAPI:
     """Build a service app with database, cache, errors, logs, metrics and health wired in.
 
     `lifespan` runs inside the runtime's own, so whatever it starts (event consumers, say)
-    stops before the database pool and cache close. `event_bus_check` reports "eventBus" on
+    stops before the database pool and cache close. `hooks` is the service's handlers
+    module: its `startup(app)` and `shutdown(app)` coroutines, when defined, run at start
+    (after the database is reachable) and at stop. `event_bus_check` reports "eventBus" on
     readiness; until an events layer supplies one it is always healthy.
     """
     if database is None:
@@ -96,6 +99,10 @@ def create_service_app(
             "service started",
             extra={"port": settings.port, "environment": settings.environment},
         )
+        startup = getattr(hooks, "startup", None)
+        shutdown = getattr(hooks, "shutdown", None)
+        if startup is not None:
+            await startup(app)
         try:
             if lifespan is None:
                 yield
@@ -103,6 +110,8 @@ def create_service_app(
                 async with lifespan(app):
                     yield
         finally:
+            if shutdown is not None:
+                await shutdown(app)
             # Uvicorn turns SIGTERM into this shutdown after in-flight requests finish.
             await cache.close()
             await database.dispose()

@@ -17,6 +17,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -225,6 +226,15 @@ def get_verifier(request: Request) -> TokenVerifier:
     return verifier
 
 
+# The caller of the request being handled, for code far from the route (event metadata).
+current_principal: ContextVar[Principal | None] = ContextVar("current_principal", default=None)
+
+
+def current_user_id() -> str | None:
+    principal = current_principal.get()
+    return principal.subject if principal is not None and principal.role != "service" else None
+
+
 async def optional_principal(request: Request) -> Principal | None:
     """The caller when a valid token is present, None when there is none; 401 when it is bad."""
     cached = getattr(request.state, "principal", None)
@@ -235,6 +245,7 @@ async def optional_principal(request: Request) -> Principal | None:
         return None
     principal = await get_verifier(request).verify(token)
     request.state.principal = principal
+    current_principal.set(principal)
     return principal
 
 

@@ -83,11 +83,19 @@ class ServiceSettings(BaseSettings):
     # None means in-process fallbacks: a memory cache, no shared state between replicas.
     redis_url: str | None = None
     kafka_bootstrap_servers: str | None = None
+    # Idempotent producers need InitProducerId, which the embedded broker lacks: on for
+    # Kafka (the manifests), off for the local embedded broker.
+    kafka_idempotent: bool = True
 
     # Tokens are RS256 JWTs from the user service; everyone verifies them with its JWKS.
     jwt_issuer: str = "cloudretail"
     jwt_audience: str = "cloudretail"
     jwks_url: str | None = None
+    # The user service signs tokens: a PEM here or in a file. Without either, development
+    # makes a key under .cloudretail/keys/ and production refuses to start.
+    jwt_private_key: SecretStr | None = None
+    jwt_private_key_file: str | None = None
+    access_token_ttl: int = Field(default=3600, ge=60)
     # Shared secret for `auth: service` routes between services.
     service_token: SecretStr = SecretStr(DEFAULT_SECRET)
 

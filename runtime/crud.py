@@ -96,20 +96,36 @@ async def get_or_404(session: AsyncSession, model: type[Row], key: object) -> Ro
     return row
 
 
-async def create(session: AsyncSession, model: type[Row], values: dict[str, Any]) -> Row:
+Changes = dict[str, tuple[Any, Any]]
+
+
+async def insert(session: AsyncSession, model: type[Row], values: dict[str, Any]) -> Row:
+    """Add a row and flush, so its key and defaults are known before events are written."""
     row = model(**values)
     session.add(row)
-    await session.commit()
-    await session.refresh(row)
+    await session.flush()
     return row
 
 
-async def update(session: AsyncSession, row: Row, values: dict[str, Any]) -> Row:
+def assign(row: DeclarativeBase, values: dict[str, Any]) -> Changes:
+    """Set `values` on `row`; return the columns whose value really changed, (old, new)."""
+    changes: Changes = {}
     for name, value in values.items():
-        setattr(row, name, value)
+        old = getattr(row, name)
+        if old != value:
+            changes[name] = (old, value)
+            setattr(row, name, value)
+    return changes
+
+
+def new_values(changes: Changes) -> dict[str, Any]:
+    return {name: new for name, (_, new) in changes.items()}
+
+
+async def commit(session: AsyncSession, row: DeclarativeBase) -> None:
+    """Commit the row with the events written beside it, then reload server-side values."""
     await session.commit()
     await session.refresh(row)
-    return row
 
 
 async def delete(session: AsyncSession, row: DeclarativeBase) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runtime.auth import OptionalPrincipalDep, Principal
@@ -15,6 +17,8 @@ from runtime.cache import Cache
 from runtime.config import ServiceSettings
 from runtime.deps import CacheDep, SessionDep, SettingsDep
 from runtime.errors import Problem
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 @dataclass
@@ -42,6 +46,15 @@ class Context:
             return await self.request.json()
         except ValueError:
             raise Problem(400, detail="the request body is not valid JSON") from None
+
+    async def body(self, model: type[Model]) -> Model:
+        """The JSON body validated by `model`; a 422 problem naming each bad field if not."""
+        try:
+            return model.model_validate(await self.json())
+        except ValidationError as error:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
+            ) from None
 
 
 async def get_context(

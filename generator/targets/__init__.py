@@ -6,11 +6,32 @@ from collections.abc import Callable, Mapping
 
 from generator.model import Platform
 from generator.render import OutputFile
-from generator.targets import docs, gateway, migrations, services, topics
+from generator.targets import (
+    compose,
+    docs,
+    eventbus,
+    events,
+    gateway,
+    images,
+    k8s,
+    migrations,
+    services,
+    topics,
+)
 
 Target = Callable[[Platform], list[OutputFile]]
 
-TARGETS: tuple[Target, ...] = (topics.files, gateway.files, docs.files, services.files)
+TARGETS: tuple[Target, ...] = (
+    topics.files,
+    gateway.files,
+    docs.files,
+    events.files,
+    services.files,
+    eventbus.files,
+    images.files,
+    k8s.files,
+    compose.files,
+)
 
 
 def all_files(platform: Platform, existing: Mapping[str, str]) -> list[OutputFile]:

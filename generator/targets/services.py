@@ -10,7 +10,9 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from generator.model import Column, Platform, Route, Service, Table, pascal
+from generator.crud_events import CrudEvent, FieldSource, crud_events
+from generator.handlers import event_handler_name
+from generator.model import Column, Platform, Route, Saga, Service, Table, pascal
 from generator.pycode import Imports, call
 from generator.render import OutputFile, pystr
 from generator.sqlschema import check_name, unique_name
@@ -71,7 +73,7 @@ class TableCode:
     table: Table
     class_name: str
     columns: tuple[ColumnCode, ...]
-    table_args: tuple[str, ...]
+    table_args_block: str
     filters: tuple[FilterCode, ...]
     sort_values: tuple[str, ...]
     aliases: tuple[str, ...]
@@ -92,6 +94,22 @@ class RouteCode:
     returns: str
     table: TableCode | None
     key_param: str | None
+    publish: tuple[str, ...] = ()  # statements (indented) that write this write's events
+
+
+@dataclass(frozen=True)
+class SagaCode:
+    saga: Saga
+    constant: str
+    steps: tuple[str, ...]  # Step(...) expressions, indented, each ending with a comma
+
+
+@dataclass(frozen=True)
+class ModelsCode:
+    """What models.py of one database prints."""
+
+    tables: tuple[TableCode, ...]
+    imports: str
 
 
 @dataclass(frozen=True)
@@ -99,11 +117,15 @@ class ServiceCode:
     service: Service
     package: str
     docstring: str
-    tables: tuple[TableCode, ...]
+    tables: tuple[TableCode, ...]  # the spec's own tables, with API schemas
     routes: tuple[RouteCode, ...]
-    model_imports: str
+    models: ModelsCode
     schema_imports: str
     route_imports: str
+    publishes: bool
+    has_handlers: bool
+    sagas: tuple[SagaCode, ...]
+    event_handlers: tuple[tuple[str, str], ...]  # (event type, handler function)
 
 
 # -- columns -------------------------------------------------------------------------------
@@ -237,6 +259,18 @@ def _column_code(column: Column, table: Table) -> ColumnCode:
 # -- tables --------------------------------------------------------------------------------
 
 
+def table_args_block(args: tuple[str, ...]) -> str:
+    """`__table_args__ = (...)` as ruff formats it (a lone element stays on one line)."""
+    if not args:
+        return ""
+    if len(args) == 1 and "\n" not in args[0]:
+        line = f"    __table_args__ = ({args[0]},)"
+        if len(line) <= 100:
+            return line
+    inner = "".join(f"        {arg},\n" for arg in args)
+    return f"    __table_args__ = (\n{inner}    )"
+
+
 def _table_args(table: Table) -> tuple[str, ...]:
     args = [
         call(
@@ -302,7 +336,7 @@ def _table_code(table: Table) -> TableCode:
         table=table,
         class_name=table.class_name,
         columns=tuple(_column_code(column, table) for column in table.columns),
-        table_args=_table_args(table),
+        table_args_block=table_args_block(_table_args(table)),
         filters=filters,
         sort_values=sort_values,
         aliases=tuple(aliases),
@@ -314,6 +348,47 @@ def _table_code(table: Table) -> TableCode:
     )
 
 
+# -- events of CRUD writes -----------------------------------------------------------------
+
+
+def _source_expr(source: FieldSource) -> str:
+    if source.kind in {"key", "column"}:
+        return f"row.{source.column}"
+    if source.kind == "changes":
+        return "crud.new_values(changes)"
+    index = 0 if source.kind == "old" else 1
+    return f"changes[{pystr(source.column)}][{index}]"
+
+
+def _publish_call(event: CrudEvent, indent: int) -> str:
+    items = [f"{pystr(s.field)}: {_source_expr(s)}" for s in event.sources]
+    pad = " " * indent
+    payload = "{" + ", ".join(items) + "}"
+    if len(f"{pad}    {payload},") > 100:
+        inner = "".join(f"{pad}        {item},\n" for item in items)
+        payload = "{\n" + inner + pad + "    }"
+    args = ["session", pystr(event.event), payload]
+    one_line = f"{pad}await events.publish({', '.join(args)})"
+    if len(one_line) <= 100 and "\n" not in payload:
+        return one_line
+    return f"{pad}await events.publish(\n" + "".join(f"{pad}    {a},\n" for a in args) + f"{pad})"
+
+
+def _publish_lines(events: list[CrudEvent]) -> tuple[str, ...]:
+    lines = []
+    for event in events:
+        if event.trigger == "always":
+            lines.append(_publish_call(event, 4))
+        else:
+            condition = (
+                "changes"
+                if event.trigger == "changed"
+                else (f"{pystr(event.trigger.partition(':')[2])} in changes")
+            )
+            lines.append(f"    if {condition}:\n{_publish_call(event, 8)}")
+    return tuple(lines)
+
+
 # -- routes --------------------------------------------------------------------------------
 
 
@@ -321,7 +396,9 @@ def _path_params(path: str) -> list[str]:
     return re.findall(r"{([a-z_][a-z0-9_]*)}", path)
 
 
-def _route_code(route: Route, tables: dict[str, TableCode]) -> RouteCode:
+def _route_code(
+    route: Route, tables: dict[str, TableCode], published: dict[str, list[str]]
+) -> RouteCode:
     table = tables.get(route.crud_table or "")
     kind = route.crud_operation or "handler"
     params = _path_params(route.path)
@@ -383,6 +460,16 @@ def _route_code(route: Route, tables: dict[str, TableCode]) -> RouteCode:
         roles = ", ".join(pystr(role) for role in route.roles)
         decorator_args.append(f"dependencies=[Depends(require({roles}))]")
     decorator = call(f"@router.{route.method.lower()}(", decorator_args, indent=0)
+    publish: tuple[str, ...] = ()
+    if table is not None:
+        found = crud_events(
+            table.table.row_name,
+            table.table.primary_key.name,
+            [column.name for column in table.table.columns],
+            kind,
+            published,
+        )
+        publish = _publish_lines([event for event in found if not event.missing])
     return RouteCode(
         route=route,
         function=function,
@@ -392,20 +479,21 @@ def _route_code(route: Route, tables: dict[str, TableCode]) -> RouteCode:
         returns=returns,
         table=table,
         key_param=key_param,
+        publish=publish,
     )
 
 
 # -- imports -------------------------------------------------------------------------------
 
 
-def _model_imports(service: Service) -> str:
+def _model_imports(tables: tuple[Table, ...]) -> str:
     imports = (
         Imports()
         .add("sqlalchemy as sa")
         .add("sqlalchemy.orm", "DeclarativeBase", "Mapped", "mapped_column")
     )
     runtime = {"decimal": "DecimalType", "json": "JSONType", "timestamp": "UTCDateTime"}
-    for table in service.tables:
+    for table in tables:
         for column in table.columns:
             _add_type(imports, _PYTHON_TYPES[column.type])
             if column.type in runtime:
@@ -427,8 +515,8 @@ def _schema_imports(service: Service, tables: tuple[TableCode, ...]) -> str:
         for line in (column.create_line, column.update_line)
         if line
     )
-    for table in service.tables:
-        for column in table.columns:
+    for table in tables:
+        for column in table.table.columns:
             _add_type(imports, _PYTHON_TYPES[column.type])
     if "Field(" in text:
         imports.add("pydantic", "Field")
@@ -482,12 +570,44 @@ def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
             imports.add(module, *((name,) if name else ()))
     if any(route.kind == "delete" for route in routes):
         imports.add("fastapi", "Response")
+    if any(route.publish for route in routes):
+        imports.add(package, "events")
     return imports.lines()
 
 
-def service_code(service: Service) -> ServiceCode:
-    tables = {table.name: _table_code(table) for table in service.tables}
-    routes = tuple(_route_code(route, tables) for route in service.routes)
+def _call_expr(target: str, platform: Platform, head: str) -> str:
+    """`Call(...)` as an argument line at 12 spaces (exploded when too long)."""
+    callee, _, operation = target.partition(".")
+    route = next(r for r in platform.service(callee).routes if r.name == operation)
+    args = [pystr(callee), pystr(route.method), pystr(route.path)]
+    # reserve=1: the enclosing call puts a comma after this argument.
+    return call(head, args, indent=12, tail=")", reserve=1).lstrip()
+
+
+def _saga_code(saga: Saga, platform: Platform) -> SagaCode:
+    steps = []
+    for step in saga.steps:
+        args = [pystr(step.name), _call_expr(step.call, platform, "Call(")]
+        if step.compensate:
+            args.append(_call_expr(step.compensate, platform, "compensate=Call("))
+        steps.append(call("Step(", args, indent=8, tail="),"))
+    return SagaCode(saga=saga, constant=saga.name.upper(), steps=tuple(steps))
+
+
+def models_code(tables: tuple[Table, ...]) -> ModelsCode:
+    return ModelsCode(
+        tables=tuple(_table_code(table) for table in tables), imports=_model_imports(tables)
+    )
+
+
+def service_code(service: Service, platform: Platform) -> ServiceCode:
+    tables = {table.name: _table_code(table) for table in service.tables if not table.system}
+    published = {
+        event.name: [field.name for field in event.payload]
+        for event in platform.events
+        if event.producer == service.name
+    }
+    routes = tuple(_route_code(route, tables, published) for route in service.routes)
     summary = f"{service.title}: {service.description}" if service.description else service.title
     wrapped = textwrap.fill(summary, width=96)
     docstring = f'"""{wrapped}"""' if "\n" not in wrapped else f'"""{wrapped}\n"""'
@@ -497,7 +617,11 @@ def service_code(service: Service) -> ServiceCode:
         docstring=docstring,
         tables=tuple(tables.values()),
         routes=routes,
-        model_imports=_model_imports(service),
+        models=models_code(service.tables),
+        publishes=bool(service.publishes),
+        has_handlers=any(route.handler for route in service.routes) or bool(service.consumes),
+        event_handlers=tuple((event, event_handler_name(event)) for event in service.consumes),
+        sagas=tuple(_saga_code(saga, platform) for saga in service.sagas),
         schema_imports=_schema_imports(service, tuple(tables.values())),
         route_imports=_route_imports(service, routes),
     )
@@ -513,11 +637,15 @@ def files(platform: Platform) -> list[OutputFile]:
         ),
     ]
     for service in platform.services:
-        code = service_code(service)
+        code = service_code(service, platform)
         base = f"services/{service.name}"
         context = {"platform": platform, "code": code, "service": service}
-        modules = ("__init__.py", "__main__.py", "app.py", "models.py", "schemas.py", "routes.py")
+        modules = ("__init__.py", "__main__.py", "app.py", "schemas.py", "routes.py")
         for name in modules:
             out.append(OutputFile(f"{base}/{name}", f"services/{name}.j2", context))
+        if code.publishes:
+            out.append(OutputFile(f"{base}/events.py", "services/events.py.j2", context))
+        if code.sagas:
+            out.append(OutputFile(f"{base}/sagas.py", "services/sagas.py.j2", context))
         out.append(OutputFile(f"{base}/Dockerfile", "services/Dockerfile.j2", context))
     return out

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from generated.events import REGISTRY
 from generated.services.inventory.routes import router
+from handlers import inventory as handlers
 from runtime.app import create_service_app
 from runtime.config import ServiceSettings, load_settings
+from runtime.service_events import ServiceEvents
 
 SERVICE = "inventory"
 PORT = 3004
@@ -20,9 +23,21 @@ def settings_from_env() -> ServiceSettings:
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or settings_from_env()
+    events = ServiceEvents(
+        settings,
+        REGISTRY,
+        handlers={
+            "order.created": handlers.on_order_created,
+            "order.cancelled": handlers.on_order_cancelled,
+        },
+    )
     return create_service_app(
-        settings or settings_from_env(),
+        settings,
         routers=[router],
         title="Inventory Service",
         description="Stock levels, reservations, replenishment, low-stock alerts, warehouses",
+        hooks=handlers,
+        lifespan=events.lifespan,
+        event_bus_check=events.healthy,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,7 +13,7 @@ from runtime.schemas import PatchModel
 
 
 class InventoryCreate(BaseModel):
-    """Body that creates a inventory, or replaces one whole."""
+    """Body that creates one inventory, or replaces one whole."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -40,7 +40,7 @@ class InventoryUpdate(PatchModel):
 
 
 class InventoryRead(BaseModel):
-    """A inventory as the API returns it; secret columns are never included."""
+    """One inventory as the API returns it; secrets never included."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -59,6 +59,55 @@ class InventoryPage(BaseModel):
     """One page of inventory: `items` from `offset`, at most `limit`, of `total`."""
 
     items: list[InventoryRead]
+    total: int
+    limit: int
+    offset: int
+
+
+InventoryReservationStatus = Literal["reserved", "committed", "released", "returned"]
+
+
+class InventoryReservationCreate(BaseModel):
+    """Body that creates one inventory reservation, or replaces one whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: uuid.UUID
+    product_id: uuid.UUID
+    quantity: int = Field(gt=0)
+    status: InventoryReservationStatus
+
+
+class InventoryReservationUpdate(PatchModel):
+    """Body of a partial update: only the fields sent change."""
+
+    model_config = ConfigDict(extra="forbid")
+    not_null: ClassVar[frozenset[str]] = frozenset({"order_id", "product_id", "quantity", "status"})
+
+    order_id: uuid.UUID | None = None
+    product_id: uuid.UUID | None = None
+    quantity: int | None = Field(default=None, gt=0)
+    status: InventoryReservationStatus | None = None
+
+
+class InventoryReservationRead(BaseModel):
+    """One inventory reservation as the API returns it; secrets never included."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    order_id: uuid.UUID
+    product_id: uuid.UUID
+    quantity: int
+    status: InventoryReservationStatus
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class InventoryReservationPage(BaseModel):
+    """One page of inventory reservations: `items` from `offset`, at most `limit`, of `total`."""
+
+    items: list[InventoryReservationRead]
     total: int
     limit: int
     offset: int

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from generated.events import REGISTRY
 from generated.services.order.routes import router
+from handlers import order as handlers
 from runtime.app import create_service_app
 from runtime.config import ServiceSettings, load_settings
+from runtime.service_events import ServiceEvents
 
 SERVICE = "order"
 PORT = 3003
@@ -20,9 +23,21 @@ def settings_from_env() -> ServiceSettings:
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or settings_from_env()
+    events = ServiceEvents(
+        settings,
+        REGISTRY,
+        handlers={
+            "payment.completed": handlers.on_payment_completed,
+            "inventory.reserved": handlers.on_inventory_reserved,
+        },
+    )
     return create_service_app(
-        settings or settings_from_env(),
+        settings,
         routers=[router],
         title="Order Service",
         description="Order creation, validation, status tracking and history; runs the order saga",
+        hooks=handlers,
+        lifespan=events.lifespan,
+        event_bus_check=events.healthy,
     )

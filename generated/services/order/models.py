@@ -30,6 +30,7 @@ class Order(Base):
         sa.Index("idx_orders_status", "status"),
         sa.Index("idx_orders_payment_id", "payment_id"),
         sa.Index("idx_orders_created_at", "created_at"),
+        sa.Index("uq_orders_user_idempotency_key", "user_id", "idempotency_key", unique=True),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
@@ -39,6 +40,8 @@ class Order(Base):
     status: Mapped[str | None] = mapped_column(sa.String(20))
     shipping_address: Mapped[Any] = mapped_column(JSONType, nullable=False)
     payment_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    currency: Mapped[str | None] = mapped_column(sa.String(3), default="USD", server_default="USD")
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     created_at: Mapped[datetime | None] = mapped_column(
         UTCDateTime,
         default=utc_now,
@@ -49,4 +52,86 @@ class Order(Base):
         default=utc_now,
         server_default=sa.text("CURRENT_TIMESTAMP"),
         onupdate=utc_now,
+    )
+
+
+class OrderEvent(Base):
+    __tablename__ = "order_events"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", name="uq_order_events_event_id"),
+        sa.Index("idx_order_events_order_id", "order_id", "occurred_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    order_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, nullable=False)
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, nullable=False)
+    event_type: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    data: Mapped[Any] = mapped_column(JSONType, nullable=False)
+
+
+class Outbox(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
+        sa.Index("idx_outbox_unsent", "sent_at", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, nullable=False)
+    topic: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    message_key: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    event_type: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    payload: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime,
+        nullable=False,
+        default=utc_now,
+        server_default=sa.text("CURRENT_TIMESTAMP"),
+    )
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(
+        sa.Integer,
+        nullable=False,
+        default=0,
+        server_default=sa.text("0"),
+    )
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class ProcessedEvent(Base):
+    __tablename__ = "processed_events"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    event_type: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    processed_at: Mapped[datetime] = mapped_column(
+        UTCDateTime,
+        nullable=False,
+        default=utc_now,
+        server_default=sa.text("CURRENT_TIMESTAMP"),
+    )
+
+
+class SagaInstance(Base):
+    __tablename__ = "saga_instances"
+    __table_args__ = (sa.Index("idx_saga_instances_status", "status", "updated_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    saga: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+    status: Mapped[str] = mapped_column(sa.String(20), nullable=False)
+    step: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    data: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    deadline: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime,
+        nullable=False,
+        default=utc_now,
+        server_default=sa.text("CURRENT_TIMESTAMP"),
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime,
+        nullable=False,
+        default=utc_now,
+        server_default=sa.text("CURRENT_TIMESTAMP"),
     )

@@ -17,7 +17,7 @@ OrderSort = Literal["created_at", "-created_at", "total_amount", "-total_amount"
 
 
 class OrderCreate(BaseModel):
-    """Body that creates a order, or replaces one whole."""
+    """Body that creates one order, or replaces one whole."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -27,6 +27,8 @@ class OrderCreate(BaseModel):
     status: OrderStatus | None = None
     shipping_address: Any
     payment_id: uuid.UUID | None = None
+    currency: str | None = Field(default="USD", max_length=3)
+    idempotency_key: str | None = Field(default=None, max_length=255)
 
 
 class OrderUpdate(PatchModel):
@@ -53,10 +55,12 @@ class OrderUpdate(PatchModel):
     status: OrderStatus | None = None
     shipping_address: Any | None = None
     payment_id: uuid.UUID | None = None
+    currency: str | None = Field(default=None, max_length=3)
+    idempotency_key: str | None = Field(default=None, max_length=255)
 
 
 class OrderRead(BaseModel):
-    """A order as the API returns it; secret columns are never included."""
+    """One order as the API returns it; secrets never included."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -67,6 +71,8 @@ class OrderRead(BaseModel):
     status: OrderStatus | None
     shipping_address: Any
     payment_id: uuid.UUID | None
+    currency: str | None
+    idempotency_key: str | None
     created_at: datetime | None
     updated_at: datetime | None
 
@@ -75,6 +81,61 @@ class OrderPage(BaseModel):
     """One page of orders: `items` from `offset`, at most `limit`, of `total`."""
 
     items: list[OrderRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class OrderEventCreate(BaseModel):
+    """Body that creates one order event, or replaces one whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str = Field(max_length=100)
+    occurred_at: datetime
+    data: Any
+
+
+class OrderEventUpdate(PatchModel):
+    """Body of a partial update: only the fields sent change."""
+
+    model_config = ConfigDict(extra="forbid")
+    not_null: ClassVar[frozenset[str]] = frozenset(
+        {
+            "data",
+            "event_id",
+            "event_type",
+            "occurred_at",
+            "order_id",
+        }
+    )
+
+    order_id: uuid.UUID | None = None
+    event_id: uuid.UUID | None = None
+    event_type: str | None = Field(default=None, max_length=100)
+    occurred_at: datetime | None = None
+    data: Any | None = None
+
+
+class OrderEventRead(BaseModel):
+    """One order event as the API returns it; secrets never included."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    order_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    occurred_at: datetime
+    data: Any
+
+
+class OrderEventPage(BaseModel):
+    """One page of order events: `items` from `offset`, at most `limit`, of `total`."""
+
+    items: list[OrderEventRead]
     total: int
     limit: int
     offset: int

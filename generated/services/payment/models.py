@@ -25,6 +25,7 @@ class Payment(Base):
             "status IN ('pending', 'processing', 'completed', 'failed', 'refunded')",
             name="ck_payments_status",
         ),
+        sa.UniqueConstraint("idempotency_key", name="uq_payments_idempotency_key"),
         sa.Index("idx_payments_order_id", "order_id"),
         sa.Index("idx_payments_user_id", "user_id"),
         sa.Index("idx_payments_status", "status"),
@@ -40,6 +41,8 @@ class Payment(Base):
     payment_method: Mapped[str | None] = mapped_column(sa.String(50))
     transaction_id: Mapped[str | None] = mapped_column(sa.String(255))
     gateway: Mapped[str | None] = mapped_column(sa.String(50))
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
+    failure_reason: Mapped[str | None] = mapped_column(sa.String(255))
     created_at: Mapped[datetime | None] = mapped_column(
         UTCDateTime,
         default=utc_now,
@@ -50,4 +53,46 @@ class Payment(Base):
         default=utc_now,
         server_default=sa.text("CURRENT_TIMESTAMP"),
         onupdate=utc_now,
+    )
+
+
+class Outbox(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
+        sa.Index("idx_outbox_unsent", "sent_at", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, nullable=False)
+    topic: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    message_key: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    event_type: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    payload: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime,
+        nullable=False,
+        default=utc_now,
+        server_default=sa.text("CURRENT_TIMESTAMP"),
+    )
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(
+        sa.Integer,
+        nullable=False,
+        default=0,
+        server_default=sa.text("0"),
+    )
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class ProcessedEvent(Base):
+    __tablename__ = "processed_events"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    event_type: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    processed_at: Mapped[datetime] = mapped_column(
+        UTCDateTime,
+        nullable=False,
+        default=utc_now,
+        server_default=sa.text("CURRENT_TIMESTAMP"),
     )

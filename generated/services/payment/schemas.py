@@ -16,7 +16,7 @@ PaymentStatus = Literal["pending", "processing", "completed", "failed", "refunde
 
 
 class PaymentCreate(BaseModel):
-    """Body that creates a payment, or replaces one whole."""
+    """Body that creates one payment, or replaces one whole."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -28,6 +28,8 @@ class PaymentCreate(BaseModel):
     payment_method: str | None = Field(default=None, max_length=50)
     transaction_id: str | None = Field(default=None, max_length=255)
     gateway: str | None = Field(default=None, max_length=50)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    failure_reason: str | None = Field(default=None, max_length=255)
 
 
 class PaymentUpdate(PatchModel):
@@ -44,10 +46,12 @@ class PaymentUpdate(PatchModel):
     payment_method: str | None = Field(default=None, max_length=50)
     transaction_id: str | None = Field(default=None, max_length=255)
     gateway: str | None = Field(default=None, max_length=50)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    failure_reason: str | None = Field(default=None, max_length=255)
 
 
 class PaymentRead(BaseModel):
-    """A payment as the API returns it; secret columns are never included."""
+    """One payment as the API returns it; secrets never included."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -60,6 +64,8 @@ class PaymentRead(BaseModel):
     payment_method: str | None
     transaction_id: str | None
     gateway: str | None
+    idempotency_key: str | None
+    failure_reason: str | None
     created_at: datetime | None
     updated_at: datetime | None
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from generated.events import REGISTRY
 from generated.services.product.routes import router
 from runtime.app import create_service_app
 from runtime.config import ServiceSettings, load_settings
+from runtime.service_events import ServiceEvents
 
 SERVICE = "product"
 PORT = 3002
@@ -20,9 +22,13 @@ def settings_from_env() -> ServiceSettings:
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or settings_from_env()
+    events = ServiceEvents(settings, REGISTRY)
     return create_service_app(
-        settings or settings_from_env(),
+        settings,
         routers=[router],
         title="Product Service",
         description="Catalog, search and filtering, categories, pricing, availability",
+        lifespan=events.lifespan,
+        event_bus_check=events.healthy,
     )

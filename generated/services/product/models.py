@@ -51,3 +51,32 @@ class Product(Base):
         server_default=sa.text("CURRENT_TIMESTAMP"),
         onupdate=utc_now,
     )
+
+
+class Outbox(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
+        sa.Index("idx_outbox_unsent", "sent_at", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, nullable=False)
+    topic: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    message_key: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    event_type: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    payload: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime,
+        nullable=False,
+        default=utc_now,
+        server_default=sa.text("CURRENT_TIMESTAMP"),
+    )
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(
+        sa.Integer,
+        nullable=False,
+        default=0,
+        server_default=sa.text("0"),
+    )
+    last_error: Mapped[str | None] = mapped_column(sa.Text)

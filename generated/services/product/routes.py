@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from generated.services.product import events
 from generated.services.product.models import Product
 from generated.services.product.schemas import (
     ProductCreate,
@@ -72,7 +73,19 @@ async def create_product(
     session: SessionDep,
     cache: CacheDep,
 ) -> ProductRead:
-    row = await crud.create(session, Product, body.model_dump())
+    row = await crud.insert(session, Product, body.model_dump())
+    await events.publish(
+        session,
+        "product.created",
+        {
+            "product_id": row.id,
+            "name": row.name,
+            "sku": row.sku,
+            "price": row.price,
+            "category": row.category,
+        },
+    )
+    await crud.commit(session, row)
     await crud.invalidate(cache, "products")
     return ProductRead.model_validate(row)
 
@@ -90,6 +103,7 @@ async def delete_product(
     cache: CacheDep,
 ) -> Response:
     row = await crud.get_or_404(session, Product, id)
+    await events.publish(session, "product.deleted", {"product_id": row.id})
     await crud.delete(session, row)
     await crud.invalidate(cache, "products")
     return Response(status_code=204)
@@ -124,7 +138,24 @@ async def update_product(
     cache: CacheDep,
 ) -> ProductRead:
     row = await crud.get_or_404(session, Product, id)
-    row = await crud.update(session, row, body.model_dump(exclude_unset=True))
+    changes = crud.assign(row, body.model_dump(exclude_unset=True))
+    if changes:
+        await events.publish(
+            session,
+            "product.updated",
+            {"product_id": row.id, "fields": crud.new_values(changes)},
+        )
+    if "price" in changes:
+        await events.publish(
+            session,
+            "product.price_changed",
+            {
+                "product_id": row.id,
+                "old_price": changes["price"][0],
+                "new_price": changes["price"][1],
+            },
+        )
+    await crud.commit(session, row)
     await crud.invalidate(cache, "products")
     return ProductRead.model_validate(row)
 
@@ -142,6 +173,23 @@ async def replace_product(
     cache: CacheDep,
 ) -> ProductRead:
     row = await crud.get_or_404(session, Product, id)
-    row = await crud.update(session, row, body.model_dump())
+    changes = crud.assign(row, body.model_dump())
+    if changes:
+        await events.publish(
+            session,
+            "product.updated",
+            {"product_id": row.id, "fields": crud.new_values(changes)},
+        )
+    if "price" in changes:
+        await events.publish(
+            session,
+            "product.price_changed",
+            {
+                "product_id": row.id,
+                "old_price": changes["price"][0],
+                "new_price": changes["price"][1],
+            },
+        )
+    await crud.commit(session, row)
     await crud.invalidate(cache, "products")
     return ProductRead.model_validate(row)

@@ -16,7 +16,7 @@ ProductSort = Literal["name", "-name", "price", "-price", "created_at", "-create
 
 
 class ProductCreate(BaseModel):
-    """Body that creates a product, or replaces one whole."""
+    """Body that creates one product, or replaces one whole."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -45,7 +45,7 @@ class ProductUpdate(PatchModel):
 
 
 class ProductRead(BaseModel):
-    """A product as the API returns it; secret columns are never included."""
+    """One product as the API returns it; secrets never included."""
 
     model_config = ConfigDict(from_attributes=True)
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from generated.events import REGISTRY
 from generated.services.user.routes import router
+from handlers import user as handlers
 from runtime.app import create_service_app
 from runtime.config import ServiceSettings, load_settings
+from runtime.service_events import ServiceEvents
 
 SERVICE = "user"
 PORT = 3001
@@ -20,9 +23,14 @@ def settings_from_env() -> ServiceSettings:
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or settings_from_env()
+    events = ServiceEvents(settings, REGISTRY)
     return create_service_app(
-        settings or settings_from_env(),
+        settings,
         routers=[router],
         title="User Service",
         description="Registration, authentication, profiles, roles, two-factor auth, GDPR consent",
+        hooks=handlers,
+        lifespan=events.lifespan,
+        event_bus_check=events.healthy,
     )

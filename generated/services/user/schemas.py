@@ -15,7 +15,7 @@ UserRole = Literal["customer", "admin", "vendor"]
 
 
 class UserCreate(BaseModel):
-    """Body that creates a user, or replaces one whole."""
+    """Body that creates one user, or replaces one whole."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -26,6 +26,7 @@ class UserCreate(BaseModel):
     role: UserRole | None = None
     is_active: bool | None = True
     gdpr_consent: bool = False
+    gdpr_consent_at: datetime | None = None
     two_factor_enabled: bool | None = False
     two_factor_secret: str | None = Field(default=None, max_length=255)
 
@@ -51,12 +52,13 @@ class UserUpdate(PatchModel):
     role: UserRole | None = None
     is_active: bool | None = None
     gdpr_consent: bool | None = None
+    gdpr_consent_at: datetime | None = None
     two_factor_enabled: bool | None = None
     two_factor_secret: str | None = Field(default=None, max_length=255)
 
 
 class UserRead(BaseModel):
-    """A user as the API returns it; secret columns are never included."""
+    """One user as the API returns it; secrets never included."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -67,6 +69,7 @@ class UserRead(BaseModel):
     role: UserRole | None
     is_active: bool | None
     gdpr_consent: bool
+    gdpr_consent_at: datetime | None
     two_factor_enabled: bool | None
     created_at: datetime | None
     updated_at: datetime | None

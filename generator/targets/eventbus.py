@@ -1,0 +1,20 @@
+"""The event bus service: `generated/eventbus/` (its models and migrations come from the
+migrations target, like every database's)."""
+
+from __future__ import annotations
+
+from generator.model import Platform
+from generator.render import OutputFile
+
+
+def files(platform: Platform) -> list[OutputFile]:
+    context = {"platform": platform, "bus": platform.event_bus}
+    return [
+        OutputFile(
+            "eventbus/__init__.py",
+            "services/package.py.j2",
+            {"doc": "The event bus: every event of the platform, stored, audited, streamed."},
+        ),
+        OutputFile("eventbus/app.py", "eventbus/app.py.j2", context),
+        OutputFile("eventbus/__main__.py", "eventbus/__main__.py.j2", context),
+    ]

@@ -1,0 +1,449 @@
+"""Kubernetes manifests: a kustomize base (`generated/k8s/base`) and overlays `dev` and `prod`.
+
+Per deployable: ServiceAccount, ConfigMap, Deployment, ClusterIP Service, HPA, PDB (and the
+gateway's Ingress); per database owner a migration Job; the network policies, the data
+services, the secrets the manifests reference (never their values) and the rollout lists
+the workflows read (`generated/k8s/deployables.json`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from generator.model import Platform
+from generator.render import OutputFile
+from generator.targets import k8s_data, k8s_network
+from generator.targets.deploy import (
+    JWT_KEY_DIR,
+    JWT_KEY_FILE,
+    UID,
+    Deployment,
+    Migration,
+    Process,
+    Setting,
+    build,
+)
+from generator.targets.k8s_views import (
+    COMPONENT,
+    NAME,
+    PART_OF,
+    PHASE,
+    ConfigMapView,
+    Container,
+    DeploymentView,
+    HpaView,
+    IngressView,
+    JobView,
+    Meta,
+    NamespaceView,
+    Pairs,
+    PdbView,
+    Pod,
+    SecretEnv,
+    SecretFile,
+    ServiceAccountView,
+    ServiceView,
+    Skip,
+    pairs,
+    skip_annotations,
+)
+
+BASE = "k8s/base"
+# Wait this long before shutting down, so endpoints and the gateway stop sending first;
+# there is no shell in the image guaranteed, so the pause is Python's.
+PRE_STOP = ("python", "-c", "import time; time.sleep(5)")
+GRACE_SECONDS = 30  # pre-stop pause + the server's graceful drain, with room to spare
+SPREAD_KEYS = ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+TMP_SIZE = "64Mi"
+INGRESS_CLASS = "nginx"
+DEFAULT_TAG = "main"  # the overlays' tag until the deploy workflow pins a commit's
+JOB_BACKOFF = 4
+JOB_DEADLINE_SECONDS = 900
+JOB_TTL_SECONDS = 86_400
+
+_SKIPS = (
+    Skip(
+        "CKV_K8S_43",
+        "tags are set per commit by kustomize images; the deploy workflow pins the commit tag",
+    ),
+    Skip(
+        "CKV_K8S_35",
+        "the runtime reads 12-factor settings from env; values come from Secret references",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ImageTag:
+    name: str
+    tag: str
+
+
+@dataclass(frozen=True)
+class OverlayView:
+    name: str
+    namespace: str
+    images: tuple[ImageTag, ...]
+    hpas: tuple[str, ...]
+    kafka_replication_settings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A Secret the manifests reference; secrets.example.env says how to make it."""
+
+    name: str
+    keys: tuple[str, ...]
+    users: tuple[str, ...]
+    kind: str  # env (from secrets.env), file, tls, operator (made by CloudNativePG)
+    purpose: str
+    how: tuple[str, ...]  # commands that make it
+
+    @property
+    def made_by(self) -> str:
+        return "CloudNativePG" if self.kind == "operator" else "you"
+
+
+def shared_secret(deployment: Deployment) -> str:
+    return f"{deployment.name}-secrets"
+
+
+def jwt_secret(process: Process) -> str:
+    return f"{process.name}-jwt"
+
+
+def tls_secret(deployment: Deployment) -> str:
+    return f"{deployment.gateway.name}-tls"
+
+
+def _secret_env(deployment: Deployment, process_database: str | None) -> tuple[SecretEnv, ...]:
+    refs = [SecretEnv("SERVICE_TOKEN", shared_secret(deployment), "SERVICE_TOKEN")]
+    if process_database:
+        database = deployment.database(process_database)
+        refs.insert(0, SecretEnv("DATABASE_URL", database.app_secret, "uri"))
+    return tuple(refs)
+
+
+def app_labels(deployment: Deployment, process: Process) -> Pairs:
+    return pairs(
+        {NAME: process.name, COMPONENT: process.kind, PART_OF: deployment.name, PHASE: "app"}
+    )
+
+
+def migration_labels(deployment: Deployment, migration: Migration) -> Pairs:
+    return pairs(
+        {NAME: migration.name, COMPONENT: "migration", PART_OF: deployment.name, PHASE: "migrate"}
+    )
+
+
+def migrations_account(deployment: Deployment) -> str:
+    return f"{deployment.name}-migrations"
+
+
+def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
+    ns = deployment.namespace
+    labels = app_labels(deployment, process)
+    selector = ((NAME, process.name),)
+    deployable = process.deployable
+    folder = f"{BASE}/apps/{process.name}"
+    container = Container(
+        name=process.name,
+        image=process.image,
+        command=process.command,
+        port=process.port,
+        config_map=process.name,
+        env=(),
+        secret_env=_secret_env(deployment, process.database),
+        secret_files=(
+            (SecretFile("jwt", jwt_secret(process), JWT_KEY_FILE, JWT_KEY_DIR),)
+            if process.signs_tokens
+            else ()
+        ),
+        resources=deployable.resources,
+        liveness=deployable.liveness,
+        readiness=deployable.readiness,
+        pre_stop=PRE_STOP,
+    )
+    pod = Pod(
+        labels=labels,
+        service_account=process.name,
+        run_as=UID,
+        containers=(container,),
+        grace_seconds=GRACE_SECONDS,
+        restart_policy="Always",
+        spread=selector,
+        spread_keys=SPREAD_KEYS,
+        tmp_size=TMP_SIZE,
+    )
+    meta = Meta(process.name, ns, labels)
+    scaling = deployable.scaling
+    views: list[tuple[str, str, object]] = [
+        ("serviceaccount", "serviceaccount", ServiceAccountView(meta)),
+        (
+            "configmap",
+            "configmap",
+            ConfigMapView(meta, deployment.settings(process, deployment.kafka_bootstrap)),
+        ),
+        (
+            "deployment",
+            "deployment",
+            DeploymentView(
+                Meta(process.name, ns, labels, skip_annotations(_SKIPS)),
+                scaling.min,
+                selector,
+                pod,
+            ),
+        ),
+        ("service", "service", ServiceView(meta, selector, process.port)),
+        (
+            "hpa",
+            "hpa",
+            HpaView(meta, process.name, scaling.min, scaling.max, scaling.cpu, scaling.memory),
+        ),
+        ("pdb", "pdb", PdbView(meta, selector, 1)),
+    ]
+    if process.kind == "gateway":
+        views.append(
+            (
+                "ingress",
+                "ingress",
+                IngressView(
+                    meta,
+                    INGRESS_CLASS,
+                    deployment.platform.domain,
+                    tls_secret(deployment),
+                    process.name,
+                    process.port,
+                ),
+            )
+        )
+    return [
+        OutputFile(f"{folder}/{name}.yaml", f"k8s/{template}.yaml.j2", {"view": view})
+        for name, template, view in views
+    ]
+
+
+def _migration_files(deployment: Deployment) -> list[OutputFile]:
+    if not deployment.migrations:
+        return []
+    ns = deployment.namespace
+    account = migrations_account(deployment)
+    files = [
+        OutputFile(
+            f"{BASE}/migrations/serviceaccount.yaml",
+            "k8s/serviceaccount.yaml.j2",
+            {
+                "view": ServiceAccountView(
+                    Meta(
+                        account,
+                        ns,
+                        pairs(
+                            {
+                                NAME: account,
+                                COMPONENT: "migration",
+                                PART_OF: deployment.name,
+                                PHASE: "migrate",
+                            }
+                        ),
+                    )
+                )
+            },
+        )
+    ]
+    for migration in deployment.migrations:
+        process = deployment.process(migration.process)
+        labels = migration_labels(deployment, migration)
+        container = Container(
+            name="migrate",
+            image=process.image,
+            command=migration.command,
+            port=None,
+            config_map=None,
+            env=(Setting("ENVIRONMENT", "production"), Setting("LOG_LEVEL", "INFO")),
+            secret_env=_secret_env(deployment, migration.database),
+            secret_files=(),
+            resources=process.deployable.resources,
+            liveness=None,
+            readiness=None,
+            pre_stop=(),
+        )
+        pod = Pod(
+            labels=labels,
+            service_account=account,
+            run_as=UID,
+            containers=(container,),
+            grace_seconds=GRACE_SECONDS,
+            restart_policy="Never",
+            spread=(),
+            spread_keys=(),
+            tmp_size=TMP_SIZE,
+        )
+        view = JobView(
+            Meta(migration.name, ns, labels, skip_annotations(_SKIPS)),
+            JOB_BACKOFF,
+            JOB_DEADLINE_SECONDS,
+            JOB_TTL_SECONDS,
+            pod,
+        )
+        files.append(
+            OutputFile(
+                f"{BASE}/migrations/{migration.name}.yaml", "k8s/job.yaml.j2", {"view": view}
+            )
+        )
+    return files
+
+
+def secrets(deployment: Deployment) -> tuple[Secret, ...]:
+    ns = deployment.namespace
+    create = f"kubectl -n {ns} create secret"
+    shared = shared_secret(deployment)
+    found = [
+        Secret(
+            shared,
+            ("SERVICE_TOKEN",),
+            tuple(process.name for process in deployment.processes),
+            "env",
+            "the token of `auth: service` routes between services (e.g. `openssl rand -hex 32`)",
+            (f"{create} generic {shared} --from-env-file=secrets.env",),
+        )
+    ]
+    for process in deployment.processes:
+        if process.signs_tokens:
+            name = jwt_secret(process)
+            found.append(
+                Secret(
+                    name,
+                    (JWT_KEY_FILE,),
+                    (process.name,),
+                    "file",
+                    f"the RS256 private key {process.name} signs tokens with",
+                    (
+                        f"openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 "
+                        f"-out {JWT_KEY_FILE}",
+                        f"{create} generic {name} --from-file={JWT_KEY_FILE}",
+                    ),
+                )
+            )
+    tls = tls_secret(deployment)
+    found.append(
+        Secret(
+            tls,
+            ("tls.crt", "tls.key"),
+            (f"Ingress {deployment.gateway.name}",),
+            "tls",
+            f"the certificate of {deployment.platform.domain} (or let cert-manager issue it)",
+            (f"{create} tls {tls} --cert=tls.crt --key=tls.key",),
+        )
+    )
+    found += [
+        Secret(
+            database.app_secret,
+            ("uri",),
+            database.clients,
+            "operator",
+            f"owner credentials of {database.name}; its `uri` is DATABASE_URL",
+            (),
+        )
+        for database in deployment.databases
+    ]
+    return tuple(found)
+
+
+def _rollout(deployment: Deployment) -> str:
+    """The lists the CI and deploy workflows read, so a new service needs no workflow edit."""
+    data = {
+        "namespace": deployment.namespace,
+        "images": [
+            {"name": process.name, "image": process.image, "dockerfile": process.dockerfile}
+            for process in deployment.processes
+        ],
+        "migrations": [migration.name for migration in deployment.migrations],
+        "deployments": [
+            *(process.name for process in deployment.processes),
+            *(["redis"] if deployment.redis_clients else []),
+        ],
+        "databases": [database.cluster for database in deployment.databases],
+        # What must exist before a deploy (the operators make the rest).
+        "secrets": [s.name for s in secrets(deployment) if s.kind != "operator"],
+        "kafka": deployment.kafka_cluster,
+        "overlays": ["dev", "prod"],
+    }
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def files(platform: Platform) -> list[OutputFile]:
+    deployment = build(platform)
+    ns = deployment.namespace
+    out: list[OutputFile] = [
+        OutputFile(
+            f"{BASE}/namespace.yaml",
+            "k8s/namespace.yaml.j2",
+            {
+                "view": NamespaceView(
+                    Meta(
+                        ns,
+                        ns,
+                        pairs(
+                            {
+                                PART_OF: deployment.name,
+                                PHASE: "infrastructure",
+                                "pod-security.kubernetes.io/enforce": "baseline",
+                                "pod-security.kubernetes.io/audit": "restricted",
+                                "pod-security.kubernetes.io/warn": "restricted",
+                            }
+                        ),
+                    )
+                )
+            },
+        )
+    ]
+    for process in deployment.processes:
+        out += _app_files(deployment, process)
+    out += _migration_files(deployment)
+    out += k8s_network.files(deployment)
+    out += k8s_data.files(deployment)
+    resources = sorted(file.path.removeprefix(f"{BASE}/") for file in out)
+    out.append(
+        OutputFile(
+            f"{BASE}/kustomization.yaml",
+            "k8s/kustomization.yaml.j2",
+            {"namespace": ns, "resources": resources},
+        )
+    )
+    out.append(
+        OutputFile(
+            f"{BASE}/secrets.example.env",
+            "k8s/secrets.example.env.j2",
+            {
+                "deployment": deployment,
+                "env_secrets": [s for s in secrets(deployment) if s.kind == "env"],
+                "file_secrets": [s for s in secrets(deployment) if s.kind in ("file", "tls")],
+                "operator_secrets": [s for s in secrets(deployment) if s.kind == "operator"],
+            },
+        )
+    )
+    images = tuple(ImageTag(process.image, DEFAULT_TAG) for process in deployment.processes)
+    for name, hpas in (("dev", tuple(p.name for p in deployment.processes)), ("prod", ())):
+        out.append(
+            OutputFile(
+                f"k8s/overlays/{name}/kustomization.yaml",
+                f"k8s/overlays/{name}.yaml.j2",
+                {"view": OverlayView(name, ns, images, hpas, k8s_data.REPLICATION_SETTINGS)},
+            )
+        )
+    out.append(OutputFile("k8s/deployables.json", text=_rollout(deployment)))
+    out.append(
+        OutputFile(
+            "k8s/README.md",
+            "k8s/README.md.j2",
+            {
+                "deployment": deployment,
+                "secrets": secrets(deployment),
+                "rows": k8s_network.rows(deployment),
+                "network": k8s_network,
+                "data": k8s_data,
+            },
+        )
+    )
+    return out

@@ -1,0 +1,287 @@
+"""The platform's data services as declared resources: Strimzi Kafka, CloudNativePG, Redis.
+
+The operators (Strimzi, CloudNativePG) run the clusters; these files say what to run.
+The pod labels the operators put on their pods are here too, for the network policies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from generator.model import Resources
+from generator.render import OutputFile
+from generator.targets.deploy import KAFKA_PORT, REDIS_HOST, REDIS_PORT, UID, Database, Deployment
+from generator.targets.k8s_views import (
+    COMPONENT,
+    NAME,
+    PART_OF,
+    PHASE,
+    Meta,
+    Pairs,
+    ServiceAccountView,
+    ServiceView,
+    Skip,
+    pairs,
+    skip_annotations,
+)
+
+KAFKA_VERSION = "3.7.0"
+KAFKA_METADATA_VERSION = "3.7-IV4"
+KAFKA_POOL = "dual-role"
+KAFKA_MIN_NODES = 3
+KAFKA_STORAGE = "20Gi"
+KAFKA_RESOURCES = Resources("500m", "2Gi", "2", "4Gi")
+POSTGRES_IMAGE = "ghcr.io/cloudnative-pg/postgresql:15.8"
+POSTGRES_INSTANCES = 3
+POSTGRES_STORAGE = "10Gi"
+POSTGRES_RESOURCES = Resources("250m", "512Mi", "1", "1Gi")
+REDIS_IMAGE = "redis:7.2.5-alpine"
+REDIS_RESOURCES = Resources("100m", "128Mi", "500m", "512Mi")
+REDIS_MAX_MEMORY = "384mb"
+REDIS_DATA_SIZE = "64Mi"
+# Kafka settings that count replicas (a single-node cluster sets each to 1).
+REPLICATION_SETTINGS = (
+    "default.replication.factor",
+    "min.insync.replicas",
+    "offsets.topic.replication.factor",
+    "transaction.state.log.min.isr",
+    "transaction.state.log.replication.factor",
+)
+
+_IMAGE_DIGEST = Skip(
+    "CKV_K8S_43",
+    "pinned by version tag; digests change per registry mirror and are pinned at deploy time",
+)
+
+
+# -- the labels the operators give their pods ---------------------------------------------
+
+
+def postgres_pods(database: Database) -> Pairs:
+    """Every pod of a CloudNativePG cluster (instances and its bootstrap jobs)."""
+    return (("cnpg.io/cluster", database.cluster),)
+
+
+def kafka_pods(deployment: Deployment) -> Pairs:
+    """Strimzi's selector labels of the Kafka nodes (controllers and brokers)."""
+    cluster = deployment.kafka_cluster
+    return pairs(
+        {
+            "strimzi.io/cluster": cluster,
+            "strimzi.io/kind": "Kafka",
+            "strimzi.io/name": f"{cluster}-kafka",
+        }
+    )
+
+
+def entity_operator_pods(deployment: Deployment) -> Pairs:
+    return (("strimzi.io/name", f"{deployment.kafka_cluster}-entity-operator"),)
+
+
+def redis_pods() -> Pairs:
+    return ((NAME, REDIS_HOST),)
+
+
+def app_pods(name: str) -> Pairs:
+    """The selector of one of the platform's own workloads (deployable or migration Job)."""
+    return ((NAME, name),)
+
+
+# -- views ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KafkaView:
+    meta: Meta
+    pool: str
+    version: str
+    metadata_version: str
+    port: int
+    clients: tuple[Pairs, ...]
+    config: tuple[tuple[str, int | bool | str], ...]
+
+
+@dataclass(frozen=True)
+class NodePoolView:
+    meta: Meta
+    cluster: str
+    replicas: int
+    storage: str
+    resources: Resources
+
+
+@dataclass(frozen=True)
+class TopicView:
+    meta: Meta
+    description: str
+    topic: str
+    partitions: int
+    replicas: int
+    retention_ms: int
+    cleanup_policy: str
+    min_insync: int
+
+
+@dataclass(frozen=True)
+class PostgresView:
+    meta: Meta
+    users: str
+    instances: int
+    image: str
+    database: str
+    owner: str
+    storage: str
+    resources: Resources
+
+
+@dataclass(frozen=True)
+class RedisView:
+    meta: Meta
+    selector: Pairs
+    pod_labels: Pairs
+    service_account: str
+    run_as: int
+    image: str
+    port: int
+    max_memory: str
+    data_size: str
+    resources: Resources
+
+
+def kafka_nodes(deployment: Deployment) -> int:
+    return max([KAFKA_MIN_NODES, *(topic.replication for topic in deployment.platform.topics)])
+
+
+def _labels(deployment: Deployment, component: str, extra: dict[str, str]) -> Pairs:
+    return pairs({COMPONENT: component, PART_OF: deployment.name, PHASE: "infrastructure", **extra})
+
+
+def kafka_files(deployment: Deployment) -> list[OutputFile]:
+    ns = deployment.namespace
+    cluster = deployment.kafka_cluster
+    strimzi = {"strimzi.io/cluster": cluster}
+    labels = _labels(deployment, "kafka", strimzi)
+    nodes = kafka_nodes(deployment)
+    factor = min(KAFKA_MIN_NODES, nodes)
+    kafka = KafkaView(
+        meta=Meta(
+            cluster,
+            ns,
+            _labels(deployment, "kafka", {}),
+            pairs({"strimzi.io/kraft": "enabled", "strimzi.io/node-pools": "enabled"}),
+        ),
+        pool=KAFKA_POOL,
+        version=KAFKA_VERSION,
+        metadata_version=KAFKA_METADATA_VERSION,
+        port=KAFKA_PORT,
+        clients=tuple(app_pods(name) for name in sorted(deployment.kafka_clients)),
+        config=(
+            ("auto.create.topics.enable", False),
+            *(
+                (key, max(1, factor - 1) if "min" in key else factor)
+                for key in REPLICATION_SETTINGS
+            ),
+        ),
+    )
+    files = [
+        OutputFile("k8s/base/kafka/kafka.yaml", "k8s/data/kafka.yaml.j2", {"view": kafka}),
+        OutputFile(
+            "k8s/base/kafka/nodepool.yaml",
+            "k8s/data/nodepool.yaml.j2",
+            {
+                "view": NodePoolView(
+                    Meta(KAFKA_POOL, ns, labels), cluster, nodes, KAFKA_STORAGE, KAFKA_RESOURCES
+                )
+            },
+        ),
+    ]
+    for topic in deployment.platform.topics:
+        for name, description in (
+            (topic.name, topic.description or f"Events of {', '.join(topic.events)}"),
+            (topic.dead_letter, f"Dead letters of {topic.name}: events its consumers gave up on"),
+        ):
+            view = TopicView(
+                meta=Meta(name.replace(".", "-"), ns, labels),
+                description=description,
+                topic=name,
+                partitions=topic.partitions,
+                replicas=topic.replication,
+                retention_ms=topic.retention_ms,
+                cleanup_policy=topic.cleanup_policy,
+                min_insync=max(1, topic.replication - 1),
+            )
+            files.append(
+                OutputFile(
+                    f"k8s/base/kafka/topics/{view.meta.name}.yaml",
+                    "k8s/data/topic.yaml.j2",
+                    {"view": view},
+                )
+            )
+    return files
+
+
+def postgres_files(deployment: Deployment) -> list[OutputFile]:
+    files = []
+    for database in deployment.databases:
+        view = PostgresView(
+            meta=Meta(
+                database.cluster,
+                deployment.namespace,
+                _labels(deployment, "database", {NAME: database.cluster}),
+            ),
+            users=", ".join(database.clients),
+            instances=POSTGRES_INSTANCES,
+            image=POSTGRES_IMAGE,
+            database=database.name,
+            owner=database.name,
+            storage=POSTGRES_STORAGE,
+            resources=POSTGRES_RESOURCES,
+        )
+        files.append(
+            OutputFile(
+                f"k8s/base/postgres/{database.cluster}.yaml",
+                "k8s/data/postgres.yaml.j2",
+                {"view": view},
+            )
+        )
+    return files
+
+
+def redis_files(deployment: Deployment) -> list[OutputFile]:
+    if not deployment.redis_clients:
+        return []
+    ns = deployment.namespace
+    labels = _labels(deployment, "cache", {NAME: REDIS_HOST})
+    view = RedisView(
+        meta=Meta(REDIS_HOST, ns, labels, skip_annotations([_IMAGE_DIGEST])),
+        selector=redis_pods(),
+        pod_labels=labels,
+        service_account=REDIS_HOST,
+        run_as=UID,
+        image=REDIS_IMAGE,
+        port=REDIS_PORT,
+        max_memory=REDIS_MAX_MEMORY,
+        data_size=REDIS_DATA_SIZE,
+        resources=REDIS_RESOURCES,
+    )
+    return [
+        OutputFile(
+            "k8s/base/redis/serviceaccount.yaml",
+            "k8s/serviceaccount.yaml.j2",
+            {"view": ServiceAccountView(Meta(REDIS_HOST, ns, labels))},
+        ),
+        OutputFile("k8s/base/redis/deployment.yaml", "k8s/data/redis.yaml.j2", {"view": view}),
+        OutputFile(
+            "k8s/base/redis/service.yaml",
+            "k8s/service.yaml.j2",
+            {
+                "view": ServiceView(
+                    Meta(REDIS_HOST, ns, labels), redis_pods(), REDIS_PORT, port_name="redis"
+                )
+            },
+        ),
+    ]
+
+
+def files(deployment: Deployment) -> list[OutputFile]:
+    return [*kafka_files(deployment), *postgres_files(deployment), *redis_files(deployment)]

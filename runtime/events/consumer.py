@@ -1,0 +1,396 @@
+"""Consuming events: each applied at most once, offsets committed only after the database.
+
+Per message, in ONE transaction: claim the event id in `processed_events` (a redelivery finds
+it and is skipped) and run the handler, whose own events go to the outbox in that same
+transaction. Only after that commit is the Kafka offset committed, so a crash in between
+means a redelivery, which the claim turns into a no-op: effectively exactly once.
+
+A handler that keeps failing is retried with exponential backoff, then its message goes to
+`<topic>.dlq` and the partition moves on. Messages are handled one at a time, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, cast
+
+from pydantic import BaseModel
+from sqlalchemy import exists, insert, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from runtime.correlation import correlation_id_var
+from runtime.db import Database
+from runtime.events.bus import BrokerUnavailable, CommitFailed, Message, Producer, Source
+from runtime.events.envelope import EnvelopeError, Event
+from runtime.events.outbox import publish
+from runtime.events.registry import EventRegistry, EventValidationError
+from runtime.events.tables import processed_events
+from runtime.events.topics import dlq_topic
+
+logger = logging.getLogger(__name__)
+
+_MAX_HEADER_ERROR = 1000
+
+
+class EventContext:
+    """What a handler gets: the event, its typed payload, and the transaction to work in."""
+
+    def __init__(
+        self,
+        event: Event,
+        payload: BaseModel,
+        session: AsyncSession,
+        *,
+        registry: EventRegistry,
+        service: str,
+    ) -> None:
+        self.event = event
+        self.payload = payload
+        self.session = session
+        self._registry = registry
+        self._service = service
+
+    async def publish(
+        self,
+        event_type: str,
+        data: Mapping[str, Any] | BaseModel,
+        key: str | None = None,
+    ) -> Event:
+        """Publish in the handler's transaction, as a consequence of the consumed event."""
+        return await publish(
+            self.session,
+            self._registry,
+            event_type,
+            data,
+            service=self._service,
+            key=key,
+            correlation_id=self.event.metadata.correlation_id,
+            causation_id=str(self.event.id),
+            user_id=self.event.metadata.user_id,
+        )
+
+
+Handler = Callable[[EventContext], Awaitable[None]]
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    SKIPPED = "skipped"
+    DEAD_LETTERED = "dead-lettered"
+
+
+@dataclass
+class ConsumerStats:
+    applied: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    commit_failures: int = 0
+
+
+class _Interrupted(Exception):
+    """stop() was called while a message waited to be retried; it stays uncommitted."""
+
+
+def consumer_topics(registry: EventRegistry, handlers: Iterable[str]) -> list[str]:
+    """The topics a service must subscribe to for the event types it handles."""
+    return sorted({registry.get(name).topic for name in handlers})
+
+
+def _is_infrastructure(error: BaseException) -> bool:
+    """A database that is down or busy, not a handler that is wrong.
+
+    Such errors are retried without limit (the partition waits) instead of dead-lettering
+    every event that arrives during a database outage.
+    """
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, OperationalError | InterfaceError | PoolTimeoutError | OSError)
+
+
+class EventConsumer:
+    """Runs one service's handlers over its consumer group (group id = service name)."""
+
+    def __init__(
+        self,
+        database: Database,
+        registry: EventRegistry,
+        source: Source,
+        producer: Producer,
+        *,
+        service: str,
+        handlers: Mapping[str, Handler],
+        max_attempts: int = 5,
+        backoff_base: float = 0.2,
+        backoff_max: float = 5.0,
+        batch_size: int = 100,
+        poll_timeout: float = 0.5,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        for name in handlers:
+            registry.get(name)  # an unknown event type fails here, at wiring time
+        if source.group_id != service:
+            raise ValueError(
+                f"source group {source.group_id!r} is not the service name {service!r}: "
+                "each service is one consumer group"
+            )
+        self.topics = consumer_topics(registry, handlers)
+        missing = set(self.topics) - set(source.topics)
+        if missing:
+            raise ValueError(f"source is not subscribed to {sorted(missing)}")
+        self.database = database
+        self.registry = registry
+        self.source = source
+        self.producer = producer
+        self.service = service
+        self.handlers = dict(handlers)
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.stats = ConsumerStats()
+        self._healthy = True
+        self._stopping = False
+        self._stop_requested = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._source_started = False
+
+    @property
+    def healthy(self) -> bool:
+        """False while the broker or the database is failing us; True once work flows again."""
+        return self._healthy and self.running
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self._stopping = False
+        self._stop_requested = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"event-consumer-{self.service}")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Finish the message in hand, commit what was applied, leave the group."""
+        task, self._task = self._task, None
+        self._stopping = True
+        self._stop_requested.set()
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                logger.warning("event consumer did not stop in time; cancelling it")
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._source_started:
+            self._source_started = False
+            await self.source.stop()
+
+    async def _run(self) -> None:
+        delay = 0.0
+        while not self._stopping:
+            try:
+                if not self._source_started:
+                    await self.source.start()
+                    self._source_started = True
+                messages = await self.source.fetch(self.poll_timeout, self.batch_size)
+            except Exception as error:
+                self._healthy = False
+                delay = min(max(delay * 2, self.backoff_base), self.backoff_max)
+                logger.warning(
+                    "event consumer cannot read from the broker",
+                    extra={"service": self.service, "error": repr(error), "retry_in": delay},
+                )
+                await self._pause(delay)
+                continue
+            delay = 0.0
+            done: dict[tuple[str, int], int] = {}
+            for message in messages:
+                if self._stopping:
+                    break
+                try:
+                    await self.process(message)
+                except _Interrupted:
+                    break
+                done[(message.topic, message.partition)] = message.offset + 1
+            if done:
+                await self._commit(done)
+
+    async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        try:
+            await self.source.commit(offsets)
+        except (CommitFailed, BrokerUnavailable) as error:
+            # The database already has the effects; whoever reads these messages again
+            # finds them in processed_events and skips them.
+            self.stats.commit_failures += 1
+            logger.warning(
+                "offsets not committed; messages will be redelivered and skipped",
+                extra={"service": self.service, "error": str(error)},
+            )
+
+    async def process(self, message: Message) -> Outcome:
+        """Handle one message completely (apply, skip or dead-letter); offsets are the caller's."""
+        try:
+            event = Event.from_bytes(message.value)
+        except EnvelopeError as error:
+            await self._dead_letter(message, str(error), attempts=1)
+            return Outcome.DEAD_LETTERED
+        handler = self.handlers.get(event.type)
+        if handler is None:
+            # Another service's event on a shared topic: not ours to handle.
+            self.stats.skipped += 1
+            return Outcome.SKIPPED
+        try:
+            payload = self.registry.parse(event.type, event.data)
+        except EventValidationError as error:
+            await self._dead_letter(message, str(error), attempts=1, event=event)
+            return Outcome.DEAD_LETTERED
+
+        attempt = 0
+        infrastructure_delay = 0.0
+        while True:
+            attempt += 1
+            try:
+                applied = await self._apply(event, payload, handler)
+            except Exception as error:
+                if _is_infrastructure(error):
+                    self._healthy = False
+                    attempt -= 1  # not the handler's fault: does not count toward the DLQ
+                    infrastructure_delay = min(
+                        max(infrastructure_delay * 2, self.backoff_base), self.backoff_max
+                    )
+                    logger.warning(
+                        "database unavailable while applying an event; retrying",
+                        extra={"event_id": str(event.id), "error": repr(error)},
+                    )
+                    await self._pause(infrastructure_delay, interruptible=True)
+                    continue
+                if attempt >= self.max_attempts:
+                    await self._dead_letter(
+                        message, f"{type(error).__name__}: {error}", attempt, event=event
+                    )
+                    return Outcome.DEAD_LETTERED
+                self.stats.retries += 1
+                delay = min(self.backoff_base * 2 ** (attempt - 1), self.backoff_max)
+                logger.warning(
+                    "event handler failed; retrying",
+                    extra={
+                        "event_id": str(event.id),
+                        "event_type": event.type,
+                        "attempt": attempt,
+                        "retry_in": delay,
+                        "error": f"{type(error).__name__}: {error}",
+                    },
+                )
+                await self._pause(delay, interruptible=True)
+                continue
+            self._healthy = True
+            if applied:
+                self.stats.applied += 1
+                return Outcome.APPLIED
+            self.stats.duplicates += 1
+            return Outcome.DUPLICATE
+
+    async def _apply(self, event: Event, payload: BaseModel, handler: Handler) -> bool:
+        async with self.database.sessionmaker() as session, session.begin():
+            if not await _claim(session, event):
+                return False
+            # Logs and calls made by the handler carry the originating request's id.
+            token = correlation_id_var.set(event.metadata.correlation_id)
+            try:
+                await handler(
+                    EventContext(
+                        event, payload, session, registry=self.registry, service=self.service
+                    )
+                )
+            finally:
+                correlation_id_var.reset(token)
+        return True
+
+    async def _dead_letter(
+        self, message: Message, error: str, attempts: int, *, event: Event | None = None
+    ) -> None:
+        ours = {"error", "attempts", "original-topic", "original-partition", "original-offset"}
+        kept = tuple(header for header in message.headers if header[0] not in ours)
+        headers = (
+            *kept,
+            ("error", error[:_MAX_HEADER_ERROR].encode()),
+            ("attempts", str(attempts).encode()),
+            ("original-topic", message.topic.encode()),
+            ("original-partition", str(message.partition).encode()),
+            ("original-offset", str(message.offset).encode()),
+            ("dead-lettered-by", self.service.encode()),
+        )
+        delay = 0.0
+        while True:
+            try:
+                await self.producer.send(
+                    dlq_topic(message.topic), message.key, message.value, headers
+                )
+                break
+            except BrokerUnavailable as send_error:
+                # Committing the offset without the DLQ copy would lose the message: wait.
+                self._healthy = False
+                delay = min(max(delay * 2, self.backoff_base), self.backoff_max)
+                logger.warning(
+                    "cannot dead-letter a message yet",
+                    extra={"topic": message.topic, "error": str(send_error), "retry_in": delay},
+                )
+                await self._pause(delay, interruptible=True)
+        self.stats.dead_lettered += 1
+        logger.error(
+            "event dead-lettered",
+            extra={
+                "service": self.service,
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                "event_id": str(event.id) if event else None,
+                "event_type": event.type if event else None,
+                "attempts": attempts,
+                "error": error[:_MAX_HEADER_ERROR],
+            },
+        )
+
+    async def _pause(self, seconds: float, *, interruptible: bool = False) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+        if interruptible and self._stopping:
+            raise _Interrupted
+
+
+async def _claim(session: AsyncSession, event: Event) -> bool:
+    """Record the event as processed; False when it already was (a redelivery)."""
+    values = {"event_id": event.id, "event_type": event.type}
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        # ON CONFLICT DO NOTHING also waits for a concurrent claim of the same id to commit
+        # or roll back (PostgreSQL), so two members racing on a redelivery apply it once.
+        statement = (
+            dialect_insert(processed_events)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=[processed_events.c.event_id])
+        )
+        result = cast(CursorResult[Any], await session.execute(statement))
+        return result.rowcount == 1
+    seen = await session.scalar(select(exists().where(processed_events.c.event_id == event.id)))
+    if seen:
+        return False
+    await session.execute(insert(processed_events).values(**values))
+    return True

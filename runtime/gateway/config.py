@@ -1,0 +1,181 @@
+"""Gateway configuration: the generated route table plus deployment settings from the env.
+
+routes.yaml (generated from the spec) says what the gateway routes and how strictly; the
+environment says where the upstream instances are and how to reach the key server, so one
+route table serves every environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_ROUTES_PATH = Path("generated/gateway/routes.yaml")
+AuthRule = Literal["public", "authenticated", "admin"]
+ReadyPolicy = Literal["all", "any"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RateLimitSpec(_Frozen):
+    requests: int = Field(gt=0)
+    window_seconds: float = Field(gt=0)
+
+
+class BreakerSpec(_Frozen):
+    failures: int = Field(gt=0)
+    reset_seconds: float = Field(gt=0)
+
+
+class UpstreamSpec(_Frozen):
+    name: str
+    prefix: str
+    port: int
+    env: str
+
+
+class RouteSpec(_Frozen):
+    method: str
+    path: str
+    upstream: str
+    auth: AuthRule
+    roles: tuple[str, ...] = ()
+
+    @field_validator("method")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+
+class RouteFile(_Frozen):
+    """The shape of generated/gateway/routes.yaml."""
+
+    port: int = 8080
+    rate_limit: RateLimitSpec
+    body_limit_bytes: int = Field(gt=0)
+    timeout_seconds: float = Field(gt=0)
+    circuit_breaker: BreakerSpec
+    cors_origins: tuple[str, ...] = ()
+    upstreams: tuple[UpstreamSpec, ...]
+    routes: tuple[RouteSpec, ...]
+
+
+class InstanceAddress(_Frozen):
+    """One reachable copy of an upstream service."""
+
+    url: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str) -> InstanceAddress:
+        parts = urlsplit(url.strip().rstrip("/"))
+        if parts.scheme != "http" or not parts.hostname:
+            # The gateway speaks plain HTTP to services inside the platform's network; TLS
+            # ends at the gateway (or at the load balancer in front of it).
+            raise ValueError(f"upstream URL must be http://host:port, got {url!r}")
+        port = parts.port or 80
+        return cls(url=f"http://{parts.hostname}:{port}", host=parts.hostname, port=port)
+
+
+class GatewayConfig(_Frozen):
+    """Everything the gateway needs to run; build with `load_config` or directly in tests."""
+
+    routes_file: RouteFile
+    instances: Mapping[str, tuple[InstanceAddress, ...]]
+    jwt_issuer: str = "cloudretail"
+    jwt_audience: str = "cloudretail"
+    jwks_url: str | None = None
+    redis_url: str | None = None
+    health_interval: float = 5.0
+    health_timeout: float = 2.0
+    # Consecutive failed probes before an instance is ejected; one success re-admits it.
+    unhealthy_after: int = 2
+    retries: int = 2
+    retry_backoff: float = 0.05
+    ready_policy: ReadyPolicy = "all"
+    openapi_ttl: float = 60.0
+
+    @property
+    def rate_limit(self) -> RateLimitSpec:
+        return self.routes_file.rate_limit
+
+    def default_jwks_url(self) -> str | None:
+        """The user service publishes its keys; ask its first instance unless told otherwise."""
+        if self.jwks_url:
+            return self.jwks_url
+        users = self.instances.get("user")
+        return f"{users[0].url}/api/users/.well-known/jwks.json" if users else None
+
+
+def read_route_file(path: Path | str = DEFAULT_ROUTES_PATH) -> RouteFile:
+    raw = yaml.safe_load(Path(path).read_text())
+    route_file = RouteFile.model_validate(raw)
+    names = {upstream.name for upstream in route_file.upstreams}
+    unknown = sorted({route.upstream for route in route_file.routes} - names)
+    if unknown:
+        raise ValueError(f"routes name undeclared upstreams: {unknown}")
+    return route_file
+
+
+def instances_from_env(
+    route_file: RouteFile, env: Mapping[str, str]
+) -> dict[str, tuple[InstanceAddress, ...]]:
+    """`<SERVICE>_URLS` (comma-separated) per upstream; default one instance on its own port."""
+    instances: dict[str, tuple[InstanceAddress, ...]] = {}
+    for upstream in route_file.upstreams:
+        listed = [url for url in env.get(upstream.env, "").split(",") if url.strip()]
+        urls = listed or [f"http://127.0.0.1:{upstream.port}"]
+        instances[upstream.name] = tuple(InstanceAddress.parse(url) for url in urls)
+    return instances
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name, "").strip()
+    return float(value) if value else default
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    return int(value) if value else default
+
+
+def load_config(
+    path: Path | str = DEFAULT_ROUTES_PATH, env: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """Route table from `path`, deployment settings from `env` (default: os.environ).
+
+    GATEWAY_RATE_LIMIT_REQUESTS / GATEWAY_RATE_LIMIT_WINDOW override the spec's limit (the
+    benchmark raises it so 429s do not dominate a load test).
+    """
+    env = os.environ if env is None else env
+    route_file = read_route_file(path)
+    limit = route_file.rate_limit
+    override = RateLimitSpec(
+        requests=_int(env, "GATEWAY_RATE_LIMIT_REQUESTS", limit.requests),
+        window_seconds=_float(env, "GATEWAY_RATE_LIMIT_WINDOW", limit.window_seconds),
+    )
+    if override != limit:
+        route_file = route_file.model_copy(update={"rate_limit": override})
+    policy = env.get("GATEWAY_READY_POLICY", "all").strip().lower() or "all"
+    if policy not in ("all", "any"):
+        raise ValueError(f"GATEWAY_READY_POLICY must be 'all' or 'any', got {policy!r}")
+    return GatewayConfig(
+        routes_file=route_file,
+        instances=instances_from_env(route_file, env),
+        jwt_issuer=env.get("JWT_ISSUER", "cloudretail") or "cloudretail",
+        jwt_audience=env.get("JWT_AUDIENCE", "cloudretail") or "cloudretail",
+        jwks_url=env.get("JWKS_URL") or None,
+        redis_url=env.get("REDIS_URL") or None,
+        health_interval=_float(env, "GATEWAY_HEALTH_INTERVAL", 5.0),
+        retries=_int(env, "GATEWAY_RETRIES", 2),
+        ready_policy="any" if policy == "any" else "all",
+    )

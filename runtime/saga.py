@@ -1,0 +1,314 @@
+"""Orchestrated sagas with persisted state: steps are calls to other services, a failed step
+undoes the earlier ones in reverse, and a crash at any point is finished on restart.
+
+The saga's row is written in the same transaction as the business change that starts it
+(the order, say), so no saga is lost. Every call carries the saga id as its idempotency
+key, which makes re-running a step after a crash harmless: callees must treat a repeated
+key as the same request. Compensations run for the failed step too when its outcome is
+unknown (timeout, connection lost); they are idempotent as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from runtime.db import Database
+from runtime.http import ServiceCallError, ServiceClients
+from runtime.jsonenc import dumps
+from runtime.types import UTCDateTime
+
+logger = logging.getLogger(__name__)
+
+_metadata = sa.MetaData()
+saga_instances = sa.Table(
+    "saga_instances",
+    _metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("saga", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("deadline", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+RUNNING = "running"
+COMPENSATING = "compensating"
+COMPLETED = "completed"
+COMPENSATED = "compensated"
+Hook = Callable[[AsyncSession, uuid.UUID, dict[str, Any]], Awaitable[None]]
+FailHook = Callable[[AsyncSession, uuid.UUID, dict[str, Any], dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Call:
+    """An operation of another service: `POST /internal/x/{order_id}` with the saga's data."""
+
+    service: str
+    method: str
+    path: str
+
+    def url(self, data: Mapping[str, Any]) -> str:
+        return self.path.format(**{k: v for k, v in data.items() if isinstance(v, str | int)})
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    call: Call
+    compensate: Call | None = None
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    name: str
+    steps: tuple[Step, ...]
+    timeout: float = 30.0
+    on_completed: Hook | None = None
+    on_failed: FailHook | None = None
+
+    def bind(self, *, on_completed: Hook, on_failed: FailHook) -> SagaDefinition:
+        return SagaDefinition(self.name, self.steps, self.timeout, on_completed, on_failed)
+
+
+@dataclass(frozen=True)
+class SagaResult:
+    saga_id: uuid.UUID
+    status: str  # completed | compensated | compensating (compensation still owed)
+    data: dict[str, Any]
+    error: dict[str, Any] | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == COMPLETED
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _failure(step: Step, error: ServiceCallError | None, reason: str) -> dict[str, Any]:
+    if error is None:
+        return {"step": step.name, "kind": "timeout", "detail": reason, "status": None}
+    return {
+        "step": step.name,
+        "service": error.service,
+        "kind": error.kind,
+        "status": error.status,
+        "detail": error.detail,
+        "problem": error.problem,
+    }
+
+
+@dataclass
+class SagaRunner:
+    database: Database
+    clients: ServiceClients
+    definitions: Mapping[str, SagaDefinition]
+    stale_after: float = 10.0
+    recovery_interval: float = 5.0
+    _locks: dict[uuid.UUID, asyncio.Lock] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+
+    async def begin(
+        self, session: AsyncSession, saga: str, saga_id: uuid.UUID, data: Mapping[str, Any]
+    ) -> None:
+        """Record a new saga in the caller's transaction; `run` it after the commit."""
+        definition = self.definitions[saga]
+        now = _now()
+        await session.execute(
+            saga_instances.insert().values(
+                id=saga_id,
+                saga=saga,
+                status=RUNNING,
+                step=0,
+                data=dumps({"saga_id": str(saga_id), **data}),
+                deadline=now + timedelta(seconds=definition.timeout),
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+    async def run(self, saga_id: uuid.UUID) -> SagaResult:
+        """Drive the saga as far as it goes now: to completion, or through compensation."""
+        lock = self._locks.setdefault(saga_id, asyncio.Lock())
+        async with lock:
+            try:
+                while True:
+                    result = await self._advance(saga_id)
+                    if result is not None:
+                        return result
+            finally:
+                self._locks.pop(saga_id, None)
+
+    async def _advance(self, saga_id: uuid.UUID) -> SagaResult | None:
+        """One step (or one compensation) in its own transaction; a result when it stops."""
+        async with self.database.session() as session:
+            query = sa.select(saga_instances).where(saga_instances.c.id == saga_id)
+            if self.database.dialect_name == "postgresql":
+                # Another replica's recovery may hold it; it will finish the saga.
+                query = query.with_for_update(skip_locked=True)
+            found = (await session.execute(query)).mappings().first()
+            if found is None:
+                raise LookupError(f"no saga {saga_id}")
+            row: dict[str, Any] = dict(found)
+            data: dict[str, Any] = json.loads(row["data"])
+            error = json.loads(row["error"]) if row["error"] else None
+            if row["status"] in (COMPLETED, COMPENSATED):
+                return SagaResult(saga_id, row["status"], data, error)
+            definition = self.definitions[row["saga"]]
+            if row["status"] == RUNNING:
+                return await self._forward(session, definition, row, data)
+            return await self._backward(session, definition, row, data, error or {})
+
+    async def _forward(
+        self,
+        session: AsyncSession,
+        definition: SagaDefinition,
+        row: Mapping[str, Any],
+        data: dict[str, Any],
+    ) -> SagaResult | None:
+        index: int = row["step"]
+        saga_id: uuid.UUID = row["id"]
+        if index >= len(definition.steps):
+            if definition.on_completed is not None:
+                await definition.on_completed(session, saga_id, data)
+            await self._update(session, saga_id, status=COMPLETED, data=data)
+            return SagaResult(saga_id, COMPLETED, data, None)
+        step = definition.steps[index]
+        remaining = (row["deadline"] - _now()).total_seconds()
+        failure: dict[str, Any] | None = None
+        if remaining <= 0:
+            failure = _failure(step, None, f"the saga passed its deadline before {step.name}")
+        else:
+            try:
+                answer = await self.clients.call(
+                    step.call.service,
+                    step.call.method,
+                    step.call.url(data),
+                    json=data,
+                    headers={"Idempotency-Key": f"{saga_id}:{step.name}"},
+                    timeout=min(remaining, self.clients.timeout),
+                )
+            except ServiceCallError as error:
+                failure = _failure(step, error, error.detail)
+            else:
+                data[step.name] = answer
+                await self._update(session, saga_id, step=index + 1, data=data)
+                return None
+        # A step that was refused changed nothing; one whose outcome is unknown may have.
+        unknown = failure["kind"] in ("timeout", "unavailable")
+        start = index if unknown else index - 1
+        logger.warning("saga step failed; compensating", extra={"saga": str(saga_id), **failure})
+        await self._update(session, saga_id, status=COMPENSATING, step=start, error=failure)
+        return None
+
+    async def _backward(
+        self,
+        session: AsyncSession,
+        definition: SagaDefinition,
+        row: Mapping[str, Any],
+        data: dict[str, Any],
+        error: dict[str, Any],
+    ) -> SagaResult | None:
+        index: int = row["step"]
+        saga_id: uuid.UUID = row["id"]
+        if index < 0:
+            if definition.on_failed is not None:
+                await definition.on_failed(session, saga_id, data, error)
+            await self._update(session, saga_id, status=COMPENSATED)
+            return SagaResult(saga_id, COMPENSATED, data, error)
+        step = definition.steps[index]
+        if step.compensate is not None:
+            try:
+                await self.clients.call(
+                    step.compensate.service,
+                    step.compensate.method,
+                    step.compensate.url(data),
+                    json=data,
+                    headers={"Idempotency-Key": f"{saga_id}:{step.name}:undo"},
+                )
+            except ServiceCallError as failure:
+                # Owed, not forgotten: recovery tries again until the callee answers.
+                logger.warning(
+                    "compensation failed; will retry",
+                    extra={"saga": str(saga_id), "step": step.name, "error": failure.detail},
+                )
+                await session.rollback()
+                return SagaResult(saga_id, COMPENSATING, data, error)
+        await self._update(session, saga_id, step=index - 1)
+        return None
+
+    async def _update(self, session: AsyncSession, saga_id: uuid.UUID, **values: Any) -> None:
+        if "data" in values:
+            values["data"] = dumps(values["data"])
+        if "error" in values:
+            values["error"] = dumps(values["error"])
+        await session.execute(
+            saga_instances.update()
+            .where(saga_instances.c.id == saga_id)
+            .values(**values, updated_at=_now())
+        )
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def pending(self) -> Sequence[uuid.UUID]:
+        """Sagas nobody is driving: untouched for `stale_after` seconds, or past deadline."""
+        now = _now()
+        async with self.database.session() as session:
+            rows = await session.execute(
+                sa.select(saga_instances.c.id)
+                .where(saga_instances.c.status.in_((RUNNING, COMPENSATING)))
+                .where(
+                    sa.or_(
+                        saga_instances.c.updated_at < now - timedelta(seconds=self.stale_after),
+                        saga_instances.c.deadline < now,
+                    )
+                )
+                .order_by(saga_instances.c.created_at)
+            )
+            return [row[0] for row in rows]
+
+    async def recover(self) -> int:
+        """Finish every abandoned saga; returns how many it took up."""
+        taken = 0
+        for saga_id in await self.pending():
+            if saga_id in self._locks:
+                continue
+            taken += 1
+            try:
+                await self.run(saga_id)
+            except Exception:
+                logger.exception("saga recovery failed", extra={"saga": str(saga_id)})
+        return taken
+
+    async def _recover_forever(self) -> None:
+        while True:
+            try:
+                await self.recover()
+            except Exception:
+                logger.exception("saga recovery pass failed")
+            await asyncio.sleep(self.recovery_interval)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._recover_forever(), name="saga-recovery")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,80 @@
+"""A service's event machinery, started and stopped with the app: the outbox relay (always,
+when a broker is configured) and the consumer group (when the service consumes events).
+
+Without KAFKA_BOOTSTRAP_SERVERS events still go into the outbox with the state change that
+caused them; nothing sends them until a broker is configured, and readiness says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from runtime.config import ServiceSettings
+from runtime.db import Database
+from runtime.events.bus import KafkaProducer, KafkaSource
+from runtime.events.consumer import EventConsumer, Handler, consumer_topics
+from runtime.events.outbox import OutboxRelay
+from runtime.events.registry import EventRegistry
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceEvents:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        registry: EventRegistry,
+        *,
+        handlers: Mapping[str, Handler] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.handlers = dict(handlers or {})
+        self.relay: OutboxRelay | None = None
+        self.consumer: EventConsumer | None = None
+
+    async def healthy(self) -> bool:
+        """Readiness of "eventBus": the broker acks our sends and the consumer keeps up."""
+        if self.relay is None:
+            return self.settings.kafka_bootstrap_servers is None
+        if not self.relay.healthy:
+            return False
+        return self.consumer is None or self.consumer.healthy
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        bootstrap = self.settings.kafka_bootstrap_servers
+        if not bootstrap:
+            logger.warning("KAFKA_BOOTSTRAP_SERVERS is not set: events stay in the outbox")
+            yield
+            return
+        database: Database = app.state.database
+        service = self.settings.service_name
+        producer = KafkaProducer(
+            bootstrap, idempotent=self.settings.kafka_idempotent, client_id=service
+        )
+        self.relay = OutboxRelay(database, producer)
+        await self.relay.start()
+        if self.handlers:
+            topics = consumer_topics(self.registry, self.handlers)
+            self.consumer = EventConsumer(
+                database,
+                self.registry,
+                KafkaSource(bootstrap, service, topics, client_id=service),
+                producer,
+                service=service,
+                handlers=self.handlers,
+            )
+            await self.consumer.start()
+        app.state.events = self
+        try:
+            yield
+        finally:
+            if self.consumer is not None:
+                await self.consumer.stop()
+            await self.relay.stop()
+            await producer.stop()

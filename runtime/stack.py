@@ -1,0 +1,523 @@
+"""`cloudretail up`: the whole platform on one machine, as a supervisor of child processes.
+
+The plan (which processes, their environment, databases, topics) comes from the generator
+as plain JSON. The supervisor starts the embedded broker (unless an external Kafka is
+given), creates the topics, migrates every database, starts each process, waits for their
+readiness, streams their logs with a name prefix, restarts a process that crashes (with
+backoff), and on Ctrl-C / SIGTERM stops everything within 10 seconds. Detached, the same
+supervisor runs in its own session and records itself in `<data dir>/state.json`, which
+`status` and `down` read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError, port_holder
+from runtime.events.topics import TopicSpec, apply_topics
+from runtime.migrate import MigrationError, migrate
+
+STOP_TIMEOUT = 8.0
+READY_TIMEOUT = 60.0
+COLORS = (36, 32, 33, 35, 34, 96, 92, 93, 95)
+STATE_FILE = "state.json"
+PLAN_FILE = "stack.json"
+
+
+class StackError(Exception):
+    """Something the user can fix: a port in use, a database that cannot be reached ..."""
+
+
+def _print(text: str, stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
+    out.write(text + "\n")
+    out.flush()
+
+
+# -- secrets the stack keeps between runs ---------------------------------------------------
+
+
+def stack_secrets(data_dir: Path) -> dict[str, str]:
+    """The service token and the admin's credentials (from the environment, else made once
+    and kept in the data dir with owner-only permissions)."""
+    path = data_dir / "secrets.json"
+    kept: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    changed = False
+    for name, size in (("service_token", 32), ("admin_password", 12)):
+        if name not in kept:
+            kept[name] = secrets.token_urlsafe(size)
+            changed = True
+    if changed:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(kept, indent=2))
+        path.chmod(0o600)
+    email = os.environ.get("CLOUDRETAIL_ADMIN_EMAIL") or "admin@cloudretail.example"
+    password = os.environ.get("CLOUDRETAIL_ADMIN_PASSWORD") or kept["admin_password"]
+    return {
+        "service_token": kept["service_token"],
+        "admin_email": email,
+        "admin_password": password,
+        "admin_password_generated": "" if os.environ.get("CLOUDRETAIL_ADMIN_PASSWORD") else "1",
+    }
+
+
+# -- preparing: ports, broker, topics, databases -----------------------------------------------
+
+
+def check_ports(plan: dict[str, Any]) -> None:
+    taken = []
+    ports = [(p["name"], p["port"]) for p in plan["processes"]]
+    if plan["broker"]:
+        ports.append(("embedded Kafka broker", plan["broker"]["port"]))
+    for name, port in ports:
+        holder = port_holder("127.0.0.1", int(port))
+        if holder is not None:
+            taken.append(f"port {port} ({name}) is in use by {holder}")
+    if taken:
+        raise StackError(
+            "cannot start: " + "; ".join(taken) + ". Stop what holds it, or run "
+            "`cloudretail down` if an earlier stack is still up."
+        )
+
+
+def reset_data(plan: dict[str, Any]) -> None:
+    """Start empty: SQLite files are removed, PostgreSQL databases dropped."""
+    data = Path(plan["data_dir"]) / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    for database in plan["databases"]:
+        url = database["url"]
+        if url.startswith(("postgresql", "postgres")):
+            asyncio.run(_drop_postgres(url))
+
+
+async def _drop_postgres(url: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    admin = parsed.set(drivername="postgresql", database="postgres")
+    connection = await asyncpg.connect(admin.render_as_string(hide_password=False), timeout=5)
+    try:
+        name = str(parsed.database).replace('"', '""')
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+def migrate_all(plan: dict[str, Any], say: Callable[[str], None]) -> None:
+    for database in plan["databases"]:
+        say(f"migrating {database['name']} ...")
+        try:
+            head = migrate(Path(database["ini"]), database["url"])
+        except MigrationError as error:
+            raise StackError(f"{database['name']}: {error}") from None
+        say(f"migrated {database['name']} to {head}")
+
+
+def topic_specs(plan: dict[str, Any]) -> list[TopicSpec]:
+    return [
+        TopicSpec(t["name"], int(t["partitions"]), 1, dict(t["config"])) for t in plan["topics"]
+    ]
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    port: int
+    color: int
+    log_path: Path
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _pretty(line: str) -> str:
+    """A JSON log line as `level message key=value ...`; anything else as it is."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(record, dict) or "message" not in record:
+        return line
+    extras = {
+        k: v
+        for k, v in record.items()
+        if k not in {"timestamp", "level", "service", "logger", "message"} and v is not None
+    }
+    tail = " ".join(f"{k}={v}" for k, v in extras.items())
+    return f"{str(record.get('level', '')).upper():<7} {record['message']}" + (
+        f"  {tail}" if tail else ""
+    )
+
+
+class Supervisor:
+    def __init__(
+        self,
+        plan: dict[str, Any],
+        *,
+        console: bool,
+        extra_env: dict[str, str],
+    ) -> None:
+        self.plan = plan
+        self.console = console
+        self.data_dir = Path(plan["data_dir"])
+        self.logs = self.data_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        width = max(len(p["name"]) for p in plan["processes"])
+        self.width = max(width, len("supervisor"))
+        self.children = [
+            Child(
+                name=p["name"],
+                command=[sys.executable, *p["command"]],
+                env={**os.environ, **p["env"], **extra_env},
+                port=int(p["port"]),
+                color=COLORS[index % len(COLORS)],
+                log_path=self.logs / f"{p['name']}.log",
+            )
+            for index, p in enumerate(plan["processes"])
+        ]
+        self.broker: EmbeddedBroker | None = None
+        self.stopping = asyncio.Event()
+        self._pumps: list[asyncio.Task[None]] = []
+
+    def say(self, text: str) -> None:
+        prefix = "supervisor".ljust(self.width)
+        line = f"{prefix} | {text}"
+        with open(self.logs / "supervisor.log", "a") as log:
+            log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        if self.console:
+            _print(f"\x1b[1m{prefix}\x1b[0m | {text}")
+
+    async def start_broker(self) -> None:
+        broker = self.plan["broker"]
+        if not broker:
+            return
+        self.broker = EmbeddedBroker(
+            broker["host"], int(broker["port"]), log_path=self.logs / "broker.log"
+        )
+        self.say(f"starting the embedded Kafka broker on {broker['host']}:{broker['port']}")
+        try:
+            await self.broker.start()
+        except EmbeddedBrokerError as error:
+            raise StackError(str(error)) from None
+
+    async def create_topics(self) -> None:
+        report = await apply_topics(self.plan["bootstrap"], topic_specs(self.plan))
+        if report.created:
+            self.say(f"created topics: {', '.join(report.created)}")
+        for note in report.not_applied + report.drift:
+            self.say(f"topics: {note}")
+
+    async def _pump(self, child: Child) -> None:
+        assert child.process is not None and child.process.stdout is not None
+        prefix = child.name.ljust(self.width)
+        with open(child.log_path, "a") as log:
+            async for raw in child.process.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                log.write(line + "\n")
+                log.flush()
+                child.tail.append(line)
+                if self.console:
+                    _print(f"\x1b[{child.color}m{prefix}\x1b[0m | {_pretty(line)}")
+
+    async def spawn(self, child: Child) -> None:
+        child.process = await asyncio.create_subprocess_exec(
+            *child.command,
+            env=child.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then
+            # stops the children in order.
+            start_new_session=True,
+        )
+        child.started_at = time.monotonic()
+        self._pumps.append(asyncio.create_task(self._pump(child)))
+
+    async def ready(self, child: Child, client: httpx.AsyncClient) -> bool:
+        try:
+            response = await client.get(f"{child.url}/health/ready", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def wait_ready(self, timeout: float = READY_TIMEOUT) -> list[Child]:
+        """Children not ready when `timeout` runs out (empty: all ready)."""
+        waiting = list(self.children)
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as client:
+            while waiting and time.monotonic() < deadline and not self.stopping.is_set():
+                states = await asyncio.gather(*(self.ready(c, client) for c in waiting))
+                for child, ok in zip(list(waiting), states, strict=True):
+                    if ok:
+                        waiting.remove(child)
+                        self.say(f"{child.name} is ready at {child.url}")
+                if waiting:
+                    await asyncio.sleep(0.3)
+        return waiting
+
+    async def watch(self) -> None:
+        """Restart a child that exits while the stack runs, with backoff."""
+        while not self.stopping.is_set():
+            for child in self.children:
+                process = child.process
+                if process is None or process.returncode is None:
+                    continue
+                if self.stopping.is_set():
+                    return
+                lived = time.monotonic() - child.started_at
+                if lived > 60:
+                    child.restarts = 0
+                delay = min(30.0, 2.0**child.restarts)
+                child.restarts += 1
+                self.say(
+                    f"{child.name} exited with code {process.returncode}; restarting in "
+                    f"{delay:.0f}s (restart {child.restarts})"
+                )
+                child.process = None
+                await asyncio.sleep(delay)
+                if not self.stopping.is_set():
+                    await self.spawn(child)
+                    self.write_state("ready")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=0.5)
+
+    async def stop(self) -> None:
+        """SIGTERM to every child, SIGKILL to those still there after STOP_TIMEOUT."""
+        self.stopping.set()
+        running = [c for c in self.children if c.process and c.process.returncode is None]
+        for child in running:
+            assert child.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for child in running:
+            assert child.process is not None
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(child.process.wait(), remaining)
+            except TimeoutError:
+                self.say(f"{child.name} did not stop in time; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+                await child.process.wait()
+        for pump in self._pumps:
+            pump.cancel()
+        if self.broker is not None:
+            await self.broker.stop()
+        self.say("stopped")
+
+    def write_state(self, status: str, failed: list[str] | None = None) -> None:
+        state = {
+            "status": status,
+            "supervisor": os.getpid(),
+            "gateway": self.plan["gateway"],
+            "broker": self.broker.pid if self.broker else None,
+            "failed": failed or [],
+            "processes": {
+                c.name: {
+                    "pid": c.process.pid if c.process else None,
+                    "url": c.url,
+                    "port": c.port,
+                    "log": str(c.log_path),
+                }
+                for c in self.children
+            },
+        }
+        path = self.data_dir / STATE_FILE
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=2))
+        temporary.replace(path)
+
+
+async def run_stack(
+    plan: dict[str, Any],
+    *,
+    console: bool,
+    extra_env: dict[str, str],
+    on_ready: Callable[[Supervisor], Any] | None = None,
+) -> int:
+    """Run the stack until SIGINT/SIGTERM. Returns the process exit status."""
+    supervisor = Supervisor(plan, console=console, extra_env=extra_env)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, supervisor.stopping.set)
+    supervisor.write_state("starting")
+    try:
+        check_ports(plan)
+        await supervisor.start_broker()
+        await supervisor.create_topics()
+        await asyncio.to_thread(migrate_all, plan, supervisor.say)
+        for child in supervisor.children:
+            await supervisor.spawn(child)
+        supervisor.write_state("starting")
+        not_ready = await supervisor.wait_ready()
+        if supervisor.stopping.is_set():
+            await supervisor.stop()
+            return 130
+        if not_ready:
+            for child in not_ready:
+                supervisor.say(f"{child.name} did not get ready; its last log lines:")
+                for line in list(child.tail)[-10:]:
+                    supervisor.say(f"    {line}")
+            supervisor.write_state("failed", [c.name for c in not_ready])
+            await supervisor.stop()
+            return 1
+        supervisor.write_state("ready")
+        if on_ready is not None:
+            result = on_ready(supervisor)
+            if asyncio.iscoroutine(result):
+                await result
+        await supervisor.watch()
+        await supervisor.stop()
+        supervisor.write_state("stopped")
+        return 0
+    except StackError as error:
+        supervisor.say(f"error: {error}")
+        supervisor.write_state("failed", [str(error)])
+        await supervisor.stop()
+        raise
+    except BaseException:
+        await supervisor.stop()
+        supervisor.write_state("stopped")
+        raise
+
+
+# -- detached: state file, status, down ---------------------------------------------------------
+
+
+def read_state(data_dir: Path) -> dict[str, Any] | None:
+    path = data_dir / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return state
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def spawn_detached(data_dir: Path, plan: dict[str, Any], extra_env: dict[str, str]) -> int:
+    """Start the supervisor in its own session; return its pid."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(exist_ok=True)
+    (data_dir / PLAN_FILE).write_text(json.dumps({"plan": plan, "env": extra_env}))
+    with contextlib.suppress(FileNotFoundError):
+        (data_dir / STATE_FILE).unlink()
+    log = open(data_dir / "logs" / "supervisor.out", "ab")  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runtime.stack", str(data_dir / PLAN_FILE)],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    return int(process.pid)
+
+
+def wait_detached(data_dir: Path, pid: int, timeout: float = READY_TIMEOUT + 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_state(data_dir)
+        if state and state.get("supervisor") == pid and state["status"] in ("ready", "failed"):
+            return state
+        if not alive(pid):
+            break
+        time.sleep(0.3)
+    return read_state(data_dir) or {"status": "failed", "failed": ["the supervisor exited"]}
+
+
+def stop_detached(data_dir: Path, timeout: float = 15.0) -> list[str]:
+    """Stop a detached stack; returns what was stopped."""
+    state = read_state(data_dir)
+    if state is None:
+        return []
+    stopped = []
+    pid: int | None = state.get("supervisor")
+    if pid is not None and alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stopped.append(f"supervisor (pid {pid})")
+    leftovers = [
+        info.get("pid") for info in state.get("processes", {}).values() if alive(info.get("pid"))
+    ]
+    if state.get("broker") and alive(state["broker"]):
+        leftovers.append(state["broker"])
+    for child in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        stopped.append(f"leftover pid {child}")
+    if pid and alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    (data_dir / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+async def health(state: dict[str, Any]) -> dict[str, str]:
+    """Each process's state: ready, not ready (answers but 503), down."""
+    result = {}
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        for name, info in state.get("processes", {}).items():
+            if not alive(info.get("pid")):
+                result[name] = "down"
+                continue
+            try:
+                response = await client.get(f"{info['url']}/health/ready")
+            except httpx.HTTPError:
+                result[name] = "not answering"
+                continue
+            result[name] = "ready" if response.status_code == 200 else "not ready"
+    return result
+
+
+def _main(plan_file: str) -> int:
+    saved = json.loads(Path(plan_file).read_text())
+    try:
+        return asyncio.run(run_stack(saved["plan"], console=False, extra_env=saved["env"]))
+    except StackError:
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1]))

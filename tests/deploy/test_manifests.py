@@ -1,0 +1,426 @@
+"""The generated deployment artifacts: valid, hardened, and what the spec says.
+
+Tools: kubernetes-validate (pip), checkov (pip), kubectl (kustomize), docker-compose or
+`docker compose`. A missing tool skips its test with the reason, unless
+CLOUDRETAIL_REQUIRE_SERVICES=1 (CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generator import load_platform
+from generator.model import Platform
+from tests.deploy.conftest import (
+    GENERATED,
+    K8S,
+    OVERLAYS,
+    ROOT,
+    Manifest,
+    by_kind,
+    load_documents,
+    missing_tool,
+    tool,
+)
+
+KUBERNETES_VERSION = "1.30.0"
+# Custom resources: kubernetes-validate has no schema for them (their CRDs come with the
+# operators), so they are checked for shape here instead. Any other kind without a schema
+# is a failure.
+CUSTOM_KINDS = {
+    ("kafka.strimzi.io/v1beta2", "Kafka"),
+    ("kafka.strimzi.io/v1beta2", "KafkaNodePool"),
+    ("kafka.strimzi.io/v1beta2", "KafkaTopic"),
+    ("postgresql.cnpg.io/v1", "Cluster"),
+}
+SECRETISH = re.compile(r"TOKEN|PASSWORD|SECRET|PRIVATE|_KEY$|DATABASE_URL")
+SEED_LIVENESS = ("/health/live", 30, 10, 5, 3)
+SEED_READINESS = ("/health/ready", 10, 5, 3, 3)
+
+
+@pytest.fixture(scope="module")
+def platform() -> Platform:
+    return load_platform(ROOT / "spec" / "cloudretail.yaml")
+
+
+def _probe(probe: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        probe["httpGet"]["path"],
+        probe["initialDelaySeconds"],
+        probe["periodSeconds"],
+        probe["timeoutSeconds"],
+        probe["failureThreshold"],
+    )
+
+
+# -- validity ---------------------------------------------------------------------------------
+
+
+def _validate(documents: list[tuple[str, Manifest]]) -> None:
+    try:
+        import kubernetes_validate
+    except ImportError:
+        missing_tool("kubernetes-validate is not installed (pip install kubernetes-validate)")
+    problems = []
+    custom = 0
+    for where, doc in documents:
+        name = f"{where}: {doc['kind']} {doc['metadata']['name']}"
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+            custom += 1
+            if not doc["metadata"].get("namespace") or not isinstance(doc.get("spec"), dict):
+                problems.append(f"{name}: needs metadata.namespace and a spec")
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            problems.append(f"{name}: {error.message} at {'.'.join(map(str, error.path))}")
+        except kubernetes_validate.SchemaNotFoundError as error:
+            problems.append(f"{name}: no schema ({error})")
+    assert not problems, "\n".join(problems)
+    assert custom > 0
+
+
+def test_every_base_manifest_validates_against_kubernetes(manifests: dict[str, Manifest]):
+    _validate([(f"base/{path}", doc) for path, doc in manifests.items()])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_overlay_build_validates_against_kubernetes(
+    overlay: str, kustomize_builds: dict[str, Path]
+):
+    documents = load_documents(kustomize_builds[overlay].read_text())
+    _validate([(f"overlays/{overlay}", doc) for doc in documents])
+
+
+def test_checkov_finds_nothing_in_either_overlay(kustomize_builds: dict[str, Path], tmp_path: Path):
+    checkov = tool("checkov", "pip install checkov")
+    for overlay, path in kustomize_builds.items():
+        result = subprocess.run(
+            [
+                checkov,
+                "--framework",
+                "kubernetes",
+                "-f",
+                str(path),
+                "--output",
+                "json",
+                "--quiet",
+                "--skip-download",
+                "--compact",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+            env={
+                "PATH": str(Path(checkov).parent) + ":/usr/bin:/bin",
+                "HOME": str(tmp_path),
+                "BC_SKIP_MAPPING": "TRUE",
+                "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false",
+            },
+        )
+        assert result.stdout.strip(), (
+            f"checkov printed nothing for {overlay}:\n{result.stderr[-2000:]}"
+        )
+        report = json.loads(result.stdout)
+        summary = report["summary"]
+        failed = [
+            f"{check['check_id']} {check['resource']}: {check['check_name']}"
+            for check in report["results"]["failed_checks"]
+        ]
+        assert summary["failed"] == 0, f"{overlay}:\n" + "\n".join(failed)
+        assert summary["passed"] > 500
+        assert summary["parsing_errors"] == 0
+
+
+def test_every_checkov_skip_says_why(manifests: dict[str, Manifest]):
+    for path, doc in manifests.items():
+        for key, value in (doc["metadata"].get("annotations") or {}).items():
+            if key.startswith("checkov.io/skip"):
+                check, _, reason = value.partition("=")
+                assert re.fullmatch(r"CKV2?_K8S_\d+", check), f"{path}: {value}"
+                assert len(reason.split()) >= 5, f"{path}: {key} has no real reason"
+
+
+def test_compose_file_is_accepted():
+    compose = shutil.which("docker-compose")
+    command = [compose] if compose else None
+    if command is None and shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        command = ["docker", "compose"] if probe.returncode == 0 else None
+    if command is None:
+        missing_tool("neither docker-compose nor `docker compose` is installed")
+    assert command is not None
+    result = subprocess.run(
+        [*command, "-f", str(GENERATED / "compose.yaml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# -- what the spec says --------------------------------------------------------------------
+
+
+def test_deployments_run_the_spec(manifests: dict[str, Manifest], platform: Platform):
+    deployments = by_kind(manifests, "Deployment")
+    config = by_kind(manifests, "ConfigMap")
+    jwks = "http://user-service:3001/api/users/.well-known/jwks.json"
+    commands = {
+        "api-gateway": [
+            "python",
+            "-m",
+            "runtime.gateway",
+            "--routes",
+            "generated/gateway/routes.yaml",
+        ],
+        "event-bus": ["python", "-m", "generated.eventbus"],
+        **{
+            service.deployable.name: ["python", "-m", f"generated.services.{service.name}"]
+            for service in platform.services
+        },
+    }
+    for deployable in platform.deployables:
+        deployment = deployments[deployable.name]
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == f"{platform.registry}/{deployable.name}"
+        assert container["command"] == commands[deployable.name]
+        assert container["ports"] == [
+            {"name": "http", "containerPort": deployable.port, "protocol": "TCP"}
+        ]
+        assert _probe(container["livenessProbe"]) == SEED_LIVENESS
+        assert _probe(container["readinessProbe"]) == SEED_READINESS
+        assert container["livenessProbe"]["httpGet"]["port"] == deployable.port
+        resources = deployable.resources
+        assert container["resources"] == {
+            "requests": {"cpu": resources.request_cpu, "memory": resources.request_memory},
+            "limits": {"cpu": resources.limit_cpu, "memory": resources.limit_memory},
+        }
+        # Restricted pod security.
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10001
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+        assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+        # Graceful drain.
+        assert container["lifecycle"]["preStop"]["exec"]["command"] == [
+            "python",
+            "-c",
+            "import time; time.sleep(5)",
+        ]
+        assert pod["terminationGracePeriodSeconds"] >= 20
+        keys = {c["topologyKey"] for c in pod["topologySpreadConstraints"]}
+        assert "topology.kubernetes.io/zone" in keys
+        # Settings: plain ones from the ConfigMap, secrets by reference only.
+        assert container["envFrom"] == [{"configMapRef": {"name": deployable.name}}]
+        for variable in container.get("env", []):
+            assert "value" not in variable, f"{deployable.name}: {variable['name']} inline"
+            assert "secretKeyRef" in variable["valueFrom"]
+        settings = config[deployable.name]["data"]
+        # A path to a mounted secret is fine; a secret's value is not.
+        assert not [k for k in settings if SECRETISH.search(k) and not k.endswith("_FILE")]
+        assert settings["ENVIRONMENT"] == "production"
+        assert settings["LOG_LEVEL"] in {"DEBUG", "INFO", "WARNING"}
+        assert settings["HOST"] == "0.0.0.0"
+        if deployable.kind == "gateway":
+            for upstream in platform.gateway.upstreams:
+                target = next(d for d in platform.deployables if d.port == upstream.port)
+                assert settings[upstream.env] == f"http://{target.name}:{target.port}"
+            assert settings["REDIS_URL"] == "redis://redis:6379/0"
+            assert settings["JWKS_URL"] == jwks
+        elif deployable.kind == "event-bus":
+            assert settings["KAFKA_BOOTSTRAP_SERVERS"].endswith("-kafka-bootstrap:9092")
+            assert settings["KAFKA_IDEMPOTENT"] == "true"
+            assert settings["REDIS_URL"] == "redis://redis:6379/0"
+        else:
+            service = next(s for s in platform.services if s.deployable.name == deployable.name)
+            urls = {key for key in settings if key.endswith("_URL")} - {"REDIS_URL", "JWKS_URL"}
+            assert urls == {f"{callee.upper()}_URL" for callee in service.calls}
+            for callee in service.calls:
+                target = platform.service(callee).deployable
+                assert settings[f"{callee.upper()}_URL"] == f"http://{target.name}:{target.port}"
+            assert ("REDIS_URL" in settings) == service.uses_cache
+            assert ("JWKS_URL" in settings) == (service.name != "user")
+            assert settings["KAFKA_IDEMPOTENT"] == "true"
+        refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container.get("env", [])}
+        assert "SERVICE_TOKEN" in refs
+        if deployable.kind != "gateway":
+            assert refs["DATABASE_URL"]["key"] == "uri"
+    user = deployments["user-service"]["spec"]["template"]["spec"]
+    assert by_kind(manifests, "ConfigMap")["user-service"]["data"]["JWT_PRIVATE_KEY_FILE"]
+    assert any(v.get("secret", {}).get("secretName") == "user-service-jwt" for v in user["volumes"])
+
+
+def test_no_secret_value_is_in_a_manifest(manifests: dict[str, Manifest]):
+    assert by_kind(manifests, "Secret") == {}
+    example = (K8S / "base" / "secrets.example.env").read_text()
+    assignments = [line for line in example.splitlines() if line and not line.startswith("#")]
+    assert assignments and all(line.endswith("=") for line in assignments), assignments
+
+
+def test_services_and_disruption_budgets(manifests: dict[str, Manifest], platform: Platform):
+    services = by_kind(manifests, "Service")
+    budgets = by_kind(manifests, "PodDisruptionBudget")
+    for deployable in platform.deployables:
+        service = services[deployable.name]
+        assert service["spec"]["type"] == "ClusterIP"
+        assert service["spec"]["selector"] == {"app.kubernetes.io/name": deployable.name}
+        assert service["spec"]["ports"][0]["port"] == deployable.port
+        assert budgets[deployable.name]["spec"]["selector"]["matchLabels"] == {
+            "app.kubernetes.io/name": deployable.name
+        }
+
+
+def test_gateway_ingress_terminates_tls_for_the_domain(
+    manifests: dict[str, Manifest], platform: Platform
+):
+    (ingress,) = by_kind(manifests, "Ingress").values()
+    assert ingress["spec"]["tls"] == [{"hosts": [platform.domain], "secretName": "api-gateway-tls"}]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == platform.domain
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "api-gateway", "port": {"number": platform.gateway.deployable.port}}
+
+
+def test_a_migration_job_per_database_owner(manifests: dict[str, Manifest], platform: Platform):
+    jobs = by_kind(manifests, "Job")
+    clusters = {
+        c["spec"]["bootstrap"]["initdb"]["database"]: c["metadata"]["name"]
+        for c in by_kind(manifests, "Cluster").values()
+    }
+    expected = {}
+    for schema in platform.schemas:
+        if schema.folder == "eventbus":
+            expected["event-bus-migrate"] = (
+                ["python", "-m", "generated.eventbus", "migrate"],
+                schema.database,
+            )
+        else:
+            name = schema.folder.removeprefix("services/")
+            expected[f"{name}-service-migrate"] = (
+                ["python", "-m", f"generated.services.{name}", "migrate"],
+                schema.database,
+            )
+    assert set(jobs) == set(expected)
+    for name, (command, database) in expected.items():
+        pod = jobs[name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["command"] == command
+        assert pod["restartPolicy"] == "Never"
+        refs = {
+            v["name"]: v["valueFrom"]["secretKeyRef"] for v in container["env"] if "valueFrom" in v
+        }
+        assert refs["DATABASE_URL"] == {"name": f"{clusters[database]}-app", "key": "uri"}
+        assert jobs[name]["metadata"]["labels"]["cloudretail.io/phase"] == "migrate"
+
+
+def test_data_services_are_declared(manifests: dict[str, Manifest], platform: Platform):
+    topics = {t["spec"]["topicName"]: t for t in by_kind(manifests, "KafkaTopic").values()}
+    expected_topics = {
+        name for topic in platform.topics for name in (topic.name, topic.dead_letter)
+    }
+    assert set(topics) == expected_topics
+    for topic in platform.topics:
+        for name in (topic.name, topic.dead_letter):
+            spec = topics[name]["spec"]
+            assert spec["partitions"] == topic.partitions
+            assert spec["replicas"] == topic.replication
+            assert spec["config"]["retention.ms"] == topic.retention_ms
+            assert spec["config"]["cleanup.policy"] == topic.cleanup_policy
+    (kafka,) = by_kind(manifests, "Kafka").values()
+    assert kafka["metadata"]["annotations"]["strimzi.io/kraft"] == "enabled"
+    (pool,) = by_kind(manifests, "KafkaNodePool").values()
+    assert set(pool["spec"]["roles"]) == {"controller", "broker"}
+    assert pool["spec"]["replicas"] >= max(topic.replication for topic in platform.topics)
+    clusters = {
+        c["spec"]["bootstrap"]["initdb"]["database"]: c
+        for c in by_kind(manifests, "Cluster").values()
+    }
+    databases = {service.database for service in platform.services} | {platform.event_bus.database}
+    assert set(clusters) == databases
+    for database, cluster in clusters.items():
+        assert re.search(r"postgresql:15(\.\d+)?$", cluster["spec"]["imageName"])
+        assert cluster["spec"]["bootstrap"]["initdb"]["owner"] == database
+    assert "redis" in by_kind(manifests, "Deployment")
+
+
+def test_every_resource_is_namespaced_and_phased(
+    manifests: dict[str, Manifest], platform: Platform
+):
+    for path, doc in manifests.items():
+        labels = doc["metadata"].get("labels", {})
+        assert labels.get("cloudretail.io/phase") in {"infrastructure", "migrate", "app"}, path
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == platform.namespace, path
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_tag_every_image(
+    overlay: str, kustomize_builds: dict[str, Path], platform: Platform
+):
+    docs = load_documents(kustomize_builds[overlay].read_text())
+    images = {
+        container["image"]
+        for doc in docs
+        if doc["kind"] in {"Deployment", "Job"}
+        for container in doc["spec"]["template"]["spec"]["containers"]
+    }
+    for deployable in platform.deployables:
+        assert any(image.startswith(f"{platform.registry}/{deployable.name}:") for image in images)
+    assert all(re.search(r":[\w.-]+$", image) for image in images), images
+
+
+# -- images and workflow inputs -----------------------------------------------------------------
+
+
+def test_rollout_lists_come_from_the_spec(platform: Platform):
+    data = json.loads((K8S / "deployables.json").read_text())
+    assert [image["name"] for image in data["images"]] == [d.name for d in platform.deployables]
+    for image in data["images"]:
+        assert image["image"] == f"{platform.registry}/{image['name']}"
+        assert (ROOT / image["dockerfile"]).is_file(), image["dockerfile"]
+    assert set(data["deployments"]) >= {d.name for d in platform.deployables}
+    assert len(data["migrations"]) == len(platform.schemas)
+
+
+@pytest.mark.parametrize("dockerfile", ["gateway/Dockerfile", "eventbus/Dockerfile"])
+def test_images_are_multi_stage_pinned_and_non_root(dockerfile: str):
+    text = (GENERATED / dockerfile).read_text()
+    bases = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    assert len(bases) == 2 and all(re.search(r":\d+\.\d+\.\d+", base) for base in bases), bases
+    assert re.search(r"^USER 10001:10001$", text, re.MULTILINE)
+    assert re.search(r'^CMD \["python", "-m", ', text, re.MULTILINE)
+
+
+def test_compose_runs_the_whole_platform(platform: Platform):
+    import yaml
+
+    compose = yaml.safe_load((GENERATED / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["postgres"]["image"].startswith("postgres:15")
+    assert services["redis"]["image"].startswith("redis:7")
+    for deployable in platform.deployables:
+        service = services[deployable.name]
+        assert "healthcheck" in service and "build" in service
+        for dependency in service["depends_on"].values():
+            assert dependency["condition"] in {"service_healthy", "service_completed_successfully"}
+    for name, service in services.items():
+        if name.endswith("-migrate"):
+            assert service["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    init = (GENERATED / "compose" / "postgres-init.sql").read_text()
+    databases = {service.database for service in platform.services} | {platform.event_bus.database}
+    assert set(re.findall(r"CREATE DATABASE (\w+);", init)) == databases

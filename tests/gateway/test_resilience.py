@@ -1,0 +1,180 @@
+"""Failures upstream: instances dying, hanging and coming back; retries; the breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import httpx
+
+from runtime.gateway import create_gateway
+from runtime.gateway.config import BreakerSpec
+from tests.gateway.conftest import (
+    EchoState,
+    Keys,
+    RawServer,
+    Server,
+    echo_app,
+    eventually,
+    make_config,
+    problem,
+)
+
+
+async def served_by(client: httpx.AsyncClient, count: int) -> Counter[str]:
+    return Counter([(await client.get("/api/products")).json()["service"] for _ in range(count)])
+
+
+async def test_one_of_two_instances_killed_requests_keep_succeeding(keys: Keys) -> None:
+    first = await Server(echo_app(EchoState("product-a"))).start()
+    second = await Server(echo_app(EchoState("product-b"))).start()
+    gateway = create_gateway(make_config({"product": [first.url, second.url]}, health_interval=0.1))
+    server = await Server(gateway).start()
+    instances = {i.url: i for i in gateway.registry.upstreams["product"].instances}
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            served = await served_by(client, 20)
+            assert set(served) == {"product-a", "product-b"}  # both take traffic
+
+            await first.stop()
+            for _ in range(30):
+                response = await client.get("/api/products")
+                assert response.status_code == 200
+                assert response.json()["service"] == "product-b"
+            await eventually(lambda: not instances[first.url].healthy)
+            assert instances[second.url].healthy
+
+            ready = (await client.get("/health/ready")).json()
+            assert ready["instances"]["product"] == {first.url: False, second.url: True}
+            metrics = (await client.get("/metrics")).text
+            assert (
+                f'gateway_upstream_instance_healthy{{instance="{first.url}",upstream="product"}} 0.0'
+                in metrics
+            )
+
+            # Back on the same port: probed healthy, re-admitted, serving again.
+            await first.start()
+            await eventually(lambda: instances[first.url].healthy)
+            await eventually(lambda: instances[first.url].breaker.available())
+            served = await served_by(client, 20)
+            assert served["product-a"] > 0
+    finally:
+        await asyncio.gather(server.stop(), first.stop(), second.stop())
+
+
+async def test_all_instances_down_the_breaker_answers_503_fast(keys: Keys) -> None:
+    hanging = [await RawServer("hang").start(), await RawServer("hang").start()]
+    config = make_config(
+        {"product": [raw.url for raw in hanging]},
+        timeout_seconds=0.3,
+        circuit_breaker=BreakerSpec(failures=2, reset_seconds=30),
+        health_interval=60,
+        health_timeout=0.2,
+    )
+    server = await Server(create_gateway(config)).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            slow: list[float] = []
+            for _ in range(4):  # two failures on each instance open both breakers
+                started = time.perf_counter()
+                response = await client.get("/api/products")
+                slow.append(time.perf_counter() - started)
+                assert response.status_code == 504
+                problem(response)
+            reached = sum(len(raw.requests) for raw in hanging)
+
+            fast: list[float] = []
+            for _ in range(20):
+                started = time.perf_counter()
+                response = await client.get("/api/products")
+                fast.append(time.perf_counter() - started)
+                assert response.status_code == 503
+                assert int(response.headers["retry-after"]) == 30
+                problem(response)
+            # Relative: an open breaker answers in a fraction of the upstream timeout.
+            assert max(fast) < min(slow) / 5, (fast, slow)
+            assert sorted(fast)[len(fast) // 2] < 0.05
+            # And nothing more was sent to the dead instances.
+            assert sum(len(raw.requests) for raw in hanging) == reached
+    finally:
+        await server.stop()
+        for raw in hanging:
+            await raw.stop()
+
+
+async def test_breaker_half_opens_and_closes_when_the_instance_recovers(keys: Keys) -> None:
+    upstream = Server(echo_app(EchoState("product")))
+    config = make_config(
+        {"product": [upstream.url]},
+        circuit_breaker=BreakerSpec(failures=3, reset_seconds=0.5),
+        retries=0,
+        health_interval=60,
+    )
+    gateway = create_gateway(config)
+    server = await Server(gateway).start()
+    breaker = gateway.registry.upstreams["product"].instances[0].breaker
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            statuses = [(await client.get("/api/products")).status_code for _ in range(5)]
+            assert statuses == [502, 502, 502, 503, 503]
+            await upstream.start()
+            assert (await client.get("/api/products")).status_code == 503  # still open
+            await asyncio.sleep(0.55)
+            assert (await client.get("/api/products")).status_code == 200  # the probe
+            assert breaker.state.value == "closed"
+            assert (await client.get("/api/products")).status_code == 200
+    finally:
+        await asyncio.gather(server.stop(), upstream.stop())
+
+
+async def test_only_idempotent_methods_are_retried(keys: Keys) -> None:
+    raw = await RawServer("close").start()
+    config = make_config(
+        {"inventory": [raw.url], "order": [raw.url]},
+        health_interval=3600,
+        circuit_breaker=BreakerSpec(failures=100, reset_seconds=30),
+    )
+    from runtime.auth import TokenVerifier, static_jwks
+
+    verifier = TokenVerifier(
+        static_jwks(keys.issuer.jwks()), issuer="cloudretail", audience="cloudretail"
+    )
+    server = await Server(create_gateway(config, verifier=verifier)).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            await eventually(lambda: len(raw.requests) >= 1)  # the first health probe
+            await asyncio.sleep(0.05)
+            baseline = len(raw.requests)
+            put = await client.put(
+                "/api/inventory/1", json={"quantity": 1}, headers=keys.bearer("admin")
+            )
+            assert put.status_code == 502
+            problem(put)
+            assert len(raw.requests) - baseline == 3  # first try and two retries
+            baseline = len(raw.requests)
+            post = await client.post("/api/orders", json={"items": []}, headers=keys.bearer())
+            assert post.status_code == 502
+            assert len(raw.requests) - baseline == 1  # never repeated: it may have taken effect
+    finally:
+        await server.stop()
+        await raw.stop()
+
+
+async def test_timeout_is_504_and_not_retried(keys: Keys) -> None:
+    raw = await RawServer("hang").start()
+    config = make_config({"product": [raw.url]}, timeout_seconds=0.2, health_interval=3600)
+    server = await Server(create_gateway(config)).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            await eventually(lambda: len(raw.requests) >= 1)
+            await asyncio.sleep(0.3)  # let the probe time out on its own
+            baseline = len(raw.requests)
+            started = time.perf_counter()
+            response = await client.get("/api/products")
+            assert response.status_code == 504
+            assert 0.2 <= time.perf_counter() - started < 2
+            assert len(raw.requests) - baseline == 1
+    finally:
+        await server.stop()
+        await raw.stop()

@@ -1,0 +1,214 @@
+"""The commerce flows end to end, through the gateway, on the local stack with the real
+broker: identity, catalog with cache, the order saga and its failure paths."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from tests.stack.conftest import Stack, new_product, order_body, stock_of
+
+
+def _events(stack: Stack, admin: dict[str, str], **params: str) -> list[dict[str, Any]]:
+    with stack.client() as client:
+        response = client.get("/api/events", params={**params, "limit": "200"}, headers=admin)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def _wait_for(check: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.3)
+
+
+def test_order_flow_end_to_end(sqlite_stack: Stack) -> None:
+    stack = sqlite_stack
+    admin = stack.admin()
+    email, customer = stack.customer()
+    with stack.client() as client:
+        # Identity: the profile, never the password hash; a duplicate email is refused.
+        profile = client.get("/api/users/profile", headers=customer).json()
+        assert profile["email"] == email and "password" not in profile
+        again = client.post(
+            "/api/users/register",
+            json={
+                "email": email,
+                "password": "another pass 1",
+                "first_name": "A",
+                "last_name": "B",
+                "gdpr_consent": True,
+            },
+        )
+        assert again.status_code == 409
+        # The admin adds a product and its stock; customers may not.
+        product_id = new_product(stack, admin, stock=5, price="12.50")
+        refused = client.post(
+            "/api/products", json={"name": "x", "price": "1", "sku": "NOPE"}, headers=customer
+        )
+        assert refused.status_code == 403
+        # Browse: a miss, then a hit from the cache.
+        first = client.get("/api/products", params={"q": "Test item", "limit": 50})
+        second = client.get("/api/products", params={"q": "Test item", "limit": 50})
+        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+
+        placed = client.post(
+            "/api/orders",
+            json=order_body(product_id, 2),
+            headers={**customer, "X-Correlation-ID": "e2e-order-1"},
+        )
+        assert placed.status_code == 201, placed.text
+        order = placed.json()
+        assert order["status"] == "confirmed"
+        assert order["total_amount"] == "25.00"  # the catalog's price, not the client's
+        assert stock_of(stack, product_id) == (3, 0)
+
+        # The saga's events share the request's correlation id, each on its topic.
+        wanted = {
+            "order.created": "order-events",
+            "inventory.reserved": "inventory-events",
+            "payment.completed": "payment-events",
+            "order.confirmed": "order-events",
+        }
+
+        def seen() -> dict[str, str]:
+            events = _events(stack, admin, correlationId="e2e-order-1")
+            return {e["type"]: e["topic"] for e in events if e["type"] in wanted}
+
+        assert _wait_for(lambda: seen() == wanted), seen()
+
+        # A declined card and an out-of-stock order leave the stock exactly as it was.
+        declined = client.post(
+            "/api/orders", json=order_body(product_id, 1, "tok_declined"), headers=customer
+        )
+        assert declined.status_code == 402, declined.text
+        assert declined.headers["content-type"] == "application/problem+json"
+        assert declined.json()["order"]["status"] == "cancelled"
+        assert stock_of(stack, product_id) == (3, 0)
+        short = client.post("/api/orders", json=order_body(product_id, 4), headers=customer)
+        assert short.status_code == 409, short.text
+        assert short.json()["order"]["status"] == "cancelled"
+        assert stock_of(stack, product_id) == (3, 0)
+
+        # Another customer cannot see the order; the owner can, with its timeline.
+        _, other = stack.customer()
+        assert client.get(f"/api/orders/{order['id']}", headers=other).status_code == 404
+        mine = client.get(f"/api/orders/{order['id']}", headers=customer).json()
+        assert [step["type"] for step in mine["timeline"]][:1] == ["order.created"]
+        assert client.get("/api/orders", headers=other).json()["total"] == 0
+
+        # Cancelling refunds the payment and gives the stock back.
+        cancelled = client.post(f"/api/orders/{order['id']}/cancel", headers=customer)
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        assert stock_of(stack, product_id) == (5, 0)
+        payment = client.get(f"/api/payments/{order['payment_id']}", headers=customer).json()
+        assert payment["status"] == "refunded"
+
+
+def test_same_idempotency_key_places_one_order(sqlite_stack: Stack) -> None:
+    stack = sqlite_stack
+    product_id = new_product(stack, stack.admin(), stock=10)
+    _, customer = stack.customer()
+    headers = {**customer, "Idempotency-Key": "checkout-42"}
+    with stack.client() as client:
+        first = client.post("/api/orders", json=order_body(product_id, 1), headers=headers)
+        second = client.post("/api/orders", json=order_body(product_id, 1), headers=headers)
+        listed = client.get("/api/orders", headers=customer).json()
+    assert first.status_code == second.status_code == 201
+    assert first.json()["id"] == second.json()["id"]
+    assert listed["total"] == 1
+    assert stock_of(stack, product_id) == (9, 0)
+
+
+def concurrent_orders(stack: Stack) -> None:
+    """100 concurrent orders of one unit against a stock of 20."""
+    admin = stack.admin()
+    product_id = new_product(stack, admin, stock=20)
+    customers = [stack.customer()[1] for _ in range(10)]
+
+    def place(index: int) -> int:
+        with httpx.Client(base_url=stack.gateway, timeout=60.0) as client:
+            response = client.post(
+                "/api/orders", json=order_body(product_id, 1), headers=customers[index % 10]
+            )
+        return response.status_code
+
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        codes = list(pool.map(place, range(100)))
+    assert codes.count(201) == 20, sorted(codes)
+    assert codes.count(409) == 80, sorted(codes)
+    assert stock_of(stack, product_id) == (0, 0)
+    with stack.client() as client:
+        orders = client.get("/api/orders", params={"limit": 100}, headers=admin).json()["items"]
+    confirmed = [
+        o
+        for o in orders
+        if o["status"] == "confirmed" and o["items"][0]["product_id"] == product_id
+    ]
+    assert len(confirmed) == 20
+    with stack.client() as client:
+        statuses = [
+            client.get(f"/api/payments/{o['payment_id']}", headers=admin).json()["status"]
+            for o in confirmed
+        ]
+    assert statuses == ["completed"] * 20
+
+
+def test_concurrent_orders_never_oversell_sqlite(sqlite_stack: Stack) -> None:
+    concurrent_orders(sqlite_stack)
+
+
+def test_a_crash_between_reserve_and_charge_is_finished_on_restart(sqlite_stack: Stack) -> None:
+    import os
+    import signal
+    import threading
+
+    stack = sqlite_stack
+    admin = stack.admin()
+    product_id = new_product(stack, admin, stock=5)
+    _, customer = stack.customer()
+    answers: list[int] = []
+
+    def place() -> None:
+        with httpx.Client(base_url=stack.gateway, timeout=60.0) as client:
+            response = client.post(
+                "/api/orders", json=order_body(product_id, 2, "tok_slow"), headers=customer
+            )
+            answers.append(response.status_code)
+
+    thread = threading.Thread(target=place)
+    thread.start()
+    # The slow card holds the saga in its charge step: stock is reserved, payment pending.
+    assert _wait_for(lambda: stock_of(stack, product_id)[1] == 2, timeout=15)
+    os.kill(stack.state()["processes"]["order"]["pid"], signal.SIGKILL)
+    thread.join(timeout=60)
+    assert answers and answers[0] >= 500  # the customer saw the crash
+
+    def settled() -> str | None:
+        with stack.client() as client:
+            response = client.get("/api/orders", headers=customer)
+        if response.status_code != 200 or not response.json()["items"]:
+            return None
+        status: str = response.json()["items"][0]["status"]
+        return status if status in ("confirmed", "cancelled") else None
+
+    final = _wait_for(settled, timeout=60)
+    assert final in ("confirmed", "cancelled")
+    with stack.client() as client:
+        order = client.get("/api/orders", headers=customer).json()["items"][0]
+        quantity, reserved = stock_of(stack, product_id)
+        assert reserved == 0
+        if final == "confirmed":
+            assert quantity == 3
+            payment = client.get(f"/api/payments/{order['payment_id']}", headers=admin).json()
+            assert payment["status"] == "completed"
+        else:
+            assert quantity == 5
