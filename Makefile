@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 up: setup
-	$(BIN)/cloudretail validate
 	$(BIN)/cloudretail generate
+	$(BIN)/cloudretail up --demo
 
 generate: setup
 	$(BIN)/cloudretail generate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -185,6 +186,44 @@ def migrate(
             typer.echo(f"error: {name}: {error}", err=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         typer.echo(f"  {name:<10} {service.database:<24} at {head}")
+
+
+topics_app = typer.Typer(help="Kafka topics of the spec.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("apply")
+def topics_apply(
+    spec: SpecOption = DEFAULT_SPEC,
+    bootstrap: Annotated[
+        str, typer.Option("--bootstrap", help="Kafka bootstrap servers (host:port,...).")
+    ] = "127.0.0.1:9092",
+) -> None:
+    """Create missing topics (and their .dlq), raise partitions and align configs where the
+    broker allows it, report drift where it does not; never delete. Safe to run again."""
+    from runtime.events.topics import TopicSpec, apply_topics
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connect noise; we report
+    try:
+        platform = load_platform(spec)
+    except CloudRetailError as error:
+        raise _fail(error) from None
+    wanted = [
+        TopicSpec(
+            topic.name,
+            topic.partitions,
+            topic.replication,
+            {"retention.ms": str(topic.retention_ms), "cleanup.policy": topic.cleanup_policy},
+        )
+        for topic in platform.topics
+    ]
+    try:
+        report = asyncio.run(apply_topics(bootstrap, wanted))
+    except Exception as error:  # the broker's client raises many kinds; all mean "unreachable"
+        typer.echo(f"error: cannot apply topics at {bootstrap}: {error}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    for line in report.lines():
+        typer.echo(f"  {line}")
 
 
 DataDirOption = Annotated[
