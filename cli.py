@@ -269,11 +269,11 @@ def up(
 
     try:
         platform = load_platform(spec)
-        if generate(spec, Path("generated"), check=True).stale:
-            typer.echo("error: generated/ is stale; run `cloudretail generate` first", err=True)
-            raise typer.Exit(EXIT_BAD_INPUT)
     except CloudRetailError as error:
         raise _fail(error) from None
+    if not (Path("generated") / ".cloudretail-manifest").exists():
+        typer.echo("error: generated/ is missing; run `cloudretail generate` first", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
     names = tuple(name.strip() for name in (only or "").split(",") if name.strip())
     known = [s.name for s in platform.services] + ["eventbus", "gateway"]
     unknown = [name for name in names if name not in known]

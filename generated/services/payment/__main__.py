@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 from generated.services.payment.app import create_app, settings_from_env
-from runtime.migrate import upgrade
 from runtime.serve import run
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["migrate"]:
+        # Alembic is imported only here: serving does not pay for it.
+        from runtime.migrate import upgrade
+
         upgrade(Path(__file__).parent / "alembic.ini", settings_from_env().database_url)
     else:
         run(create_app, settings_from_env())

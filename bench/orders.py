@@ -1,0 +1,133 @@
+"""Benchmark: confirmed orders per second through the gateway, end-to-end latency, and the
+CPU-seconds one order costs summed over every process of the stack.
+
+Run: .venv/bin/python bench/orders.py [--orders 200] [--concurrency 8]
+Starts the stack on embedded defaults in a temporary data dir, makes one product with
+plenty of stock and a few customers (the gateway limits each client to 100 requests a
+minute), places the orders at a fixed concurrency, then stops the stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+GATEWAY = "http://127.0.0.1:8080"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / TICKS
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--orders", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        data_dir = Path(folder) / "stack"
+        started = cli("up", "--detach", "--data-dir", str(data_dir))
+        if started.returncode != 0:
+            sys.exit(started.stdout + started.stderr)
+        try:
+            run(data_dir, args.orders, args.concurrency)
+        finally:
+            cli("down", "--data-dir", str(data_dir))
+
+
+def run(data_dir: Path, orders: int, concurrency: int) -> None:
+    secrets = json.loads((data_dir / "secrets.json").read_text())
+    state = json.loads((data_dir / "state.json").read_text())
+    pids = [p["pid"] for p in state["processes"].values()] + [state["broker"]]
+    client = httpx.Client(base_url=GATEWAY, timeout=60.0)
+    admin_login = {"email": "admin@cloudretail.example", "password": secrets["admin_password"]}
+    admin = {
+        "Authorization": "Bearer "
+        + client.post("/api/users/login", json=admin_login).json()["access_token"]
+    }
+    product = client.post(
+        "/api/products",
+        json={"name": "Bench item", "price": "5.00", "sku": f"B-{uuid.uuid4().hex[:8]}"},
+        headers=admin,
+    ).json()["id"]
+    client.put(f"/api/inventory/{product}", json={"quantity": orders * 2}, headers=admin)
+    customers = []
+    for index in range(max(1, orders // 50 + 1) * 2):
+        email = f"bench-{index}-{uuid.uuid4().hex[:6]}@cloudretail.example"
+        body = {
+            "email": email,
+            "password": "bench password 1",
+            "first_name": "B",
+            "last_name": "B",
+            "gdpr_consent": True,
+        }
+        client.post("/api/users/register", json=body)
+        token = client.post("/api/users/login", json={"email": email, "password": body["password"]})
+        customers.append({"Authorization": "Bearer " + token.json()["access_token"]})
+    order = {
+        "items": [{"product_id": product, "quantity": 1}],
+        "shipping_address": {
+            "line1": "1 Main St",
+            "city": "X",
+            "postal_code": "1",
+            "country": "US",
+        },
+        "payment_method": {"type": "card", "token": "tok_visa"},
+    }
+
+    def place(index: int) -> tuple[int, float]:
+        began = time.perf_counter()
+        response = client.post("/api/orders", json=order, headers=customers[index % len(customers)])
+        return response.status_code, time.perf_counter() - began
+
+    cpu_before = cpu_seconds(pids)
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(place, range(orders)))
+    elapsed = time.perf_counter() - began
+    cpu = cpu_seconds(pids) - cpu_before
+    latencies = sorted(seconds for status, seconds in results if status == 201)
+    confirmed = len(latencies)
+    print(
+        f"{orders} orders at concurrency {concurrency}: {confirmed} confirmed, "
+        f"{orders - confirmed} not ({sorted({s for s, _ in results if s != 201})})"
+    )
+    print(f"  throughput  {confirmed / elapsed:6.1f} confirmed orders/s")
+    print(
+        f"  latency     p50 {statistics.median(latencies) * 1000:6.0f} ms   "
+        f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1000:6.0f} ms"
+    )
+    print(
+        f"  CPU         {cpu / max(confirmed, 1) * 1000:6.1f} ms CPU per order "
+        f"(all {len(pids)} processes: services, event bus, gateway, broker)"
+    )
+
+
+if __name__ == "__main__":
+    main()
