@@ -64,6 +64,8 @@ BENCH_JWKS=$WORK/jwks.json "$PY" -m uvicorn upstream:app --app-dir "$HERE" \
   --host 127.0.0.1 --port "$UP" --workers 1 --loop uvloop --http httptools \
   --no-access-log --log-level warning &
 PIDS+=($!)
+declare -A PID_OF
+PID_OF[direct]=$!
 wait_http "http://127.0.0.1:$UP/health/ready"
 
 gateway_env=(
@@ -78,11 +80,13 @@ done
 env "${gateway_env[@]}" "$PY" -m runtime.gateway --routes "$ROOT/generated/gateway/routes.yaml" \
   --port "$GW" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
+PID_OF[gateway]=$!
 TARGETS=(direct gateway nginx express)
 if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   env "${gateway_env[@]}" REDIS_URL=redis://127.0.0.1:6379/14 "$PY" -m runtime.gateway \
     --routes "$ROOT/generated/gateway/routes.yaml" --port "$GWR" >"$WORK/gateway-redis.log" 2>&1 &
   PIDS+=($!)
+  PID_OF[gateway+redis]=$!
   TARGETS+=(gateway+redis)
 else
   echo "no Redis at 127.0.0.1:6379: gateway+redis skipped" >&2
@@ -113,9 +117,11 @@ http {
 EOF
 nginx -c "$WORK/nginx.conf" -p "$WORK" &
 PIDS+=($!)
+PID_OF[nginx]=$!
 (cd "$WORK" && UPSTREAM="http://127.0.0.1:$UP" PORT=$EXP RATE_LIMIT=1000000000 exec \
   node express-gateway.js >"$WORK/express.log" 2>&1) &
 PIDS+=($!)
+PID_OF[express]=$!
 
 url_of() {
   case $1 in
@@ -132,18 +138,34 @@ for target in "${TARGETS[@]}"; do
   [ "$status" = 200 ] || { echo "$target answers $status, not 200" >&2; exit 1; }
 done
 
+# CPU time (user+sys, from /proc) of the proxy's processes (nginx: master and workers) per
+# request: other load on a shared machine moves throughput far more than it moves this.
+HZ=$(getconf CLK_TCK)
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
 RESULTS=$WORK/results.tsv
 for round in $(seq "$ROUNDS"); do
   for target in "${TARGETS[@]}"; do
+    before=$(cpu_ticks "${PID_OF[$target]}")
     out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
       -H "Authorization: Bearer $TOKEN" "$(url_of "$target")")
+    after=$(cpu_ticks "${PID_OF[$target]}")
+    count=$(awk '/requests in/ {print $1}' <<<"$out")
+    cpu_us=$(( (after - before) * 1000000 / HZ / (count > 0 ? count : 1) ))
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
     bad=$(awk '/Non-2xx/ {print $NF} /Socket errors/ {print "errors"}' <<<"$out" | tr '\n' ' ')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$rps" "$p50" "$p99" "${bad:-}" >>"$RESULTS"
-    printf 'round %s %-14s %10s req/s  p50 %-9s p99 %-9s %s\n' \
-      "$round" "$target" "$rps" "$p50" "$p99" "${bad:-}" >&2
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+      "$round" "$target" "$rps" "$p50" "$p99" "$cpu_us" "${bad:-}" >>"$RESULTS"
+    printf 'round %s %-14s %10s req/s  p50 %-9s p99 %-9s %5s us CPU/req %s\n' \
+      "$round" "$target" "$rps" "$p50" "$p99" "$cpu_us" "${bad:-}" >&2
   done
 done
 
@@ -166,13 +188,21 @@ for target in targets:
         statistics.median(float(row[2]) for row in mine),
         statistics.median(ms(row[3]) for row in mine),
         statistics.median(ms(row[4]) for row in mine),
-        sum(1 for row in mine if row[5].strip()),
+        statistics.median(int(row[5]) for row in mine),
+        sum(1 for row in mine if row[6].strip()),
     )
 direct = medians["direct"][0]
 print(f"\nmedians of {len(rows) // len(targets)} interleaved rounds")
-print(f"{'target':<14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>9}  rounds with errors")
-for target, (rps, p50, p99, bad) in medians.items():
-    print(f"{target:<14} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f} {rps / direct:>8.2f}x  {bad}")
+print(
+    f"{'target':<14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>9} "
+    f"{'CPU us/req':>10}  rounds with errors"
+)
+for target, (rps, p50, p99, cpu, bad) in medians.items():
+    print(
+        f"{target:<14} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f} {rps / direct:>8.2f}x "
+        f"{cpu:>10}  {bad}"
+    )
+print("(CPU us/req: the proxy's own processes; for direct, the upstream's)")
 if "express" in medians:
     gateway, express = medians["gateway"], medians["express"]
     print(f"\ngateway / express throughput: {gateway[0] / express[0]:.2f}x; "

@@ -24,12 +24,18 @@ for name in httpx aiohttp custom; do
     echo "aiohttp not installed: its candidate is skipped" >&2; continue
   fi
   PORT[$name]=$(port)
+  # stderr dropped: under this load httpx's candidate logs connect errors by the screenful.
   UPSTREAM=http://127.0.0.1:$UP "$PY" -m uvicorn "gw_$name:app" --app-dir "$HERE/candidates" \
-    --port "${PORT[$name]}" "${SERVE[@]}" &
+    --port "${PORT[$name]}" "${SERVE[@]}" 2>/dev/null &
   PIDS+=($!); PID[$name]=$!
 done
 PORT[direct]=$UP; PID[direct]=$UP_PID
-sleep 3
+for name in "${!PORT[@]}"; do
+  for _ in $(seq 150); do
+    curl -s -o /dev/null "http://127.0.0.1:${PORT[$name]}/api/products" && break
+    sleep 0.2
+  done
+done
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 for round in $(seq "$ROUNDS"); do

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
@@ -49,7 +48,7 @@ from runtime.gateway.proxy import (
 from runtime.gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from runtime.gateway.registry import Registry
 from runtime.gateway.responses import Headers, send_body, send_json, send_problem
-from runtime.gateway.routing import Route, RouteTable
+from runtime.gateway.routing import MethodMap, Route, RouteTable
 from runtime.health import iso_timestamp
 from runtime.metrics import Metrics
 
@@ -293,7 +292,8 @@ class Gateway:
             return
         if route is None:
             record.status = 405
-            allow = ", ".join(sorted(methods)).encode()
+            allowed = {*methods, "HEAD"} if "GET" in methods else set(methods)
+            allow = ", ".join(sorted(allowed)).encode()
             await send_problem(
                 send,
                 405,
@@ -441,7 +441,7 @@ class Gateway:
         self,
         send: Send,
         origin: bytes,
-        methods: dict[str, Route] | Any,
+        methods: MethodMap,
         cid_header: tuple[bytes, bytes],
     ) -> int:
         if not self.cors.allows(origin):

@@ -50,7 +50,6 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
-        self.reused = False
         self._head_only = False
         self._head: asyncio.Future[None] | None = None
         self._body_waiter: asyncio.Future[None] | None = None
@@ -222,7 +221,6 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.headers = []
         self.complete = False
-        self.reused = True
         self._error = None
 
     def _time_out(self) -> None:

@@ -62,7 +62,7 @@ async def test_known_path_wrong_method_is_a_405_with_allow(client: httpx.AsyncCl
     response = await client.post("/api/orders/1")
     assert response.status_code == 405
     problem(response)
-    assert response.headers["allow"] == "GET"
+    assert response.headers["allow"] == "GET, HEAD"
 
 
 async def test_method_query_body_and_status_are_passed_through(

@@ -92,9 +92,12 @@ async def test_all_instances_down_the_breaker_answers_503_fast(keys: Keys) -> No
                 assert response.status_code == 503
                 assert int(response.headers["retry-after"]) == 30
                 problem(response)
-            # Relative: an open breaker answers in a fraction of the upstream timeout.
-            assert max(fast) < min(slow) / 5, (fast, slow)
-            assert sorted(fast)[len(fast) // 2] < 0.05
+            # Relative: an open breaker answers in a fraction of the upstream timeout (the
+            # median, so one scheduling hiccup on a loaded machine does not fail the test),
+            # and no answer waited for an upstream at all.
+            median = sorted(fast)[len(fast) // 2]
+            assert median < min(slow) / 5 and median < 0.05, (fast, slow)
+            assert max(fast) < min(slow), (fast, slow)
             # And nothing more was sent to the dead instances.
             assert sum(len(raw.requests) for raw in hanging) == reached
     finally:
@@ -107,7 +110,7 @@ async def test_breaker_half_opens_and_closes_when_the_instance_recovers(keys: Ke
     upstream = Server(echo_app(EchoState("product")))
     config = make_config(
         {"product": [upstream.url]},
-        circuit_breaker=BreakerSpec(failures=3, reset_seconds=0.5),
+        circuit_breaker=BreakerSpec(failures=3, reset_seconds=2.0),
         retries=0,
         health_interval=60,
     )
@@ -120,7 +123,7 @@ async def test_breaker_half_opens_and_closes_when_the_instance_recovers(keys: Ke
             assert statuses == [502, 502, 502, 503, 503]
             await upstream.start()
             assert (await client.get("/api/products")).status_code == 503  # still open
-            await asyncio.sleep(0.55)
+            await asyncio.sleep(2.05)
             assert (await client.get("/api/products")).status_code == 200  # the probe
             assert breaker.state.value == "closed"
             assert (await client.get("/api/products")).status_code == 200
