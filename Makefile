@@ -5,7 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint setup generate clean
+TOOLS := .venv-tools
+
+.PHONY: up test lint setup tools generate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "CloudRetail needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -16,6 +18,16 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 setup: $(STAMP)
+
+# Manifest checkers in a venv of their own: checkov pins packaging<24, pytest needs newer.
+$(TOOLS)/.installed:
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	@echo "installing checkov into $(TOOLS) ..."
+	@$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	@$(TOOLS)/bin/python -m pip install --quiet "checkov>=3.2"
+	@touch $@
+
+tools: $(TOOLS)/.installed
 
 up: setup
 	$(BIN)/cloudretail generate
@@ -29,8 +41,8 @@ lint: setup
 	$(BIN)/ruff format --check generator runtime cli.py generated handlers tests
 	$(BIN)/mypy generator runtime cli.py generated handlers
 
-test: setup lint
+test: setup tools lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

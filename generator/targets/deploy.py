@@ -18,6 +18,9 @@ POSTGRES_PORT = 5432
 REDIS_PORT = 6379
 KAFKA_PORT = 9092
 REDIS_HOST = "redis"
+# Where the token issuer's private key is mounted (from a Secret, as a file).
+JWT_KEY_DIR = "/etc/cloudretail/jwt"
+JWT_KEY_FILE = "private.pem"
 # Auth levels that need the caller's token verified (with the token issuer's JWKS).
 _TOKEN_AUTH = frozenset({"authenticated", "admin"})
 _JWKS_SUFFIX = "/.well-known/jwks.json"
@@ -159,6 +162,9 @@ class Deployment:
         if process.signs_tokens:
             values["JWT_PRIVATE_KEY_FILE"] = f"{JWT_KEY_DIR}/{JWT_KEY_FILE}"
         if process.kind == "gateway":
+            # Ready while any upstream is: one service's outage must not take every
+            # gateway replica out of the Service (its routes answer 503 meanwhile).
+            values["GATEWAY_READY_POLICY"] = "any"
             for upstream in self.platform.gateway.upstreams:
                 target = self.by_port[upstream.port]
                 values[upstream.env] = f"http://{target.name}:{target.port}"
@@ -176,10 +182,6 @@ class Deployment:
     @cached_property
     def service_of(self) -> dict[str, Service]:
         return {service.deployable.name: service for service in self.platform.services}
-
-
-JWT_KEY_DIR = "/etc/cloudretail/jwt"
-JWT_KEY_FILE = "private.pem"
 
 
 def env_key(name: str) -> str:
@@ -227,12 +229,15 @@ def build(platform: Platform) -> Deployment:
             deployable=gateway.deployable,
             image=f"{platform.registry}/{gateway.deployable.name}",
             dockerfile="generated/gateway/Dockerfile",
+            # The gateway takes its address from arguments, not HOST (which is set anyway).
             command=(
                 "python",
                 "-m",
                 "runtime.gateway",
                 "--routes",
                 "generated/gateway/routes.yaml",
+                "--host",
+                "0.0.0.0",
             ),
             database=None,
             uses_kafka=False,

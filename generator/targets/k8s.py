@@ -57,7 +57,10 @@ GRACE_SECONDS = 30  # pre-stop pause + the server's graceful drain, with room to
 SPREAD_KEYS = ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
 TMP_SIZE = "64Mi"
 INGRESS_CLASS = "nginx"
-DEFAULT_TAG = "main"  # the overlays' tag until the deploy workflow pins a commit's
+# The tag of the main branch's newest images; the overlays set tags with kustomize `images`
+# (the deploy workflow pins the commit it built). The base carries it too, so that the base
+# alone is deployable and scans clean.
+DEFAULT_TAG = "main"
 JOB_BACKOFF = 4
 JOB_DEADLINE_SECONDS = 900
 JOB_TTL_SECONDS = 86_400
@@ -149,7 +152,7 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
     folder = f"{BASE}/apps/{process.name}"
     container = Container(
         name=process.name,
-        image=process.image,
+        image=f"{process.image}:{DEFAULT_TAG}",
         command=process.command,
         port=process.port,
         config_map=process.name,
@@ -178,15 +181,13 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
     )
     meta = Meta(process.name, ns, labels)
     scaling = deployable.scaling
-    views: list[tuple[str, str, object]] = [
-        ("serviceaccount", "serviceaccount", ServiceAccountView(meta)),
+    views: list[tuple[str, object]] = [
+        ("serviceaccount", ServiceAccountView(meta)),
         (
-            "configmap",
             "configmap",
             ConfigMapView(meta, deployment.settings(process, deployment.kafka_bootstrap)),
         ),
         (
-            "deployment",
             "deployment",
             DeploymentView(
                 Meta(process.name, ns, labels, skip_annotations(_SKIPS)),
@@ -195,18 +196,16 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
                 pod,
             ),
         ),
-        ("service", "service", ServiceView(meta, selector, process.port)),
+        ("service", ServiceView(meta, selector, process.port)),
         (
-            "hpa",
             "hpa",
             HpaView(meta, process.name, scaling.min, scaling.max, scaling.cpu, scaling.memory),
         ),
-        ("pdb", "pdb", PdbView(meta, selector, 1)),
+        ("pdb", PdbView(meta, selector, 1)),
     ]
     if process.kind == "gateway":
         views.append(
             (
-                "ingress",
                 "ingress",
                 IngressView(
                     meta,
@@ -219,8 +218,8 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
             )
         )
     return [
-        OutputFile(f"{folder}/{name}.yaml", f"k8s/{template}.yaml.j2", {"view": view})
-        for name, template, view in views
+        OutputFile(f"{folder}/{name}.yaml", f"k8s/{name}.yaml.j2", {"view": view})
+        for name, view in views
     ]
 
 
@@ -256,7 +255,7 @@ def _migration_files(deployment: Deployment) -> list[OutputFile]:
         labels = migration_labels(deployment, migration)
         container = Container(
             name="migrate",
-            image=process.image,
+            image=f"{process.image}:{DEFAULT_TAG}",
             command=migration.command,
             port=None,
             config_map=None,

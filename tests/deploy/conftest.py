@@ -30,9 +30,14 @@ def missing_tool(reason: str) -> None:
 
 
 def tool(name: str, install: str) -> str:
-    """The path of a command-line tool: the project's venv first, then PATH."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
+    """The path of a command-line tool: the project's venv, then the tools venv (`make
+    tools`: checkov pins packaging<24, which pytest cannot share), then PATH."""
+    places = (
+        Path(sys.executable).parent,
+        Path(__file__).resolve().parents[2] / ".venv-tools" / "bin",
+    )
+    beside = next((place / name for place in places if (place / name).exists()), None)
+    found = str(beside) if beside is not None else shutil.which(name)
     if found is None:
         missing_tool(f"{name} is not installed ({install})")
     assert found is not None
