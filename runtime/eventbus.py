@@ -35,11 +35,11 @@ from runtime.errors import Problem
 from runtime.events.bus import KafkaProducer, KafkaSource, Message
 from runtime.events.envelope import EnvelopeError, Event
 from runtime.events.registry import EventRegistry, EventValidationError
+from runtime.service_events import kafka_source
 from runtime.types import UTCDateTime
 
 logger = logging.getLogger(__name__)
 
-GROUP = "event-bus"
 _metadata = sa.MetaData()
 audit_log = sa.Table(
     "audit_log",
@@ -306,9 +306,12 @@ class EventBus:
         source = None
         if bootstrap:
             self.producer = KafkaProducer(
-                bootstrap, idempotent=self.settings.kafka_idempotent, client_id=GROUP
+                bootstrap,
+                idempotent=self.settings.kafka_idempotent,
+                client_id=self.settings.service_name,
             )
-            source = KafkaSource(bootstrap, GROUP, self.topics, client_id=GROUP)
+            group = self.settings.service_name  # the event bus's own consumer group
+            source = kafka_source(self.settings, group, list(self.topics))
             await source.start()
             self._healthy = True  # the broker answered; joining the group continues alone
             self._task = asyncio.create_task(self._consume(source), name="event-bus-consumer")

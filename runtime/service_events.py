@@ -23,6 +23,20 @@ from runtime.events.registry import EventRegistry
 logger = logging.getLogger(__name__)
 
 
+def kafka_source(settings: ServiceSettings, group: str, topics: list[str]) -> KafkaSource:
+    """A consumer-group source. With the embedded broker (not idempotent), a restarted
+    broker is a new cluster with empty topics: checking the cluster id makes the consumer
+    drop positions from the old one instead of skipping the new one's first messages."""
+    assert settings.kafka_bootstrap_servers
+    return KafkaSource(
+        settings.kafka_bootstrap_servers,
+        group,
+        topics,
+        client_id=group,
+        check_cluster_id=not settings.kafka_idempotent,
+    )
+
+
 class ServiceEvents:
     def __init__(
         self,
@@ -64,7 +78,7 @@ class ServiceEvents:
             self.consumer = EventConsumer(
                 database,
                 self.registry,
-                KafkaSource(bootstrap, service, topics, client_id=service),
+                kafka_source(self.settings, service, topics),
                 producer,
                 service=service,
                 handlers=self.handlers,

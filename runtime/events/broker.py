@@ -17,9 +17,11 @@ import atexit
 import errno
 import logging
 import os
+import signal
 import socket
 import subprocess
 import tempfile
+import uuid
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +89,7 @@ class EmbeddedBroker:
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path is not None else None
         self.topic_report: TopicReport | None = None
+        self.cluster_id: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -130,6 +133,9 @@ class EmbeddedBroker:
                 f"by {holder}; stop it or choose another port"
             )
         listener = f"tcp://{self.host}:{self.port}"
+        # A new cluster id per start tells clients that this is a different, empty broker
+        # (see KafkaSource's check_cluster_id); the address alone cannot.
+        self.cluster_id = f"cloudretail-embedded-{uuid.uuid4().hex}"
         self._log = self._open_log()
         # Popen, not asyncio's subprocess: the handle then belongs to no event loop, so one
         # loop may start the broker and another stop it (as session-wide test fixtures do).
@@ -137,6 +143,8 @@ class EmbeddedBroker:
             [
                 binary,
                 "broker",
+                "--cluster-id",
+                self.cluster_id,
                 "--listener-url",
                 listener,
                 "--advertised-listener-url",
@@ -194,6 +202,8 @@ class EmbeddedBroker:
                     f"\n{self._log_tail()}"
                 )
             try:
+                # A plain connect first: aiokafka logs every refused connection as an error.
+                await _accepts_connections(self.host, self.port)
                 await _answers_metadata(self.bootstrap_servers)
                 return
             except Exception as error:
@@ -205,17 +215,19 @@ class EmbeddedBroker:
         )
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL if it lingers; idempotent."""
+        """Stop the broker (SIGINT, then SIGKILL if it lingers); idempotent."""
         process, self._process = self._process, None
         _running.discard(self)
         if process is not None and process.poll() is None:
-            process.terminate()
+            # SIGINT: tansu exits at once, status 0. On SIGTERM it waits about five seconds
+            # for clients to hang up first.
+            process.send_signal(signal.SIGINT)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             while process.poll() is None and loop.time() < deadline:
                 await asyncio.sleep(0.02)
             if process.poll() is None:
-                logger.warning("embedded broker ignored SIGTERM; killing it")
+                logger.warning("embedded broker ignored SIGINT; killing it")
                 process.kill()
                 process.wait()
         if self._log is not None:
@@ -226,11 +238,17 @@ class EmbeddedBroker:
         """Synchronous kill, for interpreter exit where no event loop runs."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.terminate()
+            process.send_signal(signal.SIGINT)
             try:
                 process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+async def _accepts_connections(host: str, port: int) -> None:
+    _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    writer.close()
+    await writer.wait_closed()
 
 
 async def _answers_metadata(bootstrap: str) -> None:

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, UnknownError
+from aiokafka.protocol.metadata import MetadataRequest
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -186,6 +188,7 @@ class KafkaProducer:
                 await _stop_quietly(producer)
                 raise BrokerUnavailable(
                     f"cannot reach Kafka at {self.bootstrap_servers}: {_describe(error)}"
+                    + self._hint(error)
                 ) from error
             self._producer = producer
             return producer
@@ -244,15 +247,20 @@ class KafkaProducer:
             raise BrokerUnavailable(f"Kafka at {self.bootstrap_servers} did not answer metadata")
 
     def _unavailable(self, error: BaseException) -> BrokerUnavailable:
-        message = f"Kafka at {self.bootstrap_servers} did not ack: {_describe(error)}"
-        if self.idempotent and isinstance(error, UnknownError):
-            message += (
-                " (if this is the embedded tansu broker, set KAFKA_IDEMPOTENT=false: it does"
-                " not implement InitProducerId)"
-            )
-        unavailable = BrokerUnavailable(message)
+        unavailable = BrokerUnavailable(
+            f"Kafka at {self.bootstrap_servers} did not ack: {_describe(error)}" + self._hint(error)
+        )
         unavailable.__cause__ = error
         return unavailable
+
+    def _hint(self, error: BaseException) -> str:
+        # tansu answers InitProducerId with an unknown error; say what to do about it.
+        if self.idempotent and isinstance(error, UnknownError):
+            return (
+                " (if this is the embedded tansu broker, set KAFKA_IDEMPOTENT=false: it does"
+                " not implement InitProducerId, which idempotent producers need)"
+            )
+        return ""
 
     async def ping(self) -> bool:
         try:
@@ -269,6 +277,12 @@ class KafkaSource:
     The embedded tansu broker numbers a group's first generation 0, which aiokafka reads as
     "never joined" and so skips LeaveGroup on stop: the group's next member then waits out the
     old member's session timeout before it gets partitions. Tests use short session timeouts.
+
+    `check_cluster_id` (for the embedded broker, which gets a new cluster id on every start):
+    after each non-empty fetch the cluster id is read again, and if it changed the batch is
+    dropped and the consumer starts over from the new broker's committed offsets. Without it,
+    positions held from the old broker would skip the restarted broker's first messages, and
+    tansu would even accept the resulting commits from the stale member.
     """
 
     def __init__(
@@ -279,7 +293,9 @@ class KafkaSource:
         *,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
-        fetch_max_wait_ms: int = 500,
+        fetch_max_wait_ms: int = 100,
+        metadata_max_age_ms: int = 30_000,
+        check_cluster_id: bool = False,
         client_id: str | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
@@ -296,11 +312,22 @@ class KafkaSource:
             "auto_offset_reset": "earliest",
             "session_timeout_ms": session_timeout_ms,
             "heartbeat_interval_ms": heartbeat_interval_ms,
+            # tansu holds a fetch spanning several partitions for the whole wait even when
+            # data arrives (measured: p50 latency ~wait/2), so the wait bounds latency there;
+            # Kafka answers as soon as data arrives, and a short wait only adds idle polls.
             "fetch_max_wait_ms": fetch_max_wait_ms,
+            # Partitions added to a topic (or a topic recreated by a restarted embedded broker
+            # with another count) are only noticed on a metadata refresh: aiokafka's default
+            # of 5 minutes would leave the new partitions unread that long.
+            "metadata_max_age_ms": metadata_max_age_ms,
         }
         if client_id:
             self._options["client_id"] = client_id
+        self.check_cluster_id = check_cluster_id
+        self.restarts = 0
         self._consumer: Any = None
+        self._probe: Any = None
+        self._cluster_id: str | None = None
 
     @property
     def group_id(self) -> str:
@@ -316,8 +343,13 @@ class KafkaSource:
         consumer = AIOKafkaConsumer(*self._topics, **self._options)
         try:
             await consumer.start()
+            if self.check_cluster_id:
+                self._probe = AIOKafkaClient(bootstrap_servers=self.bootstrap_servers)
+                await self._probe.bootstrap()
+                self._cluster_id = await self._read_cluster_id()
         except Exception as error:
             await _stop_quietly(consumer)
+            await self._close_probe()
             raise BrokerUnavailable(
                 f"cannot reach Kafka at {self.bootstrap_servers}: {_describe(error)}"
             ) from error
@@ -327,6 +359,20 @@ class KafkaSource:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await _stop_quietly(consumer)
+        await self._close_probe()
+
+    async def _close_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            try:
+                await probe.close()
+            except Exception as error:
+                logger.warning("kafka client did not close cleanly", extra={"error": repr(error)})
+
+    async def _read_cluster_id(self) -> str | None:
+        response = await self._probe.send(self._probe.get_random_node(), MetadataRequest([]))
+        cluster_id = getattr(response, "cluster_id", None)
+        return cluster_id if isinstance(cluster_id, str) else None
 
     async def fetch(self, timeout: float, max_records: int) -> list[Message]:
         if self._consumer is None:
@@ -334,6 +380,8 @@ class KafkaSource:
         batches = await self._consumer.getmany(
             timeout_ms=int(timeout * 1000), max_records=max_records
         )
+        if batches and self.check_cluster_id and not await self._same_broker(batches):
+            return []
         return [
             Message(
                 topic=record.topic,
@@ -347,6 +395,28 @@ class KafkaSource:
             for records in batches.values()
             for record in records
         ]
+
+    async def _same_broker(self, batches: Mapping[Any, Sequence[Any]]) -> bool:
+        """False (and the consumer restarted or rewound) when the batch cannot be trusted."""
+        try:
+            current = await self._read_cluster_id()
+        except Exception as error:
+            # Cannot tell now: hand back nothing and read these records again next time.
+            logger.warning("cannot read the cluster id", extra={"error": _describe(error)})
+            for partition, records in batches.items():
+                if records:
+                    self._consumer.seek(partition, records[0].offset)
+            return False
+        if current == self._cluster_id:
+            return True
+        logger.warning(
+            "kafka cluster id changed: a new (restarted, empty) broker; rejoining the group",
+            extra={"group_id": self._group_id, "was": self._cluster_id, "now": current},
+        )
+        self.restarts += 1
+        await self.stop()
+        await self.start()
+        return False
 
     async def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
         if self._consumer is None or not offsets:
@@ -521,6 +591,11 @@ class MemorySource:
         return self._topics
 
     async def start(self) -> None:
+        if self._joined:
+            return
+        # As a Kafka consumer cannot join its group while the broker is unreachable.
+        if not self.bus.available:
+            raise BrokerUnavailable("memory bus is unavailable")
         self.bus._join(self)
         self._joined = True
 

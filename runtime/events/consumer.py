@@ -137,6 +137,7 @@ class EventConsumer:
         backoff_max: float = 5.0,
         batch_size: int = 100,
         poll_timeout: float = 0.5,
+        ping_interval: float = 10.0,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -162,12 +163,12 @@ class EventConsumer:
         self.backoff_max = backoff_max
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
+        self.ping_interval = ping_interval
         self.stats = ConsumerStats()
         self._healthy = True
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._source_started = False
 
     @property
     def healthy(self) -> bool:
@@ -197,17 +198,16 @@ class EventConsumer:
                 logger.warning("event consumer did not stop in time; cancelling it")
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        if self._source_started:
-            self._source_started = False
-            await self.source.stop()
+        await self.source.stop()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         delay = 0.0
+        last_contact = loop.time()
         while not self._stopping:
             try:
-                if not self._source_started:
-                    await self.source.start()
-                    self._source_started = True
+                # Idempotent: joins the group the first time and again after a failure.
+                await self.source.start()
                 messages = await self.source.fetch(self.poll_timeout, self.batch_size)
             except Exception as error:
                 self._healthy = False
@@ -219,6 +219,14 @@ class EventConsumer:
                 await self._pause(delay)
                 continue
             delay = 0.0
+            if not messages:
+                if loop.time() - last_contact >= self.ping_interval:
+                    # An idle fetch says nothing about the broker (aiokafka keeps retrying
+                    # quietly), so ask it from time to time for `healthy`.
+                    last_contact = loop.time()
+                    self._healthy = await self.producer.ping()
+                continue
+            last_contact = loop.time()
             done: dict[tuple[str, int], int] = {}
             for message in messages:
                 if self._stopping:

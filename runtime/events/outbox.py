@@ -15,11 +15,11 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, event, func, insert, select, update
+from sqlalchemy import Engine, delete, event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,7 @@ from runtime.correlation import get_correlation_id, new_correlation_id
 from runtime.db import Database
 from runtime.events.bus import BrokerUnavailable, OutgoingMessage, Producer
 from runtime.events.envelope import Event, EventMetadata
-from runtime.events.registry import EventRegistry
+from runtime.events.registry import EventRegistry, EventValidationError
 from runtime.events.tables import outbox
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ ADVISORY_LOCK_KEY = 0x43524F5554424F58 - (1 << 63)
 _PENDING_WAKE = "cloudretail.events.pending_wake"
 _HOOKED = "cloudretail.events.wake_hooked"
 _MAX_ERROR_TEXT = 2000
+_MAX_KEY_LENGTH = 255  # outbox.message_key is String(255)
+# Kafka's default message.max.bytes is 1 MiB including overhead; stay clearly below it.
+MAX_EVENT_BYTES = 900_000
 
 # Relays by the engine they read, so a commit on that engine can wake them. Weak: a relay
 # that is garbage collected stops being woken without having to unregister.
@@ -79,13 +82,25 @@ async def publish(
             user_id=user_id,
         ),
     )
+    body = envelope.to_bytes()
+    if len(body) > MAX_EVENT_BYTES:
+        # Refused here, in the request that made it: once in the outbox, a message the broker
+        # will never take would block every event queued behind it.
+        raise EventValidationError(
+            f"event {event_type!r} is {len(body)} bytes; the limit is {MAX_EVENT_BYTES} "
+            "(put large data in a table or object store and reference it)"
+        )
+    if len(message_key) > _MAX_KEY_LENGTH:
+        raise EventValidationError(
+            f"event {event_type!r}: message key longer than {_MAX_KEY_LENGTH} characters"
+        )
     await session.execute(
         insert(outbox).values(
             event_id=envelope.id,
             topic=spec.topic,
             message_key=message_key,
             event_type=event_type,
-            payload=envelope.to_bytes().decode(),
+            payload=body.decode(),
         )
     )
     _wake_relay_after_commit(session.sync_session)
@@ -99,7 +114,13 @@ def _wake_relay_after_commit(session: Session) -> None:
     so a session publishing many events wakes the relay once per commit, and a rollback
     wakes no one.
     """
-    session.info[_PENDING_WAKE] = session.get_bind()
+    try:
+        bind = session.get_bind()
+    except Exception:
+        # No single engine to name (a session with per-table binds): the relay's poll
+        # picks the rows up instead.
+        return
+    session.info[_PENDING_WAKE] = bind
     if not session.info.get(_HOOKED):
         session.info[_HOOKED] = True
         event.listen(session, "after_commit", _on_commit)
@@ -344,6 +365,20 @@ class OutboxRelay:
                 return
             await self._wait_for_wake(remaining)
             self._wakeup.clear()
+
+
+async def purge_sent(database: Database, *, older_than: timedelta) -> int:
+    """Delete rows sent more than `older_than` ago; return how many. Unsent rows are kept.
+
+    The outbox is a queue, not an archive: run this periodically (after the longest time a
+    replay from it could be wanted) so the table stays small.
+    """
+    cutoff = datetime.now(UTC) - older_than
+    async with database.engine.begin() as connection:
+        result = await connection.execute(
+            delete(outbox).where(outbox.c.sent_at.is_not(None), outbox.c.sent_at < cutoff)
+        )
+    return int(result.rowcount or 0)
 
 
 @dataclass(frozen=True)

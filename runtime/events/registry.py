@@ -7,11 +7,14 @@ never reaches a handler.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
+_LEGAL_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class EventValidationError(ValueError):
@@ -35,6 +38,11 @@ class EventRegistry:
     def __init__(self, types: Iterable[EventType]) -> None:
         self._types: dict[str, EventType] = {}
         for event_type in types:
+            if not _LEGAL_TOPIC.fullmatch(event_type.topic):
+                raise ValueError(
+                    f"event type {event_type.name!r}: {event_type.topic!r} is not a legal Kafka "
+                    "topic name (letters, digits, '.', '_', '-'; at most 249)"
+                )
             if event_type.name in self._types:
                 raise ValueError(f"event type {event_type.name!r} is declared twice")
             if event_type.key not in event_type.payload.model_fields:

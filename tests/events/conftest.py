@@ -6,12 +6,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from runtime.db import Database
 from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError
 from runtime.events.registry import EventRegistry
-from tests.events.support import BusHarness, Service, make_registry
+from tests.events.support import BusHarness, Service, ServiceFactory, make_registry
 from tests.servers import (
     POSTGRES_ERRORS,
     drop_database,
@@ -59,24 +60,46 @@ def sqlite_databases(tmp_path: Path) -> DatabaseFactory:
     return make
 
 
-@pytest.fixture
-def postgres_databases(postgres_available: bool) -> Iterator[DatabaseFactory]:
-    urls: list[str] = []
+@pytest.fixture(scope="session")
+def postgres_pool(postgres_available: bool) -> Iterator[dict[str, str]]:
+    """Scratch databases by role name, made once per session: creating and dropping a
+    database per test costs more than the tests themselves."""
+    urls: dict[str, str] = {}
+    yield urls
+    for url in urls.values():
+        drop_database(url)
 
+
+def _empty(url: str) -> None:
+    async def drop_tables() -> None:
+        connection = await asyncpg.connect(url, timeout=3)
+        try:
+            await connection.execute(
+                "DROP TABLE IF EXISTS outbox, processed_events, applied CASCADE"
+            )
+        finally:
+            await connection.close()
+
+    run_in_own_loop(drop_tables)
+
+
+@pytest.fixture
+def postgres_databases(postgres_pool: dict[str, str]) -> DatabaseFactory:
     def make(name: str) -> Database:
-        url = fresh_database(f"cloudretail_events_{name.replace('-', '_')}")
-        urls.append(url)
+        url = postgres_pool.get(name)
+        if url is None:
+            url = postgres_pool[name] = fresh_database(f"cloudretail_events_{name}")
+        else:
+            _empty(url)  # the previous test's tables; the service recreates them
         return Database(url, pool_size=3, max_overflow=2)
 
-    yield make
-    for url in urls:
-        drop_database(url)
+    return make
 
 
 @pytest.fixture
 async def services(
     harness: BusHarness, registry: EventRegistry, databases: DatabaseFactory
-) -> AsyncIterator[Callable[[str], object]]:
+) -> AsyncIterator[ServiceFactory]:
     """Factory of services on the bound transport and database kind; all closed afterwards."""
     made: list[Service] = []
     await harness.prepare_topics(registry)

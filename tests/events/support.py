@@ -159,6 +159,9 @@ class TansuHarness:
 
     async def prepare_topics(self, registry: EventRegistry) -> None:
         self._registries.append(registry)
+        await self._create_topics(registry)
+
+    async def _create_topics(self, registry: EventRegistry) -> None:
         await apply_topics(
             self.bootstrap, [TopicSpec(topic, PARTITIONS) for topic in registry.topics()]
         )
@@ -178,6 +181,8 @@ class TansuHarness:
             session_timeout_ms=1000,
             heartbeat_interval_ms=200,
             fetch_max_wait_ms=100,
+            metadata_max_age_ms=1000,
+            check_cluster_id=True,
         )
         self._closers.append(source.stop)
         return source
@@ -250,7 +255,7 @@ class TansuHarness:
             # Same port, and (memory storage) empty: the topics come back, the messages do not.
             await self.broker.start()
             for registry in self._registries:
-                await self.prepare_topics(registry)
+                await self._create_topics(registry)
 
     async def close(self) -> None:
         for close in reversed(self._closers):
@@ -328,6 +333,9 @@ class Service:
         if self.relay is not None:
             await self.relay.stop(timeout=2)
         await self.database.dispose()
+
+
+ServiceFactory = Callable[[str], Awaitable[Service]]
 
 
 async def record(ctx: EventContext) -> None:

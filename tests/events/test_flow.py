@@ -42,3 +42,27 @@ class TestTansuOnSqlite(EventFlowCases):
     @pytest.fixture
     def databases(self, sqlite_databases: DatabaseFactory) -> DatabaseFactory:
         return sqlite_databases
+
+
+class TestTansuOnPostgres:
+    """The cases where the database's behaviour matters most, on the real broker too."""
+
+    test_broker_outage_fails_no_write_and_loses_no_event = (
+        EventFlowCases.test_broker_outage_fails_no_write_and_loses_no_event
+    )
+    test_offset_is_committed_only_after_the_handler_transaction = (
+        EventFlowCases.test_offset_is_committed_only_after_the_handler_transaction
+    )
+    test_causation_and_correlation_flow_into_events_a_handler_publishes = (
+        EventFlowCases.test_causation_and_correlation_flow_into_events_a_handler_publishes
+    )
+
+    @pytest.fixture
+    async def harness(self, embedded_broker: EmbeddedBroker) -> AsyncIterator[TansuHarness]:
+        harness = TansuHarness(embedded_broker)
+        yield harness
+        await harness.close()
+
+    @pytest.fixture
+    def databases(self, postgres_databases: DatabaseFactory) -> DatabaseFactory:
+        return postgres_databases
