@@ -58,7 +58,7 @@ def migrate(service: str, database_url: str) -> None:
 
 @asynccontextmanager
 async def service_client(
-    service: str, database_url: str, issuer: TokenIssuer, **settings: Any
+    service: str, database_url: str, issuer: TokenIssuer | None, **settings: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The generated service, migrated and started as a server would start it."""
     await asyncio.to_thread(migrate, service, database_url)
@@ -70,11 +70,13 @@ async def service_client(
         "service_token": SERVICE_TOKEN,
         **settings,
     }
-    verifier = TokenVerifier(
-        static_jwks(issuer.jwks()), issuer=issuer.issuer, audience=issuer.audience
-    )
     app = module.create_app(ServiceSettings(**values))
-    app.state.token_verifier = verifier
+    if issuer is not None:
+        # Tokens from the test's issuer; without one the service keeps its own verifier
+        # (the user service trusts the tokens it signs).
+        app.state.token_verifier = TokenVerifier(
+            static_jwks(issuer.jwks()), issuer=issuer.issuer, audience=issuer.audience
+        )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

@@ -1,0 +1,185 @@
+"""The user service's identity flows, driven over HTTP on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import jwt
+import pyotp
+import pytest
+import sqlalchemy as sa
+
+from tests.services.conftest import service_client
+
+PASSWORD = "correct horse battery"
+
+
+def person(email: str = "ada@example.com", **extra: Any) -> dict[str, Any]:
+    return {
+        "email": email,
+        "password": PASSWORD,
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "gdpr_consent": True,
+        **extra,
+    }
+
+
+async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD, **extra: Any):
+    return await client.post(
+        "/api/users/login", json={"email": email, "password": password, **extra}
+    )
+
+
+async def bearer(client: httpx.AsyncClient, email: str, **extra: Any) -> dict[str, str]:
+    response = await login(client, email, **extra)
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def outbox(client: httpx.AsyncClient) -> list[str]:
+    app = client.app  # type: ignore[attr-defined]
+    async with app.state.database.session() as session:
+        rows = await session.execute(sa.text("SELECT event_type FROM outbox ORDER BY seq"))
+        return [row[0] for row in rows]
+
+
+@pytest.fixture(autouse=True)
+def isolated_keys(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CLOUDRETAIL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("CLOUDRETAIL_ADMIN_EMAIL", raising=False)
+    monkeypatch.delenv("CLOUDRETAIL_ADMIN_PASSWORD", raising=False)
+
+
+async def test_register_then_profile(database_url: str) -> None:
+    async with service_client("user", database_url, None) as client:
+        made = await client.post("/api/users/register", json=person())
+        assert made.status_code == 201, made.text
+        body = made.json()
+        assert body["role"] == "customer" and "password" not in body
+        headers = await bearer(client, "ada@example.com")
+        profile = (await client.get("/api/users/profile", headers=headers)).json()
+        assert profile["email"] == "ada@example.com"
+        assert "password" not in profile and "two_factor_secret" not in profile
+        assert await outbox(client) == ["user.created", "user.login"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (person(role="admin"), 422),  # self-registration makes customers only
+        (person(gdpr_consent=False), 422),
+        (person(password="short"), 422),
+        (person(email="not-an-email"), 422),
+        ({"email": "x@example.com"}, 422),
+    ],
+)
+async def test_registration_rules(database_url: str, body: dict[str, Any], status: int) -> None:
+    async with service_client("user", database_url, None) as client:
+        response = await client.post("/api/users/register", json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_duplicate_email_is_409(database_url: str) -> None:
+    async with service_client("user", database_url, None) as client:
+        await client.post("/api/users/register", json=person())
+        again = await client.post("/api/users/register", json=person("ADA@example.com"))
+    assert again.status_code == 409
+
+
+async def test_login_failures_look_alike_and_are_limited(database_url: str) -> None:
+    async with service_client("user", database_url, None) as client:
+        await client.post("/api/users/register", json=person())
+        unknown = await login(client, "nobody@example.com")
+        wrong = await login(client, "ada@example.com", "wrong password")
+        assert unknown.status_code == wrong.status_code == 401
+        assert unknown.json()["detail"] == wrong.json()["detail"]
+        for _ in range(4):
+            await login(client, "ada@example.com", "wrong password")
+        locked = await login(client, "ada@example.com")  # even the right password, for now
+    assert locked.status_code == 429
+    assert int(locked.headers["retry-after"]) > 0
+
+
+async def test_tokens_verify_with_the_published_jwks(database_url: str) -> None:
+    async with service_client("user", database_url, None) as client:
+        await client.post("/api/users/register", json=person())
+        token = (await login(client, "ada@example.com")).json()["access_token"]
+        keys = (await client.get("/api/users/.well-known/jwks.json")).json()["keys"]
+    kid = jwt.get_unverified_header(token)["kid"]
+    (key,) = [k for k in keys if k["kid"] == kid]
+    claims = jwt.decode(
+        token,
+        jwt.PyJWK(key).key,
+        algorithms=["RS256"],
+        audience="cloudretail",
+        issuer="cloudretail",
+    )
+    assert claims["role"] == "customer"
+
+
+async def test_two_factor_setup_enable_and_login(database_url: str) -> None:
+    async with service_client("user", database_url, None) as client:
+        await client.post("/api/users/register", json=person())
+        headers = await bearer(client, "ada@example.com")
+        setup = (await client.post("/api/users/2fa/setup", headers=headers)).json()
+        assert setup["otpauth_uri"].startswith("otpauth://totp/")
+        totp = pyotp.TOTP(setup["secret"])
+        wrong = await client.post("/api/users/2fa/enable", json={"code": "000000"}, headers=headers)
+        assert wrong.status_code == 422
+        enabled = await client.post(
+            "/api/users/2fa/enable", json={"code": totp.now()}, headers=headers
+        )
+        assert enabled.status_code == 200
+        without = await login(client, "ada@example.com")
+        assert without.status_code == 401
+        assert without.json()["title"] == "Two-factor code required"
+        with_code = await login(client, "ada@example.com", totp_code=totp.now())
+        assert with_code.status_code == 200
+
+
+async def test_profile_change_export_and_erasure(database_url: str) -> None:
+    async with service_client("user", database_url, None) as client:
+        await client.post("/api/users/register", json=person())
+        headers = await bearer(client, "ada@example.com")
+        renamed = await client.patch(
+            "/api/users/profile", json={"first_name": "Augusta"}, headers=headers
+        )
+        assert renamed.json()["first_name"] == "Augusta"
+        no_current = await client.patch(
+            "/api/users/profile", json={"password": "a new password"}, headers=headers
+        )
+        assert no_current.status_code == 403
+        export = (await client.get("/api/users/profile/export", headers=headers)).json()
+        assert export["user"]["first_name"] == "Augusta"
+        assert export["consent"]["gdpr_consent"] is True and export["consent"]["given_at"]
+        erased = await client.delete("/api/users/profile", headers=headers)
+        assert erased.status_code == 200
+        gone = await client.get("/api/users/profile", headers=headers)
+        assert gone.status_code == 404
+        assert (await login(client, "ada@example.com")).status_code == 401
+        events = await outbox(client)
+    assert events[-2:] == ["user.updated", "user.deleted"]
+
+
+async def test_admin_bootstrap_and_admin_created_users(database_url: str, monkeypatch) -> None:
+    monkeypatch.setenv("CLOUDRETAIL_ADMIN_EMAIL", "boss@example.com")
+    monkeypatch.setenv("CLOUDRETAIL_ADMIN_PASSWORD", "admin password 1")
+    async with service_client("user", database_url, None) as client:
+        admin = await bearer(client, "boss@example.com", password="admin password 1")
+        made = await client.post(
+            "/api/users", json=person("vendor@example.com", role="vendor"), headers=admin
+        )
+        assert made.status_code == 201 and made.json()["role"] == "vendor"
+        vendor = await bearer(client, "vendor@example.com")
+        refused = await client.post(
+            "/api/users", json=person("x@example.com", role="admin"), headers=vendor
+        )
+        assert refused.status_code == 403
+    # A second start finds the admin and does not make another.
+    async with service_client("user", database_url, None) as client:
+        admin = await bearer(client, "boss@example.com", password="admin password 1")
+        listed = (await client.get("/api/users", headers=admin)).json()
+    assert [u["email"] for u in listed["items"]].count("boss@example.com") == 1
