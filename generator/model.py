@@ -452,7 +452,7 @@ _SQL_TYPES = {
     "timestamp": "TIMESTAMP",
     "json": "JSONB",
 }
-_PYTHON_TYPES = {
+PYTHON_TYPES = {  # spec type -> Python annotation (columns and event payload fields)
     "uuid": "uuid.UUID",
     "string": "str",
     "text": "str",
@@ -479,7 +479,7 @@ def _column(name: str, spec: ColumnSpec) -> Column:
         name=name,
         type=spec.type,
         sql_type=_sql_type(spec),
-        python_type=_PYTHON_TYPES[spec.type],
+        python_type=PYTHON_TYPES[spec.type],
         nullable=spec.nullable and not spec.primary_key,
         primary_key=spec.primary_key,
         unique=spec.unique,

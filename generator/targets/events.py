@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from generator.model import Event, Platform
+from generator.model import PYTHON_TYPES, Event, Platform
 from generator.pycode import Imports
 from generator.render import OutputFile
 
-_TYPES = {
-    "uuid": "uuid.UUID",
-    "string": "str",
-    "text": "str",
-    "integer": "int",
-    "decimal": "Decimal",
-    "boolean": "bool",
-    "timestamp": "datetime",
-    "json": "Any",
-}
 _IMPORTS: dict[str, tuple[str, ...]] = {
     "uuid.UUID": ("uuid",),
     "Decimal": ("decimal", "Decimal"),
@@ -34,9 +24,9 @@ class EventCode:
 
 def _fields(event: Event) -> tuple[str, ...]:
     return tuple(
-        f"{field.name}: {_TYPES[field.type]} | None = None"
+        f"{field.name}: {PYTHON_TYPES[field.type]} | None = None"
         if field.optional
-        else f"{field.name}: {_TYPES[field.type]}"
+        else f"{field.name}: {PYTHON_TYPES[field.type]}"
         for field in event.payload
     )
 
@@ -46,7 +36,7 @@ def files(platform: Platform) -> list[OutputFile]:
     imports.add("runtime.events.registry", "EventRegistry", "EventType")
     for event in platform.events:
         for field in event.payload:
-            needed = _IMPORTS.get(_TYPES[field.type])
+            needed = _IMPORTS.get(PYTHON_TYPES[field.type])
             if needed:
                 imports.add(*needed)
     events = tuple(EventCode(event, _fields(event)) for event in platform.events)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from generator.crud_events import CrudEvent, FieldSource, crud_events
 from generator.handlers import event_handler_name
-from generator.model import Column, Platform, Route, Saga, Service, Table, pascal
+from generator.model import PYTHON_TYPES, Column, Platform, Route, Saga, Service, Table, pascal
 from generator.pycode import Imports, call
 from generator.render import OutputFile, pystr
 from generator.sqlschema import check_name, unique_name
@@ -20,18 +20,6 @@ from generator.sqlschema import check_name, unique_name
 PAGE_LIMIT_DEFAULT = 20
 PAGE_LIMIT_MAX = 100
 
-_PYTHON_TYPES = {
-    "uuid": "uuid.UUID",
-    "string": "str",
-    "text": "str",
-    "enum": "str",
-    "integer": "int",
-    "bigint": "int",
-    "decimal": "Decimal",
-    "boolean": "bool",
-    "timestamp": "datetime",
-    "json": "Any",
-}
 # What each Python type needs imported, as (module, name) or (module,) for `import module`.
 _TYPE_IMPORTS: dict[str, tuple[str, ...]] = {
     "uuid.UUID": ("uuid",),
@@ -189,7 +177,7 @@ def _model_line(column: Column) -> str:
         args.append(f"server_default={server_default}")
     if column.on_update_now:
         args.append("onupdate=utc_now")
-    mapped = _PYTHON_TYPES[column.type] + (" | None" if column.nullable else "")
+    mapped = PYTHON_TYPES[column.type] + (" | None" if column.nullable else "")
     return call(f"{column.name}: Mapped[{mapped}] = mapped_column(", args, indent=4)
 
 
@@ -201,7 +189,7 @@ def enum_alias(table: Table, column: Column) -> str:
 def _schema_type(column: Column, table: Table) -> str:
     if column.type == "enum":
         return enum_alias(table, column)
-    return _PYTHON_TYPES[column.type]
+    return PYTHON_TYPES[column.type]
 
 
 def _constraints(column: Column) -> list[str]:
@@ -302,7 +290,7 @@ def _filter_code(table: Table, name: str, op: str, columns: tuple[str, ...]) -> 
         targets += "," if len(columns) == 1 else ""
         return FilterCode(name, f"{name}: str | None = None", f"crud.search(({targets}), {name})")
     column = next(c for c in table.columns if c.name == columns[0])
-    python_type = _PYTHON_TYPES[column.type]
+    python_type = PYTHON_TYPES[column.type]
     return FilterCode(
         name,
         f"{name}: {python_type} | None = None",
@@ -343,7 +331,7 @@ def _table_code(table: Table) -> TableCode:
         where_line=call("where = crud.where(", [f.condition for f in filters], indent=4),
         not_null_line=not_null_line,
         default_order=table.sort[0] if table.sort else table.primary_key.name,
-        key_type=_PYTHON_TYPES[table.primary_key.type],
+        key_type=PYTHON_TYPES[table.primary_key.type],
         cache_ttl=table.cache_ttl_seconds,
     )
 
@@ -495,7 +483,7 @@ def _model_imports(tables: tuple[Table, ...]) -> str:
     runtime = {"decimal": "DecimalType", "json": "JSONType", "timestamp": "UTCDateTime"}
     for table in tables:
         for column in table.columns:
-            _add_type(imports, _PYTHON_TYPES[column.type])
+            _add_type(imports, PYTHON_TYPES[column.type])
             if column.type in runtime:
                 imports.add("runtime.types", runtime[column.type])
             if column.default == "now" or column.on_update_now:
@@ -517,7 +505,7 @@ def _schema_imports(service: Service, tables: tuple[TableCode, ...]) -> str:
     )
     for table in tables:
         for column in table.table.columns:
-            _add_type(imports, _PYTHON_TYPES[column.type])
+            _add_type(imports, PYTHON_TYPES[column.type])
     if "Field(" in text:
         imports.add("pydantic", "Field")
     if any(t.aliases for t in tables):

@@ -212,3 +212,64 @@ def test_a_crash_between_reserve_and_charge_is_finished_on_restart(sqlite_stack:
             assert payment["status"] == "completed"
         else:
             assert quantity == 5
+
+
+def test_more_paths_of_the_shop(sqlite_stack: Stack) -> None:
+    stack = sqlite_stack
+    admin = stack.admin()
+    _, customer = stack.customer()
+    _, stranger = stack.customer()
+    product_id = new_product(stack, admin, stock=12)
+    with stack.client() as client:
+        # A card that never answers: the saga gives up in time, nothing is charged or held.
+        slow = client.post(
+            "/api/orders", json=order_body(product_id, 1, "tok_timeout"), headers=customer
+        )
+        assert slow.status_code == 504, slow.text
+        assert slow.json()["order"]["status"] == "cancelled"
+        assert stock_of(stack, product_id) == (12, 0)
+
+        # Stock reaching the reorder level (10) is announced.
+        placed = client.post("/api/orders", json=order_body(product_id, 2), headers=customer)
+        assert placed.status_code == 201, placed.text
+        order = placed.json()
+
+        def low_stock() -> bool:
+            events = _events(stack, admin, type="inventory.low_stock")
+            return any(e["data"]["product_id"] == product_id for e in events)
+
+        assert _wait_for(low_stock)
+
+        # The admin moves the order along; customers may not; skipping a step is refused.
+        path = f"/api/orders/{order['id']}/status"
+        assert (
+            client.patch(path, json={"status": "processing"}, headers=customer).status_code == 403
+        )
+        skip = client.patch(path, json={"status": "delivered"}, headers=admin)
+        assert skip.status_code == 409
+        for status in ("processing", "shipped", "delivered"):
+            moved = client.patch(path, json={"status": status}, headers=admin)
+            assert moved.status_code == 200, moved.text
+            assert moved.json()["status"] == status
+        delivered = client.post(f"/api/orders/{order['id']}/cancel", headers=customer)
+        assert delivered.status_code == 409  # too late to cancel
+
+        # Paying again for a settled order is refused; a stranger does not even see it.
+        pay = {"order_id": order["id"], "payment_method": {"type": "card", "token": "tok_visa"}}
+        assert client.post("/api/payments", json=pay, headers=customer).status_code == 409
+        assert client.post("/api/payments", json=pay, headers=stranger).status_code == 404
+        payment = client.get(f"/api/payments/{order['payment_id']}", headers=stranger)
+        assert payment.status_code == 404
+
+        # A price change is an event with the old and the new price.
+        client.patch(f"/api/products/{product_id}", json={"price": "11.00"}, headers=admin)
+
+        def price_changed() -> list[dict[str, Any]]:
+            events = _events(stack, admin, type="product.price_changed")
+            return [e for e in events if e["data"]["product_id"] == product_id]
+
+        changed = _wait_for(price_changed)
+        assert changed and (changed[0]["data"]["old_price"], changed[0]["data"]["new_price"]) == (
+            "10.00",
+            "11.00",
+        )
