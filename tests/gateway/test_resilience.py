@@ -29,7 +29,15 @@ async def served_by(client: httpx.AsyncClient, count: int) -> Counter[str]:
 async def test_one_of_two_instances_killed_requests_keep_succeeding(keys: Keys) -> None:
     first = await Server(echo_app(EchoState("product-a"))).start()
     second = await Server(echo_app(EchoState("product-b"))).start()
-    gateway = create_gateway(make_config({"product": [first.url, second.url]}, health_interval=0.1))
+    # The failed requests to the dead instance may open its breaker; a short reset keeps the
+    # re-admission below quick whatever the machine's load made of the timing.
+    gateway = create_gateway(
+        make_config(
+            {"product": [first.url, second.url]},
+            health_interval=0.1,
+            circuit_breaker=BreakerSpec(failures=5, reset_seconds=0.5),
+        )
+    )
     server = await Server(gateway).start()
     instances = {i.url: i for i in gateway.registry.upstreams["product"].instances}
     try:
