@@ -88,7 +88,8 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str
         {"name": "eventbus", "ini": str(generated / "eventbus" / "alembic.ini"), "url": bus_url}
     )
     gateway = platform.gateway
-    gateway_env = {**common, "PORT": str(gateway.deployable.port)}
+    # Locally, probe upstreams every second, so the gateway is ready soon after they are.
+    gateway_env = {**common, "PORT": str(gateway.deployable.port), "GATEWAY_HEALTH_INTERVAL": "1"}
     for upstream in gateway.upstreams:
         gateway_env[upstream.env] = f"http://{LOCALHOST}:{upstream.port}"
     processes.append(

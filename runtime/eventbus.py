@@ -282,6 +282,16 @@ class EventBus:
         self.consumed += 1
 
     async def _consume(self, source: KafkaSource) -> None:
+        # Joining the consumer group takes seconds; the service is ready before it finishes.
+        while True:
+            try:
+                await source.start()
+                break
+            except Exception:
+                self._healthy = False
+                logger.exception("event bus cannot reach the broker; retrying")
+                await asyncio.sleep(1.0)
+        self._healthy = True
         while True:
             try:
                 messages = await source.fetch(timeout=0.5, max_records=200)
@@ -312,8 +322,7 @@ class EventBus:
             )
             group = self.settings.service_name  # the event bus's own consumer group
             source = kafka_source(self.settings, group, list(self.topics))
-            await source.start()
-            self._healthy = True  # the broker answered; joining the group continues alone
+            self._healthy = await self.producer.ping()
             self._task = asyncio.create_task(self._consume(source), name="event-bus-consumer")
         try:
             yield
