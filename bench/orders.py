@@ -106,6 +106,8 @@ def run(data_dir: Path, orders: int, concurrency: int) -> None:
         response = client.post("/api/orders", json=order, headers=customers[index % len(customers)])
         return response.status_code, time.perf_counter() - began
 
+    names = {p["pid"]: name for name, p in state["processes"].items()} | {state["broker"]: "broker"}
+    each_before = {pid: cpu_seconds([pid]) for pid in pids}
     cpu_before = cpu_seconds(pids)
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -126,6 +128,12 @@ def run(data_dir: Path, orders: int, concurrency: int) -> None:
     print(
         f"  CPU         {cpu / max(confirmed, 1) * 1000:6.1f} ms CPU per order "
         f"(all {len(pids)} processes: services, event bus, gateway, broker)"
+    )
+    shares = {names[pid]: cpu_seconds([pid]) - each_before[pid] for pid in pids}
+    ranked = sorted(shares.items(), key=lambda item: -item[1])
+    print(
+        "  CPU by process (ms per order): "
+        + ", ".join(f"{name} {seconds / max(confirmed, 1) * 1000:.0f}" for name, seconds in ranked)
     )
 
 
