@@ -81,8 +81,10 @@ def configure_logging(service: str, level: str = "INFO", stream: IO[str] | None 
         server_logger = logging.getLogger(name)
         server_logger.handlers.clear()
         server_logger.propagate = True
-    # The Kafka client narrates every group join and partition assignment at INFO.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    # The Kafka client narrates every group join and partition assignment at INFO, httpx
+    # every request it makes; the access log already has one line per request.
+    for chatty in ("aiokafka", "httpx"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
 class AccessLogMiddleware:
