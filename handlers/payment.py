@@ -31,6 +31,7 @@ from runtime.handlers import Context, created
 from runtime.http import ServiceCallError, ServiceClients
 
 PROVIDER_TIMEOUT = float(os.environ.get("PAYMENT_PROVIDER_TIMEOUT", "4"))
+TIMED_OUT = "the payment provider did not answer in time"
 
 
 class PaymentMethod(BaseModel):
@@ -178,7 +179,7 @@ async def _charge(ctx: Context, body: ChargeRequest) -> Payment:
             PROVIDER_TIMEOUT,
         )
     except TimeoutError:
-        result = ProviderResult(False, None, "the payment provider did not answer in time")
+        result = ProviderResult(False, None, TIMED_OUT)
     payment.transaction_id = result.transaction_id
     data = {
         "payment_id": payment.id,
@@ -212,7 +213,7 @@ def _initiated(payment: Payment) -> dict[str, Any]:
 
 def _outcome(payment: Payment) -> Any:
     if payment.status == "failed":
-        timed_out = "in time" in (payment.failure_reason or "")
+        timed_out = payment.failure_reason == TIMED_OUT
         raise Problem(
             504 if timed_out else 402,
             title="Payment timed out" if timed_out else "Payment declined",
