@@ -394,6 +394,34 @@ def down(data_dir: DataDirOption = Path(".cloudretail")) -> None:
 
 
 @app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where the new project goes (new or empty).")],
+    name: Annotated[str, typer.Option(help="Platform name (lower case).")] = "shop",
+) -> None:
+    """Start a new project: a small spec to grow, a handlers package and a README."""
+    import copier
+
+    from generator.render import TEMPLATES
+
+    if folder.exists() and any(folder.iterdir()):
+        typer.echo(f"error: {folder} is not empty; choose a new folder", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    try:
+        copier.run_copy(
+            str(TEMPLATES / "project"),
+            str(folder),
+            data={"name": name},
+            defaults=True,
+            quiet=True,
+        )
+    except (ValueError, copier.errors.CopierError) as error:  # a bad answer, e.g. the name
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    typer.echo(f"created {folder}/ (spec/cloudretail.yaml, handlers/, README.md)")
+    typer.echo(f"next: cd {folder} && cloudretail generate")
+
+
+@app.command()
 def schema() -> None:
     """Print the spec's JSON Schema (point your editor's YAML support at it)."""
     from generator.spec import Spec

@@ -1,0 +1,1 @@
+"""Hand-written domain logic, one module per service."""

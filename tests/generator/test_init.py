@@ -1,0 +1,44 @@
+"""`cloudretail init`: a new project (copier) whose spec validates and generates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from generator import generate, load_platform
+
+runner = CliRunner()
+
+
+def test_init_makes_a_project_that_generates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    folder = tmp_path / "acme"
+    result = runner.invoke(app, ["init", str(folder), "--name", "acme"])
+    assert result.exit_code == 0, result.output
+    spec = folder / "spec" / "cloudretail.yaml"
+    assert "name: acme" in spec.read_text()
+    assert (folder / "handlers" / "__init__.py").exists()
+    monkeypatch.chdir(folder)
+    platform = load_platform(Path("spec/cloudretail.yaml"))
+    assert platform.namespace == "acme"
+    assert [topic.name for topic in platform.topics] == ["acme-events"]
+    done = generate(Path("spec/cloudretail.yaml"), Path("generated"))
+    assert done.plan.added and done.stubs  # handlers stubbed for the spec's routes and events
+    assert (folder / "handlers" / "cart.py").exists()
+    # ... after which the spec is complete: validate finds every handler.
+    load_platform(Path("spec/cloudretail.yaml"), handlers_dir=Path("handlers"))
+
+
+def test_init_refuses_a_bad_name_and_a_full_folder(tmp_path: Path):
+    bad = runner.invoke(app, ["init", str(tmp_path / "x"), "--name", "Not Valid"])
+    assert bad.exit_code == 2
+    assert "lower-case letters" in bad.stderr
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    refused = runner.invoke(app, ["init", str(full)])
+    assert refused.exit_code == 2
+    assert "not empty" in refused.stderr
+    assert (full / "keep.txt").read_text() == "mine"
