@@ -38,7 +38,7 @@ _DUMMY_HASH = _hasher.hash("placeholder password that matches nothing")
 _BAD_CREDENTIALS = "the email or the password is wrong"
 MAX_LOGIN_FAILURES = 5
 LOCKOUT_SECONDS = 900
-DEV_KEY_FILE = Path(".cloudretail") / "keys" / "jwt-signing-key.pem"
+DEV_KEY_NAME = "jwt-signing-key.pem"
 
 
 class Registration(BaseModel):
@@ -302,7 +302,7 @@ def signing_key(settings: ServiceSettings) -> str:
         return Path(settings.jwt_private_key_file).read_text()
     if settings.is_production:
         raise RuntimeError("set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE: production signs tokens")
-    path = Path(os.environ.get("CLOUDRETAIL_DATA_DIR", ".cloudretail")) / "keys" / DEV_KEY_FILE.name
+    path = Path(os.environ.get("CLOUDRETAIL_DATA_DIR", ".cloudretail")) / "keys" / DEV_KEY_NAME
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(generate_private_key_pem())

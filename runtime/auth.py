@@ -274,9 +274,6 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
-PrincipalDep = Annotated[Principal, Depends(require())]
-AdminDep = Annotated[Principal, Depends(require("admin"))]
-ServiceCallerDep = Annotated[Principal, Depends(require("service"))]
 OptionalPrincipalDep = Annotated[Principal | None, Depends(optional_principal)]
 
 

@@ -18,6 +18,7 @@ from runtime.auth import SERVICE_TOKEN_HEADER
 from runtime.config import ServiceSettings
 from runtime.correlation import correlation_headers
 
+# Methods a retry cannot apply twice; the gateway and service calls both go by it.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 

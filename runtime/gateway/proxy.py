@@ -28,8 +28,8 @@ from runtime.gateway.client import (
 )
 from runtime.gateway.headers import PROXIED_CSP, RESPONSE_DROP
 from runtime.gateway.registry import Upstream, UpstreamInstance
+from runtime.http import IDEMPOTENT
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 _CSP = b"content-security-policy"
 
