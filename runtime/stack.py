@@ -34,6 +34,10 @@ from runtime.events.topics import TopicSpec, apply_topics
 from runtime.migrate import MigrationError, migrate
 
 STOP_TIMEOUT = 8.0
+# Who stops first: the edge, so no new work arrives; then the services, whose consumers and
+# relays still reach the broker while they leave their groups; then the event bus; the
+# broker last.
+STOP_ORDER = ("gateway", "service", "event-bus")
 READY_TIMEOUT = 60.0
 COLORS = (36, 32, 33, 35, 34, 96, 92, 93, 95)
 STATE_FILE = "state.json"
@@ -147,6 +151,7 @@ class Child:
     port: int
     color: int
     log_path: Path
+    kind: str = "service"
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -199,6 +204,7 @@ class Supervisor:
                 port=int(p["port"]),
                 color=COLORS[index % len(COLORS)],
                 log_path=self.logs / f"{p['name']}.log",
+                kind=str(p.get("kind", "service")),
             )
             for index, p in enumerate(plan["processes"])
         ]
@@ -308,9 +314,26 @@ class Supervisor:
                 await asyncio.wait_for(self.stopping.wait(), timeout=0.5)
 
     async def stop(self) -> None:
-        """SIGTERM to every child, SIGKILL to those still there after STOP_TIMEOUT."""
+        """Stop in order (gateway, services, event bus, broker): SIGTERM to each group, and
+        SIGKILL to what is still there after STOP_TIMEOUT."""
         self.stopping.set()
-        running = [c for c in self.children if c.process and c.process.returncode is None]
+        for phase in STOP_ORDER:
+            group = [c for c in self.children if c.kind == phase]
+            await self._stop_group(group)
+        await self._stop_group([c for c in self.children if c.kind not in STOP_ORDER])
+        for pump in self._pumps:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pump, 1.0)  # the last log lines, then the pipe closes
+        if self.broker is not None:
+            self.say("stopping the embedded broker")
+            await self.broker.stop()
+        self.say("stopped")
+
+    async def _stop_group(self, group: list[Child]) -> None:
+        running = [c for c in group if c.process and c.process.returncode is None]
+        if not running:
+            return
+        self.say("stopping " + ", ".join(c.name for c in running))
         for child in running:
             assert child.process is not None
             with contextlib.suppress(ProcessLookupError):
@@ -326,11 +349,6 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.kill()
                 await child.process.wait()
-        for pump in self._pumps:
-            pump.cancel()
-        if self.broker is not None:
-            await self.broker.stop()
-        self.say("stopped")
 
     def write_state(self, status: str, failed: list[str] | None = None) -> None:
         state = {

@@ -155,6 +155,9 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C in the terminal must not stop the broker before the
+            # clients that still need it to leave their groups; its owner stops it.
+            start_new_session=True,
         )
         _running.add(self)
         try:
