@@ -146,3 +146,13 @@ def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stop(stack)
+
+
+def assert_invariants(stack: Stack, initial_stock: dict[str, int] | None = None) -> None:
+    """The shop's invariants over the stack's databases and dead-letter topics."""
+    from handlers.invariants import check, stack_urls
+    from tests.servers import run_in_own_loop
+
+    urls, bootstrap = stack_urls(stack.data_dir)
+    report = run_in_own_loop(lambda: check(urls, initial_stock=initial_stock, bootstrap=bootstrap))
+    assert report.ok, str(report)

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.stack.conftest import Stack, new_product, order_body, stock_of
+from tests.stack.conftest import Stack, assert_invariants, new_product, order_body, stock_of
 
 
 def _events(stack: Stack, admin: dict[str, str], **params: str) -> list[dict[str, Any]]:
@@ -160,6 +160,7 @@ def concurrent_orders(stack: Stack) -> None:
             for o in confirmed
         ]
     assert statuses == ["completed"] * 20
+    assert_invariants(stack, {product_id: 20})
 
 
 def test_concurrent_orders_never_oversell_sqlite(sqlite_stack: Stack) -> None:
@@ -212,6 +213,7 @@ def test_a_crash_between_reserve_and_charge_is_finished_on_restart(sqlite_stack:
             assert payment["status"] == "completed"
         else:
             assert quantity == 5
+    assert_invariants(stack, {product_id: 5})
 
 
 def test_more_paths_of_the_shop(sqlite_stack: Stack) -> None:
