@@ -1,7 +1,7 @@
 """`python -m runtime.gateway [--routes FILE] [--host H] [--port P] [--workers N]`.
 
 Settings come from the environment: REDIS_URL, JWKS_URL, JWT_ISSUER, JWT_AUDIENCE,
-<SERVICE>_URLS, LOG_LEVEL, and the GATEWAY_* knobs of runtime.gateway.config.
+<SERVICE>_URLS, LOG_LEVEL, ENVIRONMENT, and the GATEWAY_* knobs of runtime.gateway.config.
 """
 
 from __future__ import annotations

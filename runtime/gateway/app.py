@@ -158,16 +158,19 @@ class Gateway:
         )
         self.body_limit = route_file.body_limit_bytes
         self.cors = CorsPolicy.of(route_file.cors_origins)
-        self.metrics = GatewayMetrics(self.registry, metrics)
+        self.metrics = GatewayMetrics(self.registry, metrics, limiter=limiter)
         self.openapi = OpenApiAggregator(self.registry, self.table, ttl=config.openapi_ttl)
         self.started_at = time.monotonic()
         self._started = False
         self._own_endpoints: dict[str, Callable[[Send, Headers], Awaitable[int]]] = {
             "/health/live": self._live,
             "/health/ready": self._ready,
-            "/metrics": self._metrics,
-            "/openapi.json": self._openapi,
         }
+        # Off in production unless enabled (config.py): a path not served is a plain 404.
+        if config.serves_metrics:
+            self._own_endpoints["/metrics"] = self._metrics
+        if config.serves_docs:
+            self._own_endpoints["/openapi.json"] = self._openapi
 
     # -- ASGI ------------------------------------------------------------------------------
 
@@ -471,11 +474,13 @@ class Gateway:
         return 200
 
     async def _ready(self, send: Send, headers: Headers) -> int:
+        # What a load balancer needs: can this gateway serve, and which upstreams can it
+        # reach, by name. No instance addresses: they are internal (per-instance health is
+        # in the metrics, gateway_upstream_instance_healthy).
         details = {name: up.healthy_count > 0 for name, up in self.registry.upstreams.items()}
-        instances = {
-            name: {instance.url: instance.healthy for instance in up.instances}
-            for name, up in self.registry.upstreams.items()
-        }
+        # The rate limit store being down degrades the gateway (limits per process) but
+        # does not stop it serving, so it is reported and never makes readiness fail.
+        degraded = await self.limiter.check()
         if self.config.ready_policy == "all":
             serving = all(details.values())
         else:
@@ -491,7 +496,7 @@ class Gateway:
                 "uptime": self._uptime(),
                 "policy": self.config.ready_policy,
                 "details": details,
-                "instances": instances,
+                "rate_limit": {"store": self.limiter.store, "degraded": degraded},
             },
             headers,
         )

@@ -4,6 +4,24 @@ Closed: requests flow; `failures` consecutive failures open it. Open: no request
 `reset_seconds` have passed, so callers get a fast 503 instead of waiting on a dead host.
 Half-open: one probe request goes through; its success closes the breaker, its failure
 opens it again for another `reset_seconds`.
+
+What is a failure. The breaker protects callers from an instance that is unhealthy, not
+from answers the instance chose to give; counting those would let one client shut a
+service for everyone (five orders whose payment provider timed out, each answered 504 on
+purpose, would open the order service's breaker for every customer). So:
+
+* failures: no connection (refused, reset, lost before the response head), no response
+  head in time, and answers that say the instance itself broke: 500 and 502 whatever
+  their body, and 503/504 that are *not* `application/problem+json` (a crash page, a
+  sidecar or proxy in front of the service);
+* answers, which count as successes (the instance was reached and replied on purpose):
+  every other status, including a problem+json 503/504 the service sent deliberately
+  (a dependency of that one request timed out or is down).
+
+An instance that cannot serve at all says so on `/health/ready`, and the registry's
+readiness probes eject it; the breaker need not guess from business answers.
+`answer_is_failure` holds the rule for responses; the proxy records transport errors and
+timeouts as failures itself.
 """
 
 from __future__ import annotations
@@ -11,6 +29,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from enum import Enum
+
+# Statuses that always mean the instance failed, and those that do unless sent on purpose.
+_FAILED_STATUSES = frozenset({500, 502})
+_UNAVAILABLE_STATUSES = frozenset({503, 504})
+_PROBLEM_JSON = b"application/problem+json"
+
+
+def answer_is_failure(status: int, content_type: bytes | None) -> bool:
+    """Does this upstream response count against the instance's breaker? (See above.)"""
+    if status in _FAILED_STATUSES:
+        return True
+    if status in _UNAVAILABLE_STATUSES:
+        media_type = (content_type or b"").split(b";", 1)[0].strip().lower()
+        return media_type != _PROBLEM_JSON
+    return False
 
 
 class BreakerState(Enum):

@@ -14,11 +14,12 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 DEFAULT_ROUTES_PATH = Path("generated/gateway/routes.yaml")
 AuthRule = Literal["public", "authenticated", "admin"]
 ReadyPolicy = Literal["all", "any"]
+Environment = Literal["development", "production"]
 
 
 class _Frozen(BaseModel):
@@ -103,10 +104,27 @@ class GatewayConfig(_Frozen):
     retry_backoff: float = 0.05
     ready_policy: ReadyPolicy = "all"
     openapi_ttl: float = 60.0
+    environment: Environment = "development"
+    # Serve /openapi.json and /metrics on the public port? None: yes, except in production.
+    expose_docs: bool | None = None
+    expose_metrics: bool | None = None
 
     @property
     def rate_limit(self) -> RateLimitSpec:
         return self.routes_file.rate_limit
+
+    @property
+    def serves_docs(self) -> bool:
+        return self._exposed(self.expose_docs)
+
+    @property
+    def serves_metrics(self) -> bool:
+        return self._exposed(self.expose_metrics)
+
+    def _exposed(self, setting: bool | None) -> bool:
+        # Everything the gateway serves is public (the ingress sends it every path), so in
+        # production the API description and the metrics stay off unless asked for.
+        return self.environment != "production" if setting is None else setting
 
     def default_jwks_url(self) -> str | None:
         """The user service publishes its keys; ask its first instance unless told otherwise."""
@@ -143,6 +161,29 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return float(value) if value else default
 
 
+_BOOL = TypeAdapter(bool)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool | None:
+    """true/false (also 1/0, yes/no, on/off), or None when unset."""
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return _BOOL.validate_python(value)
+    except ValidationError:
+        raise ValueError(f"{name} must be true or false, got {value!r}") from None
+
+
+def _environment(env: Mapping[str, str]) -> Environment:
+    value = env.get("ENVIRONMENT", "").strip().lower() or "development"
+    if value == "production":
+        return "production"
+    if value != "development":
+        raise ValueError(f"ENVIRONMENT must be 'development' or 'production', got {value!r}")
+    return "development"
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     value = env.get(name, "").strip()
     return int(value) if value else default
@@ -154,7 +195,9 @@ def load_config(
     """Route table from `path`, deployment settings from `env` (default: os.environ).
 
     GATEWAY_RATE_LIMIT_REQUESTS / GATEWAY_RATE_LIMIT_WINDOW override the spec's limit (the
-    benchmark raises it so 429s do not dominate a load test).
+    benchmark raises it so 429s do not dominate a load test). ENVIRONMENT=production turns
+    /openapi.json and /metrics off unless GATEWAY_EXPOSE_DOCS / GATEWAY_EXPOSE_METRICS say
+    `true` (either may also say `false` in development). Bad values raise ValueError.
     """
     env = os.environ if env is None else env
     route_file = read_route_file(path)
@@ -178,4 +221,7 @@ def load_config(
         health_interval=_float(env, "GATEWAY_HEALTH_INTERVAL", 5.0),
         retries=_int(env, "GATEWAY_RETRIES", 2),
         ready_policy="any" if policy == "any" else "all",
+        environment=_environment(env),
+        expose_docs=_flag(env, "GATEWAY_EXPOSE_DOCS"),
+        expose_metrics=_flag(env, "GATEWAY_EXPOSE_METRICS"),
     )

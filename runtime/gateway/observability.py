@@ -19,6 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from runtime.correlation import get_correlation_id
 from runtime.gateway.breaker import BreakerState
+from runtime.gateway.ratelimit import RateLimiter
 from runtime.gateway.registry import Registry, UpstreamInstance
 from runtime.jsonenc import dumps
 from runtime.logs import _timestamp  # the services' timestamp format, kept in one place
@@ -47,7 +48,13 @@ class RequestRecord:
 
 
 class GatewayMetrics:
-    def __init__(self, registry: Registry, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        metrics: Metrics | None = None,
+        *,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.metrics = metrics or Metrics()
         prometheus = self.metrics.registry
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -62,6 +69,13 @@ class GatewayMetrics:
             "Requests refused with 429.",
             registry=prometheus,
         )
+        if limiter is not None:
+            degraded = Gauge(
+                "gateway_rate_limiter_degraded",
+                "1 while the rate limit store (Redis) is unreachable and limits are per process.",
+                registry=prometheus,
+            )
+            degraded.set_function(lambda: float(limiter.degraded))
         healthy = Gauge(
             "gateway_upstream_instance_healthy",
             "1 while the instance passes its health probe.",

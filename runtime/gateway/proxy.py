@@ -4,8 +4,9 @@ Retries: only idempotent methods, only when the request cannot have taken effect
 never answered (no connection, or the connection died before a response head), only while
 the request body can be sent again (none, or small enough to have been buffered), and
 preferably on another instance. Timeouts are not retried: a slow upstream asked twice is
-slower still. Every failure counts against the instance's circuit breaker, and so do 502,
-503 and 504 answers (the instance says it cannot serve); any other status is a success.
+slower still. Every transport failure and timeout counts against the instance's circuit
+breaker, and so do the answers `breaker.answer_is_failure` names (500, 502, and 503/504
+that are not a deliberate problem+json answer); any other answer is a success.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from enum import Enum
 
 from starlette.types import Receive, Send
 
+from runtime.gateway.breaker import answer_is_failure
 from runtime.gateway.client import (
     Connection,
     UpstreamBodyError,
@@ -30,8 +32,8 @@ from runtime.gateway.headers import PROXIED_CSP, RESPONSE_DROP
 from runtime.gateway.registry import Upstream, UpstreamInstance
 from runtime.http import IDEMPOTENT
 
-_UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 _CSP = b"content-security-policy"
+_CONTENT_TYPE = b"content-type"
 
 
 class BodyMode(Enum):
@@ -176,7 +178,7 @@ class Proxy:
                         continue
                     return Outcome(502, instance.url, len(tried), last)
                 status = connection.status
-                if status in _UNAVAILABLE_STATUSES:
+                if status >= 500 and answer_is_failure(status, _content_type(connection)):
                     instance.breaker.record_failure()
                 else:
                     instance.breaker.record_success()
@@ -283,6 +285,13 @@ class Proxy:
             connection.abort()
         finally:
             watch.stop()
+
+
+def _content_type(connection: Connection) -> bytes | None:
+    for name, value in connection.headers:
+        if name == _CONTENT_TYPE:
+            return value
+    return None
 
 
 class _DisconnectWatch:

@@ -10,6 +10,13 @@ block): memory is bounded by `limit` per active client.
 With REDIS_URL the log is a sorted set in Redis, trimmed, counted and appended by one Lua
 script, so every gateway replica shares the limit and two replicas cannot both admit the
 101st request.
+
+Redis is an optimisation of the limit, not a condition of serving: while it cannot be
+reached the limiter is *degraded* and keeps the log in process (each replica then admits
+up to `limit` per client, so the effective limit is `limit` x replicas, never unlimited).
+The switch is logged (a warning going down, info coming back), `degraded` says it, the
+gateway exports it as `gateway_rate_limiter_degraded` and shows it in `/health/ready`,
+which stays 200: readiness means "can serve", and the gateway can.
 """
 
 from __future__ import annotations
@@ -57,8 +64,19 @@ class RateDecision:
 
 class RateLimiter(Protocol):
     limit: int
+    # Where the log is kept ("process" or "redis").
+    store: str
+
+    @property
+    def degraded(self) -> bool:
+        """True while the store cannot be reached and limits are kept per process."""
+        ...
 
     async def hit(self, key: str) -> RateDecision: ...
+
+    async def check(self) -> bool:
+        """Try the store now (readiness asks); updates and returns `degraded`."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -69,6 +87,7 @@ class LocalRateLimiter:
     # Every this many hits, forget clients with nothing left in their window, so memory
     # follows the number of active clients and not of every client ever seen.
     _PRUNE_EVERY = 10_000
+    store = "process"
 
     def __init__(
         self, limit: int, window: float, *, clock: Callable[[], float] = time.monotonic
@@ -79,8 +98,15 @@ class LocalRateLimiter:
         self._logs: dict[str, collections.deque[float]] = {}
         self._hits = 0
 
+    @property
+    def degraded(self) -> bool:
+        return False
+
     async def hit(self, key: str) -> RateDecision:
         return self.hit_now(key)
+
+    async def check(self) -> bool:
+        return False
 
     def hit_now(self, key: str) -> RateDecision:
         now = self._clock()
@@ -129,6 +155,8 @@ return {1, limit - count - 1, oldest - horizon, 0}
 class RedisRateLimiter:
     """The sliding log in Redis, shared by every replica; in process while Redis is down."""
 
+    store = "redis"
+
     def __init__(
         self,
         url: str,
@@ -151,21 +179,31 @@ class RedisRateLimiter:
         self._fallback = LocalRateLimiter(limit, window)
         self._degraded = False
 
+    @property
+    def degraded(self) -> bool:
+        return self._degraded
+
+    def _lost(self, error: Exception) -> None:
+        if not self._degraded:
+            self._degraded = True
+            logger.warning(
+                "rate limiter: Redis unavailable, limiting per process",
+                extra={"error": f"{type(error).__name__}: {error}"},
+            )
+
+    def _back(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            logger.info("rate limiter: Redis reachable again")
+
     async def hit(self, key: str) -> RateDecision:
         try:
             reply = await self._sliding_log(self._prefix + key)
             allowed, remaining, reset_us, retry_us = (int(value) for value in reply)
         except (RedisError, TypeError, ValueError) as error:
-            if not self._degraded:
-                self._degraded = True
-                logger.warning(
-                    "rate limiter: Redis unavailable, limiting per process",
-                    extra={"error": f"{type(error).__name__}: {error}"},
-                )
+            self._lost(error)
             return self._fallback.hit_now(key)
-        if self._degraded:
-            self._degraded = False
-            logger.info("rate limiter: Redis reachable again")
+        self._back()
         return RateDecision(
             bool(allowed), self.limit, remaining, reset_us / 1_000_000, retry_us / 1_000_000
         )
@@ -190,6 +228,17 @@ class RedisRateLimiter:
             return await self._redis.execute("PING") == "PONG"
         except RedisError:
             return False
+
+    async def check(self) -> bool:
+        try:
+            reply = await self._redis.execute("PING")
+            if reply != "PONG":
+                raise RedisError(f"unexpected reply to PING: {reply!r}")
+        except RedisError as error:
+            self._lost(error)
+        else:
+            self._back()
+        return self._degraded
 
     async def close(self) -> None:
         await self._redis.close()

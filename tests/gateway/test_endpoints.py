@@ -15,6 +15,7 @@ import pytest
 from runtime.auth import TokenVerifier, static_jwks
 from runtime.config import ServiceSettings
 from runtime.gateway import create_gateway
+from runtime.gateway.config import GatewayConfig
 from tests.gateway.conftest import (
     ROOT,
     EchoState,
@@ -208,3 +209,43 @@ async def test_route_to_platform(platform: Platform) -> None:
     # The fixture platform is reachable (guards the fixtures the other files rely on).
     async with platform.client() as client:
         assert (await client.get("/health/live")).status_code == 200
+
+
+async def test_ready_names_upstreams_but_no_addresses(keys: Keys) -> None:
+    async with running(keys) as platform, platform.client() as client:
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200
+        body = ready.json()
+        assert set(body) == {"status", "timestamp", "uptime", "policy", "details", "rate_limit"}
+        assert set(body["details"]) == set(platform.upstreams)
+        assert body["rate_limit"] == {"store": "process", "degraded": False}
+        for server in platform.upstreams.values():
+            assert f":{server.port}" not in ready.text, ready.text
+
+
+def production_config(upstream: Server, **settings: object) -> GatewayConfig:
+    return make_config({"product": [upstream.url]}, environment="production", **settings)
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate Operation ID")  # the echo upstream's document
+async def test_production_serves_no_docs_or_metrics_unless_enabled() -> None:
+    upstream = await Server(echo_app(EchoState("product"))).start()
+    hidden = await Server(create_gateway(production_config(upstream))).start()
+    shown = await Server(
+        create_gateway(production_config(upstream, expose_docs=True, expose_metrics=True))
+    ).start()
+    try:
+        async with httpx.AsyncClient(base_url=hidden.url, timeout=10) as client:
+            for path in ("/metrics", "/openapi.json"):
+                response = await client.get(path)
+                assert response.status_code == 404, path  # as if there were nothing there
+                problem(response)
+            # What a load balancer needs is still there, and the API itself.
+            assert (await client.get("/health/live")).status_code == 200
+            assert (await client.get("/health/ready")).status_code in (200, 503)
+            assert (await client.get("/api/products")).status_code == 200
+        async with httpx.AsyncClient(base_url=shown.url, timeout=10) as client:
+            assert "http_requests_total" in (await client.get("/metrics")).text
+            assert "paths" in (await client.get("/openapi.json")).json()
+    finally:
+        await asyncio.gather(hidden.stop(), shown.stop(), upstream.stop())

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from runtime.gateway.config import RateLimitSpec
 from runtime.gateway.ratelimit import RedisRateLimiter
-from tests.gateway.conftest import Keys, problem, running, unique_subject
+from tests.gateway.conftest import Keys, eventually, free_port, problem, running, unique_subject
 from tests.servers import REDIS_TEST_URL, unreachable
 
 
@@ -115,3 +117,124 @@ async def test_rate_limit_headers_on_gateway_errors_too(keys: Keys) -> None:
         denied = await client.get("/api/users", headers=keys.bearer("customer"))
         assert denied.status_code == 403
         assert denied.headers["ratelimit-remaining"] == "99"
+
+
+def closed_port_url() -> str:
+    """A Redis URL nothing listens on: connections are refused at once."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+async def test_gateway_stays_ready_and_limits_in_process_when_redis_refuses(
+    keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    small = RateLimitSpec(requests=3, window_seconds=60.0)
+    async with (
+        running(keys, redis_url=closed_port_url(), rate_limit=small) as platform,
+        platform.client() as client,
+    ):
+        await eventually(
+            lambda: platform.gateway is not None and platform.gateway.registry.checked_once
+        )
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["status"] == "healthy"
+        assert ready.json()["rate_limit"] == {"store": "redis", "degraded": True}
+        metrics = (await client.get("/metrics")).text
+        assert "gateway_rate_limiter_degraded 1.0" in metrics
+        # Still limited (per process), never unlimited and never an error.
+        token = keys.bearer(subject=unique_subject())
+        statuses = [(await client.get("/api/orders", headers=token)).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+    # Logged once when it went down, not once per request.
+    lost = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
+    assert len(lost) == 1 and lost[0].levelname == "WARNING"
+
+
+class TcpRelay:
+    """A loopback TCP relay to the real Redis, to cut the gateway off without touching the
+    shared Redis server: stop() closes the listener and every relayed connection."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self.target = parts
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    @property
+    def url(self) -> str:
+        userinfo = self.target.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
+        return self.target._replace(netloc=netloc).geturl()
+
+    async def start(self) -> TcpRelay:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        return self
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        host = self.target.hostname or "127.0.0.1"
+        up_reader, up_writer = await asyncio.open_connection(host, self.target.port or 6379)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except ConnectionError:
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+        # The relaying tasks end once both sides are closed; wait so none outlives the test.
+        await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 5)
+        self._tasks.clear()
+
+
+async def test_redis_lost_then_back_degrades_and_recovers(keys: Keys) -> None:
+    relay = await TcpRelay(await asyncio.to_thread(redis_url)).start()
+    try:
+        async with (
+            running(keys, redis_url=relay.url) as platform,
+            platform.client() as client,
+        ):
+            token = keys.bearer(subject=unique_subject())
+            assert (await client.get("/api/orders", headers=token)).status_code == 200
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 200
+            assert ready.json()["rate_limit"] == {"store": "redis", "degraded": False}
+            assert "gateway_rate_limiter_degraded 0.0" in (await client.get("/metrics")).text
+
+            await relay.stop()  # Redis is now unreachable for this gateway
+            response = await client.get("/api/orders", headers=token)
+            assert response.status_code == 200
+            assert response.headers["ratelimit-limit"] == "100"
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 200
+            assert ready.json()["rate_limit"] == {"store": "redis", "degraded": True}
+            assert "gateway_rate_limiter_degraded 1.0" in (await client.get("/metrics")).text
+
+            await relay.start()  # reachable again: the next check (at most 1/s) sees it
+            for _ in range(60):
+                ready = await client.get("/health/ready")
+                if not ready.json()["rate_limit"]["degraded"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert ready.status_code == 200
+            assert ready.json()["rate_limit"] == {"store": "redis", "degraded": False}
+            assert "gateway_rate_limiter_degraded 0.0" in (await client.get("/metrics")).text
+    finally:
+        await relay.stop()

@@ -7,8 +7,13 @@ import time
 from collections import Counter
 
 import httpx
+from fastapi import FastAPI
+from fastapi.responses import Response
 
+from runtime.auth import TokenVerifier, static_jwks
+from runtime.errors import problem_response
 from runtime.gateway import create_gateway
+from runtime.gateway.breaker import BreakerState
 from runtime.gateway.config import BreakerSpec
 from tests.gateway.conftest import (
     EchoState,
@@ -19,6 +24,7 @@ from tests.gateway.conftest import (
     eventually,
     make_config,
     problem,
+    unique_subject,
 )
 
 
@@ -54,7 +60,7 @@ async def test_one_of_two_instances_killed_requests_keep_succeeding(keys: Keys) 
             assert instances[second.url].healthy
 
             ready = (await client.get("/health/ready")).json()
-            assert ready["instances"]["product"] == {first.url: False, second.url: True}
+            assert ready["details"]["product"] is True  # by name; instances are in the metrics
             metrics = (await client.get("/metrics")).text
             assert (
                 f'gateway_upstream_instance_healthy{{instance="{first.url}",upstream="product"}} 0.0'
@@ -189,3 +195,102 @@ async def test_timeout_is_504_and_not_retried(keys: Keys) -> None:
     finally:
         await server.stop()
         await raw.stop()
+
+
+class AnswerState:
+    """An upstream that answers every POST with a fixed status and body, and counts them."""
+
+    def __init__(self, status: int, *, problem_json: bool) -> None:
+        self.status = status
+        self.problem_json = problem_json
+        self.answered = 0
+
+
+def answering_app(state: AnswerState) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/health/ready")
+    async def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.post("/{path:path}")
+    async def answer(path: str) -> Response:
+        state.answered += 1
+        if state.problem_json:
+            # What a service sends on purpose, e.g. the order service when the payment
+            # provider timed out (handlers/order.py): RFC 9457 problem+json.
+            return problem_response(state.status, detail="payment provider timed out")
+        return Response(b"<html>upstream broke</html>", state.status, media_type="text/html")
+
+    return app
+
+
+def order_verifier(keys: Keys) -> TokenVerifier:
+    return TokenVerifier(
+        static_jwks(keys.issuer.jwks()), issuer="cloudretail", audience="cloudretail"
+    )
+
+
+async def test_deliberate_504_answers_do_not_open_the_breaker(keys: Keys) -> None:
+    state = AnswerState(504, problem_json=True)
+    upstream = await Server(answering_app(state)).start()
+    config = make_config(
+        {"order": [upstream.url]},
+        circuit_breaker=BreakerSpec(failures=5, reset_seconds=30),
+        health_interval=3600,
+    )
+    gateway = create_gateway(config, verifier=order_verifier(keys))
+    server = await Server(gateway).start()
+    breaker = gateway.registry.upstreams["order"].instances[0].breaker
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            for _ in range(10):  # twice the breaker's threshold, from one customer
+                response = await client.post("/api/orders", json={}, headers=keys.bearer())
+                assert response.status_code == 504
+                assert response.headers["content-type"] == "application/problem+json"
+                assert response.json()["detail"] == "payment provider timed out"  # the service's
+            assert state.answered == 10  # every one reached the order service
+            assert breaker.state is BreakerState.CLOSED
+            # Another customer still gets through to the service.
+            other = await client.post(
+                "/api/orders", json={}, headers=keys.bearer(subject=unique_subject())
+            )
+            assert state.answered == 11 and other.status_code == 504
+
+            # The service going away is still a failure: connect errors open the breaker.
+            await upstream.stop()
+            statuses = [
+                (await client.post("/api/orders", json={}, headers=keys.bearer())).status_code
+                for _ in range(6)
+            ]
+            assert statuses == [502] * 5 + [503]
+            assert breaker.state is BreakerState.OPEN
+    finally:
+        await asyncio.gather(server.stop(), upstream.stop())
+
+
+async def test_upstream_failures_that_are_not_deliberate_still_open_the_breaker(
+    keys: Keys,
+) -> None:
+    # A 503 that is not problem+json (a proxy or crash page in front of the service) and
+    # a 500 (even as problem+json: the service's handler for unhandled errors) count.
+    for status, problem_json in ((503, False), (500, True), (502, False)):
+        state = AnswerState(status, problem_json=problem_json)
+        upstream = await Server(answering_app(state)).start()
+        config = make_config(
+            {"order": [upstream.url]},
+            circuit_breaker=BreakerSpec(failures=5, reset_seconds=30),
+            health_interval=3600,
+        )
+        gateway = create_gateway(config, verifier=order_verifier(keys))
+        server = await Server(gateway).start()
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                statuses = [
+                    (await client.post("/api/orders", json={}, headers=keys.bearer())).status_code
+                    for _ in range(6)
+                ]
+            assert statuses == [status] * 5 + [503], (status, problem_json)
+            assert state.answered == 5
+        finally:
+            await asyncio.gather(server.stop(), upstream.stop())

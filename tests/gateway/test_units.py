@@ -6,7 +6,7 @@ import pytest
 
 from runtime.auth import Principal
 from runtime.gateway.authn import CachingVerifier, authorize, bearer_token
-from runtime.gateway.breaker import BreakerState, CircuitBreaker
+from runtime.gateway.breaker import BreakerState, CircuitBreaker, answer_is_failure
 from runtime.gateway.config import load_config
 from runtime.gateway.ratelimit import LocalRateLimiter
 from runtime.gateway.routing import Route, RouteTable
@@ -201,3 +201,55 @@ async def test_token_cache_is_bounded() -> None:
     for index in range(1000):
         await cache.verify(f"token-{index}")
     assert len(cache._cache) <= 100
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "failure"),
+    [
+        (504, b"application/problem+json", False),  # sent on purpose: an answer
+        (503, b"application/problem+json; charset=utf-8", False),
+        (504, b"text/html", True),  # a proxy's or crash page in front of the service
+        (503, None, True),
+        (502, b"application/problem+json", True),
+        (500, b"application/problem+json", True),  # the service's unhandled-error answer
+        (500, b"text/plain", True),
+        (501, b"application/problem+json", False),
+        (429, b"application/problem+json", False),
+        (404, b"application/json", False),
+        (200, b"application/json", False),
+    ],
+)
+def test_breaker_counts_broken_answers_not_deliberate_ones(
+    status: int, content_type: bytes | None, failure: bool
+) -> None:
+    assert answer_is_failure(status, content_type) is failure
+
+
+def test_production_hides_docs_and_metrics_unless_enabled() -> None:
+    development = load_config(ROUTES, env={})
+    assert development.serves_docs and development.serves_metrics
+    production = load_config(ROUTES, env={"ENVIRONMENT": "production"})
+    assert not production.serves_docs and not production.serves_metrics
+    enabled = load_config(
+        ROUTES,
+        env={
+            "ENVIRONMENT": "production",
+            "GATEWAY_EXPOSE_DOCS": "true",
+            "GATEWAY_EXPOSE_METRICS": "1",
+        },
+    )
+    assert enabled.serves_docs and enabled.serves_metrics
+    turned_off = load_config(ROUTES, env={"GATEWAY_EXPOSE_METRICS": "false"})
+    assert turned_off.serves_docs and not turned_off.serves_metrics
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ENVIRONMENT": "staging"},
+        {"GATEWAY_EXPOSE_METRICS": "sometimes"},
+    ],
+)
+def test_bad_exposure_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        load_config(ROUTES, env=env)
