@@ -5,6 +5,13 @@ JWKS. Everyone else verifies with the JWKS (cached; fetched again when a token n
 unknown `kid`), so verifying never costs a call per request. Only RS256 is accepted: the
 key objects are RSA public keys, so neither `alg: none` nor an HS256 token signed with the
 public key as a secret can pass.
+
+Revocation: the issuer also publishes, for as long as the tokens it issued may live, the
+subjects whose earlier tokens are void (a password or two-factor change, a deleted
+account) with the moment before which their tokens no longer count. Verifiers keep that
+list and fetch it again at most every couple of seconds, so a revoked token stops working
+everywhere within that interval. When the list cannot be fetched, the last one known keeps
+applying (a key-server outage must not stop every authenticated request).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import Depends, Request
 
 from runtime.errors import Problem
+
+logger = logging.getLogger(__name__)
 
 ALGORITHM = "RS256"
 ROLES = ("customer", "admin", "vendor", "service")
@@ -88,16 +98,18 @@ class TokenIssuer:
         self.ttl = ttl
 
     def issue(self, subject: str, role: str, **claims: Any) -> str:
-        now = int(time.time())
+        now = time.time()
         payload = {
             **claims,
             "sub": subject,
             "role": role,
             "iss": self.issuer,
             "aud": self.audience,
-            "iat": now,
-            "nbf": now,
-            "exp": now + self.ttl,
+            # To the millisecond (RFC 7519 allows fractions): a token issued right after a
+            # revocation must be told from one issued right before it.
+            "iat": round(now, 3),
+            "nbf": int(now),
+            "exp": int(now) + self.ttl,
             "jti": uuid.uuid4().hex,
         }
         return jwt.encode(payload, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
@@ -108,6 +120,67 @@ class TokenIssuer:
 
 
 JwksFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
+# The issuer's revocations: subject -> the time (epoch seconds) before which its tokens are void.
+RevocationFetcher = Callable[[], Awaitable[Mapping[str, float]]]
+
+
+class RevocationList:
+    """The issuer's revoked subjects, fetched again at most every `interval` seconds."""
+
+    def __init__(self, fetch: RevocationFetcher, *, interval: float = 2.0) -> None:
+        self._fetch = fetch
+        self.interval = interval
+        self._entries: dict[str, float] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+        self.failing = False
+
+    async def not_before(self, subject: str) -> float | None:
+        """The time before which `subject`'s tokens are void, if it has one."""
+        if time.monotonic() - self._fetched_at >= self.interval:
+            async with self._lock:
+                if time.monotonic() - self._fetched_at >= self.interval:
+                    await self._refresh()
+        return self._entries.get(subject)
+
+    async def _refresh(self) -> None:
+        try:
+            entries = await self._fetch()
+        except Exception as error:
+            if not self.failing:
+                logger.warning(
+                    "cannot fetch token revocations; the last list known still applies",
+                    extra={"error": repr(error)},
+                )
+            self.failing = True
+        else:
+            self._entries = {str(k): float(v) for k, v in entries.items()}
+            self.failing = False
+        self._fetched_at = time.monotonic()
+
+    async def check(self, claims: Mapping[str, Any]) -> None:
+        """401 when the token was issued before its subject's revocation."""
+        cutoff = await self.not_before(str(claims.get("sub", "")))
+        if cutoff is not None and float(claims.get("iat", 0)) < cutoff:
+            raise Problem(401, title="Invalid token", detail="the token has been revoked")
+
+
+def http_revocations_fetcher(url: str, timeout: float = 2.0) -> RevocationFetcher:
+    """Reads `{"revoked": [{"sub": ..., "not_before": epoch seconds}, ...]}` from `url`."""
+
+    async def fetch() -> Mapping[str, float]:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.get(url)
+            response.raise_for_status()
+            document = response.json()
+        return {str(item["sub"]): float(item["not_before"]) for item in document["revoked"]}
+
+    return fetch
+
+
+def revocations_url_for(jwks_url: str) -> str:
+    """Where an issuer publishes its revocations: beside its JWKS."""
+    return jwks_url.rsplit("/", 1)[0] + "/revocations.json"
 
 
 def http_jwks_fetcher(url: str, timeout: float = 3.0) -> JwksFetcher:
@@ -139,8 +212,10 @@ class TokenVerifier:
         audience: str,
         leeway: float = 5.0,
         min_refresh_interval: float = 30.0,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._fetch = fetch_jwks
+        self.revocations = revocations
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
@@ -206,6 +281,8 @@ class TokenVerifier:
         role = str(claims.get("role", ""))
         if role not in ROLES:
             raise Problem(401, title="Invalid token", detail="the token carries no known role")
+        if self.revocations is not None:
+            await self.revocations.check(claims)
         return Principal(subject=str(claims["sub"]), role=role, claims=claims)
 
 

@@ -19,7 +19,14 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
 
-from runtime.auth import Principal, TokenVerifier, http_jwks_fetcher
+from runtime.auth import (
+    Principal,
+    RevocationList,
+    TokenVerifier,
+    http_jwks_fetcher,
+    http_revocations_fetcher,
+    revocations_url_for,
+)
 from runtime.correlation import (
     _ACCEPTABLE_ID,  # the services' rule for a client-supplied id, kept in one place
     correlation_id_var,
@@ -536,6 +543,7 @@ def create_gateway(
                 http_jwks_fetcher(jwks_url),
                 issuer=config.jwt_issuer,
                 audience=config.jwt_audience,
+                revocations=RevocationList(http_revocations_fetcher(revocations_url_for(jwks_url))),
             )
     if limiter is None:
         limit = config.rate_limit

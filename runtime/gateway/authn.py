@@ -50,6 +50,9 @@ class CachingVerifier:
         if cached is not None:
             principal, expires = cached
             if self._clock() < expires:
+                if self.verifier.revocations is not None:
+                    # A verified token is cached, its revocation is not: checked each time.
+                    await self.verifier.revocations.check(principal.claims)
                 return principal
             del self._cache[token]
         principal = await self.verifier.verify(token)

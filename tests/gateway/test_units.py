@@ -173,6 +173,8 @@ def test_refused_requests_do_not_extend_the_block() -> None:
 
 
 class CountingVerifier:
+    revocations = None
+
     def __init__(self, exp: float) -> None:
         self.calls = 0
         self.exp = exp

@@ -1,0 +1,103 @@
+"""Token revocation as verifiers see it: the issuer's list of subjects and cut-off times."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import pytest
+
+from runtime.auth import (
+    RevocationList,
+    TokenIssuer,
+    TokenVerifier,
+    generate_private_key_pem,
+    static_jwks,
+)
+from runtime.errors import Problem
+from runtime.gateway.authn import CachingVerifier
+
+SUBJECT = "00000000-0000-4000-8000-000000000007"
+OTHER = "00000000-0000-4000-8000-000000000008"
+
+
+class Feed:
+    def __init__(self) -> None:
+        self.entries: dict[str, float] = {}
+        self.calls = 0
+        self.down = False
+
+    async def __call__(self) -> Mapping[str, float]:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("the issuer is down")
+        return dict(self.entries)
+
+
+@pytest.fixture(scope="module")
+def issuer() -> TokenIssuer:
+    return TokenIssuer(generate_private_key_pem(), issuer="cloudretail", audience="cloudretail")
+
+
+def verifier(issuer: TokenIssuer, feed: Feed, interval: float = 0.0) -> TokenVerifier:
+    return TokenVerifier(
+        static_jwks(issuer.jwks()),
+        issuer="cloudretail",
+        audience="cloudretail",
+        revocations=RevocationList(feed, interval=interval),
+    )
+
+
+async def test_a_token_issued_before_the_cutoff_is_refused(issuer: TokenIssuer) -> None:
+    feed = Feed()
+    check = verifier(issuer, feed)
+    before = issuer.issue(SUBJECT, "customer")
+    other = issuer.issue(OTHER, "customer")
+    assert (await check.verify(before)).subject == SUBJECT
+    feed.entries[SUBJECT] = time.time()
+    with pytest.raises(Problem) as refused:
+        await check.verify(before)
+    assert refused.value.status == 401
+    assert refused.value.detail == "the token has been revoked"
+    # Another subject, and a token issued after the cutoff (a new login), still pass.
+    assert (await check.verify(other)).subject == OTHER
+    time.sleep(0.002)
+    after = issuer.issue(SUBJECT, "customer")
+    assert (await check.verify(after)).subject == SUBJECT
+
+
+async def test_the_list_is_fetched_at_most_once_per_interval(issuer: TokenIssuer) -> None:
+    feed = Feed()
+    check = verifier(issuer, feed, interval=60.0)
+    token = issuer.issue(SUBJECT, "customer")
+    for _ in range(5):
+        await check.verify(token)
+    assert feed.calls == 1
+
+
+async def test_an_unreachable_issuer_keeps_the_last_list(issuer: TokenIssuer) -> None:
+    feed = Feed()
+    check = verifier(issuer, feed)
+    token = issuer.issue(SUBJECT, "customer")
+    feed.entries[SUBJECT] = time.time() + 1
+    with pytest.raises(Problem):
+        await check.verify(token)
+    feed.down = True
+    with pytest.raises(Problem) as refused:
+        await check.verify(token)
+    assert refused.value.status == 401
+    assert check.revocations is not None and check.revocations.failing
+    # Tokens nobody revoked keep working while the issuer is away.
+    assert (await check.verify(issuer.issue(OTHER, "customer"))).subject == OTHER
+
+
+async def test_the_gateway_cache_does_not_outlive_a_revocation(issuer: TokenIssuer) -> None:
+    feed = Feed()
+    cached = CachingVerifier(verifier(issuer, feed))
+    token = issuer.issue(SUBJECT, "customer")
+    assert (await cached.verify(token)).subject == SUBJECT
+    assert (await cached.verify(token)).subject == SUBJECT  # from the cache
+    feed.entries[SUBJECT] = time.time()
+    with pytest.raises(Problem) as refused:
+        await cached.verify(token)
+    assert refused.value.status == 401
