@@ -2,18 +2,41 @@
 
 Tokens are RS256 JWTs signed with the service's private key; the public half is served as a
 JWKS so the gateway and the other services verify tokens without calling back.
+
+Login guessing is bounded twice, by counters in the cache (Redis when configured):
+
+* per (account, client): `CLIENT_POLICY.limit` failures lock that client out of that
+  account; each further lock within a day lasts twice as long. Someone guessing elsewhere
+  does not lock the owner out.
+* per account: `ACCOUNT_POLICY.limit` failures from any clients lock the account for every
+  client except those it logged in from recently ("known" clients), with the same backoff.
+
+The client is `request.client.host`: the TCP peer, or the X-Forwarded-For address when the
+peer is a trusted proxy (uvicorn's FORWARDED_ALLOW_IPS, default 127.0.0.1 where the local
+gateway runs; set it to the gateway's addresses where the gateway runs elsewhere, or every
+caller looks like the gateway). Each attempt is counted atomically before its password is
+hashed, and a cache that does not answer refuses logins (503) rather than allowing
+unlimited guesses. argon2 runs at most once per core at a time, with a short queue: beyond
+it, 503 with Retry-After, so a flood cannot make every login wait.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import hashlib
 import logging
 import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import anyio
+import anyio.to_thread
 import pyotp
+import pyotp.utils
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -26,6 +49,7 @@ from generated.services.user.events import publish
 from generated.services.user.models import User
 from generated.services.user.schemas import UserRead
 from runtime.auth import TokenIssuer, TokenVerifier, generate_private_key_pem, static_jwks
+from runtime.cache import Cache, CacheUnavailableError
 from runtime.config import ServiceSettings
 from runtime.errors import Problem
 from runtime.handlers import Context, created
@@ -36,9 +60,32 @@ _hasher = PasswordHasher()
 # Checked when the email is unknown, so "no such user" and "wrong password" take as long.
 _DUMMY_HASH = _hasher.hash("placeholder password that matches nothing")
 _BAD_CREDENTIALS = "the email or the password is wrong"
-MAX_LOGIN_FAILURES = 5
-LOCKOUT_SECONDS = 900
 DEV_KEY_NAME = "jwt-signing-key.pem"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    """`limit` failures within `window` seconds lock for `lock` seconds, doubled for each
+    earlier lock of the same scope in the last `memory` seconds, up to `max_lock`."""
+
+    scope: str
+    limit: int
+    window: float
+    lock: float
+    max_lock: float
+    memory: float = 86_400
+
+
+CLIENT_POLICY = LockPolicy("client", limit=5, window=900, lock=900, max_lock=86_400)
+ACCOUNT_POLICY = LockPolicy("account", limit=20, window=900, lock=900, max_lock=14_400)
+# A client the account logged in from this recently is spared the account-wide lock.
+KNOWN_CLIENT_SECONDS = 30 * 86_400
+# What a login answers while the cache holding the counters does not.
+COUNTERS_DOWN_RETRY_SECONDS = 30
+# TOTP codes are accepted this many time steps either side of now (clock drift).
+TOTP_DRIFT_STEPS = 1
 
 
 class Registration(BaseModel):
@@ -91,16 +138,198 @@ class TotpCode(BaseModel):
 # -- helpers -------------------------------------------------------------------------------
 
 
-async def _hash(password: str) -> str:
-    # argon2 is deliberately slow; off the event loop so other requests keep moving.
-    return await asyncio.to_thread(_hasher.hash, password)
+class HashingLimiter:
+    """argon2 is slow on purpose: at most `slots` computations at a time (one per core) and
+    `max_waiting` callers queued; a caller beyond that gets 503 with Retry-After at once."""
+
+    def __init__(self, slots: int, max_waiting: int) -> None:
+        self._limiter = anyio.CapacityLimiter(slots)
+        self._capacity = slots + max_waiting
+        self._admitted = 0
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """A place among those hashing or queued, held for the block; 503 when all are taken.
+
+        Taken before a login's database lookup, so a flood holds no connections either.
+        """
+        if self._admitted >= self._capacity:
+            raise Problem(
+                503,
+                title="Busy",
+                detail="too many password checks at once; try again in a moment",
+                headers={"Retry-After": "1"},
+            )
+        self._admitted += 1  # no await since the check: atomic on the event loop
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+
+    async def compute(self, function: Callable[..., T], *args: Any) -> T:
+        """Run `function` in a thread once a slot is free (call inside `admitted`)."""
+        # Off the event loop, so other requests keep moving while a thread hashes.
+        return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        async with self.admitted():
+            return await self.compute(function, *args)
 
 
-async def _verify(hashed: str, password: str) -> bool:
+def _cores() -> int:
     try:
-        return await asyncio.to_thread(_hasher.verify, hashed, password)
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _hashing(app: FastAPI) -> HashingLimiter:
+    """The app's limiter, made on first use (inside the app's event loop)."""
+    limiter = getattr(app.state, "password_hashing", None)
+    if not isinstance(limiter, HashingLimiter):
+        cores = _cores()
+        limiter = HashingLimiter(slots=cores, max_waiting=2 * cores)
+        app.state.password_hashing = limiter
+    return limiter
+
+
+async def _hash(app: FastAPI, password: str) -> str:
+    return await _hashing(app).run(_hasher.hash, password)
+
+
+async def _verify(app: FastAPI, hashed: str, password: str, *, admitted: bool = False) -> bool:
+    limiter = _hashing(app)
+    run = limiter.compute if admitted else limiter.run
+    try:
+        return await run(_hasher.verify, hashed, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def _counters_down() -> Problem:
+    return Problem(
+        503,
+        title="Login unavailable",
+        detail="the store that counts failed logins does not answer, so logins are paused; "
+        "try again shortly",
+        headers={"Retry-After": str(COUNTERS_DOWN_RETRY_SECONDS)},
+    )
+
+
+def _locked_out(seconds: float | None, policy: LockPolicy) -> Problem:
+    wait = policy.window if seconds is None or seconds == float("inf") else seconds
+    return Problem(
+        429,
+        detail="too many failed logins for this account; try again later",
+        headers={"Retry-After": str(max(1, round(wait)))},
+    )
+
+
+class _Throttle:
+    """One scope's failure counter and lock. Every method may raise CacheUnavailableError."""
+
+    def __init__(self, cache: Cache, policy: LockPolicy, subject: str) -> None:
+        self.cache = cache
+        self.policy = policy
+        # Hashed: no email addresses in cache keys, and a bounded key length.
+        digest = hashlib.sha256(subject.encode()).hexdigest()[:32]
+        self.key = f"login:{policy.scope}:{digest}"
+        self.count = 0
+
+    async def reserve(self) -> None:
+        """Count this attempt before its password is checked; 429 if the scope is locked."""
+        lock = await self.cache.remaining(f"{self.key}:lock")
+        if lock is not None:
+            raise _locked_out(lock, self.policy)
+        failures = f"{self.key}:failures"
+        count = await self.cache.incr(failures, ttl=self.policy.window)
+        if count > self.policy.limit:
+            # Refused unchecked: no guess was made, so it takes no slot.
+            await self.cache.incr(failures, -1, ttl=self.policy.window)
+            raise _locked_out(await self.cache.remaining(failures), self.policy)
+        self.count = count
+
+    async def give_back(self) -> None:
+        """The attempt was no wrong guess (checked right, or never checked)."""
+        await self.cache.incr(f"{self.key}:failures", -1, ttl=self.policy.window)
+
+    async def reset(self) -> None:
+        await self.cache.delete(f"{self.key}:failures")
+
+    async def failed(self) -> None:
+        """The attempt was wrong and stays counted; the one that fills the window locks."""
+        if self.count < self.policy.limit:
+            return
+        strikes = await self.cache.incr(f"{self.key}:strikes", ttl=self.policy.memory)
+        seconds = min(self.policy.lock * 2 ** (strikes - 1), self.policy.max_lock)
+        await self.cache.add(f"{self.key}:lock", b"1", ttl=seconds)
+        # The lock holds them off now; after it, a new window of `limit` tries.
+        await self.cache.delete(f"{self.key}:failures")
+        logger.warning("login locked", extra={"scope": self.policy.scope, "lock_seconds": seconds})
+
+
+class _LoginGuard:
+    """The throttles one login attempt goes through, from before hashing to its outcome."""
+
+    def __init__(self, cache: Cache, email: str, client: str) -> None:
+        self.cache = cache
+        self.known_key = "login:known:" + hashlib.sha256(f"{email}\0{client}".encode()).hexdigest()
+        self.throttles = [_Throttle(cache, CLIENT_POLICY, f"{email}\0{client}")]
+        self.account = _Throttle(cache, ACCOUNT_POLICY, email)
+        self.reserved: list[_Throttle] = []
+
+    async def reserve(self) -> None:
+        # A best-effort read: when the cache is down it says "not known", the safe answer.
+        if await self.cache.get(self.known_key) is None:
+            self.throttles.append(self.account)
+        try:
+            for throttle in self.throttles:
+                await throttle.reserve()
+                self.reserved.append(throttle)
+        except BaseException:
+            await self.give_back()
+            raise
+
+    async def give_back(self) -> None:
+        for throttle in self.reserved:
+            # If the cache is down the window still ends on its own: one extra count at worst.
+            with contextlib.suppress(CacheUnavailableError):
+                await throttle.give_back()
+        self.reserved = []
+
+    async def failed(self) -> None:
+        for throttle in self.reserved:
+            await throttle.failed()
+
+    async def succeeded(self) -> None:
+        # The owner proved itself from this client: its failures there are forgiven. The
+        # account-wide count keeps others' failures; this attempt just was not one.
+        for throttle in self.reserved:
+            if throttle is self.account:
+                await throttle.give_back()
+            else:
+                await throttle.reset()
+        await self.cache.set(self.known_key, b"1", ttl=KNOWN_CLIENT_SECONDS)
+
+
+def _client_address(ctx: Context) -> str:
+    client = ctx.request.client
+    return client.host if client is not None else "unknown"
+
+
+async def _accept_totp(cache: Cache, user: User, code: str) -> bool:
+    """The code is right for now (give or take the drift) and was not accepted before.
+
+    Each accepted time step is claimed once per user (set-if-absent, kept while a code of
+    that step could still be valid), at login and at enable alike: a replay is refused.
+    """
+    totp = pyotp.TOTP(user.two_factor_secret or "")
+    now = totp.timecode(time.time())
+    for step in range(now - TOTP_DRIFT_STEPS, now + TOTP_DRIFT_STEPS + 1):
+        if pyotp.utils.strings_equal(code, totp.generate_otp(step)):
+            ttl = (2 * TOTP_DRIFT_STEPS + 1) * totp.interval
+            return await cache.add(f"totp-used:{user.id}:{step}", b"1", ttl=ttl)
+    return False
 
 
 def _read(user: User) -> dict[str, Any]:
@@ -125,7 +354,7 @@ async def _insert(ctx: Context, body: Registration, role: str) -> User:
     now = datetime.now(UTC)
     user = User(
         email=body.email.lower(),
-        password=await _hash(body.password),
+        password=await _hash(ctx.request.app, body.password),
         first_name=body.first_name,
         last_name=body.last_name,
         role=role,
@@ -169,26 +398,12 @@ async def create_user(ctx: Context) -> Any:
 async def login(ctx: Context) -> Any:
     """POST /api/users/login (public): a bearer token for the right email and password."""
     body = await ctx.body(Credentials)
-    failures_key = f"login-failures:{body.email.strip().lower()}"
-    failures = int(await ctx.cache.get(failures_key) or 0)
-    if failures >= MAX_LOGIN_FAILURES:
-        raise Problem(
-            429,
-            detail="too many failed logins for this account; try again later",
-            headers={"Retry-After": str(LOCKOUT_SECONDS)},
-        )
-    user = await _by_email(ctx.session, body.email)
-    valid = await _verify(user.password if user else _DUMMY_HASH, body.password)
-    if user is None or not valid or user.is_active is False:
-        await ctx.cache.set(failures_key, str(failures + 1), ttl=LOCKOUT_SECONDS)
-        raise Problem(401, title="Invalid credentials", detail=_BAD_CREDENTIALS)
-    if user.two_factor_enabled:
-        if not body.totp_code:
-            raise Problem(401, title="Two-factor code required", detail="send totp_code")
-        if not pyotp.TOTP(user.two_factor_secret or "").verify(body.totp_code, valid_window=1):
-            await ctx.cache.set(failures_key, str(failures + 1), ttl=LOCKOUT_SECONDS)
-            raise Problem(401, title="Invalid credentials", detail="the two-factor code is wrong")
-    await ctx.cache.delete(failures_key)
+    guard = _LoginGuard(ctx.cache, body.email.strip().lower(), _client_address(ctx))
+    try:
+        user = await _check_credentials(ctx, guard, body)
+    except CacheUnavailableError:
+        # Fail closed: without the counters there is no limit on guessing.
+        raise _counters_down() from None
     issuer = _issuer(ctx)
     token = issuer.issue(str(user.id), user.role or "customer", email=user.email)
     await publish(
@@ -200,22 +415,64 @@ async def login(ctx: Context) -> Any:
     return {"access_token": token, "token_type": "bearer", "expires_in": issuer.ttl}
 
 
+async def _check_credentials(ctx: Context, guard: _LoginGuard, body: Credentials) -> User:
+    """The user the credentials prove, or a problem; every attempt is counted first."""
+    await guard.reserve()
+    try:
+        async with _hashing(ctx.request.app).admitted():
+            user = await _by_email(ctx.session, body.email)
+            # An unknown email is checked against a dummy hash: it looks and takes alike.
+            hashed = user.password if user is not None else _DUMMY_HASH
+            valid = await _verify(ctx.request.app, hashed, body.password, admitted=True)
+    except BaseException:
+        await guard.give_back()  # shed or cancelled: no guess was checked
+        raise
+    if user is None or not valid or user.is_active is False:
+        await guard.failed()
+        raise Problem(401, title="Invalid credentials", detail=_BAD_CREDENTIALS)
+    if user.two_factor_enabled:
+        if not body.totp_code:
+            await guard.give_back()
+            raise Problem(401, title="Two-factor code required", detail="send totp_code")
+        if not await _accept_totp(ctx.cache, user, body.totp_code):
+            await guard.failed()
+            raise Problem(
+                401,
+                title="Invalid credentials",
+                detail="the two-factor code is wrong or was used already",
+            )
+    await guard.succeeded()
+    return user
+
+
 async def get_profile(ctx: Context) -> Any:
     """GET /api/users/profile (authenticated)."""
     return _read(await _current(ctx))
 
 
 async def update_profile(ctx: Context) -> Any:
-    """PATCH /api/users/profile (authenticated); a new password needs the current one."""
+    """PATCH /api/users/profile (authenticated); a new password or email needs the current
+    password (a stolen token alone must not take the account over)."""
     body = await ctx.body(ProfileChange)
     user = await _current(ctx)
+    app = ctx.request.app
     changed: dict[str, Any] = {}
+    new_email = body.email is not None and body.email.lower() != user.email
+    sensitive = []
     if body.password is not None:
-        if not body.current_password or not await _verify(user.password, body.current_password):
-            raise Problem(403, detail="changing the password needs the current password")
-        user.password = await _hash(body.password)
+        sensitive.append("password")
+    if new_email:
+        sensitive.append("email")
+    if sensitive and (
+        not body.current_password or not await _verify(app, user.password, body.current_password)
+    ):
+        raise Problem(
+            403, detail=f"changing the {' and the '.join(sensitive)} needs the current password"
+        )
+    if body.password is not None:
+        user.password = await _hash(app, body.password)
         changed["password"] = "changed"
-    if body.email is not None and body.email.lower() != user.email:
+    if body.email is not None and new_email:
         if await _by_email(ctx.session, body.email) is not None:
             raise Problem(409, detail="an account with this email already exists")
         user.email = body.email.lower()
@@ -275,8 +532,18 @@ async def enable_2fa(ctx: Context) -> Any:
     user = await _current(ctx)
     if not user.two_factor_secret:
         raise Problem(409, detail="call /api/users/2fa/setup first")
-    if not pyotp.TOTP(user.two_factor_secret).verify(body.code, valid_window=1):
-        raise Problem(422, detail="the code does not match; check the device's clock")
+    try:
+        accepted = await _accept_totp(ctx.cache, user, body.code)
+    except CacheUnavailableError:
+        raise Problem(
+            503,
+            detail="the store that remembers used codes does not answer; try again shortly",
+            headers={"Retry-After": str(COUNTERS_DOWN_RETRY_SECONDS)},
+        ) from None
+    if not accepted:
+        raise Problem(
+            422, detail="the code does not match or was used already; check the device's clock"
+        )
     user.two_factor_enabled = True
     await ctx.session.flush()
     await publish(
@@ -312,36 +579,60 @@ def signing_key(settings: ServiceSettings) -> str:
 
 
 async def _ensure_admin(app: FastAPI) -> None:
-    email = os.environ.get("CLOUDRETAIL_ADMIN_EMAIL", "").strip().lower()
-    password = os.environ.get("CLOUDRETAIL_ADMIN_PASSWORD", "")
+    """Create the operator's admin account (CLOUDRETAIL_ADMIN_EMAIL / _PASSWORD) if absent.
+
+    Never promotes an account that exists: anyone may have registered that email first,
+    with a password of their own. Such an account is left as it is and the refusal logged.
+    """
+    settings: ServiceSettings = app.state.settings
+    email = (settings.cloudretail_admin_email or "").strip().lower()
+    secret = settings.cloudretail_admin_password
+    password = secret.get_secret_value() if secret is not None else ""
     if not email or not password:
         return
     async with app.state.database.session() as session:
         existing = await _by_email(session, email)
-        if existing is not None:
-            if existing.role != "admin":
-                existing.role = "admin"
-                logger.info("promoted the bootstrap admin", extra={"email": email})
+        if existing is None:
+            user = User(
+                email=email,
+                password=await _hash(app, password),
+                first_name="Platform",
+                last_name="Admin",
+                role="admin",
+                gdpr_consent=True,
+                gdpr_consent_at=datetime.now(UTC),
+            )
+            session.add(user)
+            try:
+                await session.flush()
+            except IntegrityError:
+                # Made meanwhile: by another replica, or by a registration. Check which.
+                await session.rollback()
+                existing = await _by_email(session, email)
+            else:
+                await publish(
+                    session, "user.created", {"user_id": user.id, "email": email, "role": "admin"}
+                )
+                logger.info("created the bootstrap admin", extra={"email": email})
+                return
+        if existing is None:
             return
-        user = User(
-            email=email,
-            password=await _hash(password),
-            first_name="Platform",
-            last_name="Admin",
-            role="admin",
-            gdpr_consent=True,
-            gdpr_consent_at=datetime.now(UTC),
-        )
-        session.add(user)
-        try:
-            await session.flush()
-        except IntegrityError:
-            await session.rollback()
-            return  # another replica made it first
-        await publish(
-            session, "user.created", {"user_id": user.id, "email": email, "role": "admin"}
-        )
-    logger.info("created the bootstrap admin", extra={"email": email})
+        if existing.role != "admin":
+            logger.error(
+                "CLOUDRETAIL_ADMIN_EMAIL names an existing account that is not an admin; "
+                "refusing to promote it (whoever registered the email first would get admin "
+                "rights with their own password). It is left as it is: choose another "
+                "CLOUDRETAIL_ADMIN_EMAIL, or check that account and change its role yourself",
+                extra={"email": email, "role": existing.role},
+            )
+        elif not await _verify(app, existing.password, password):
+            logger.warning(
+                "the bootstrap admin exists with another password than "
+                "CLOUDRETAIL_ADMIN_PASSWORD; its password is left unchanged",
+                extra={"email": email},
+            )
+        else:
+            logger.info("the bootstrap admin exists", extra={"email": email})
 
 
 async def startup(app: FastAPI) -> None:

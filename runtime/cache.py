@@ -1,19 +1,30 @@
-"""A small byte cache: Redis when configured, an in-process TTL map otherwise."""
+"""A small byte cache: Redis when configured, an in-process TTL map otherwise.
+
+`get`, `set`, `delete` and `delete_prefix` are best effort: a Redis outage reads as a miss.
+`incr`, `add` and `remaining` are for counters, claims and locks, where a guess would open
+what they guard (a failure count read as 0, a one-time claim read as won): they are atomic
+and raise `CacheUnavailableError` instead.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 logger = logging.getLogger(__name__)
 
 CacheValue = bytes | str
+
+
+class CacheUnavailableError(RuntimeError):
+    """The backend did not answer an operation whose result the caller must not guess."""
 
 
 @runtime_checkable
@@ -28,6 +39,29 @@ class Cache(Protocol):
 
     async def delete_prefix(self, prefix: str) -> int: ...
 
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Add `amount` to the integer at `key` (0 when absent) atomically; the new value.
+
+        `ttl` is applied only when the key has no expiry yet (this call created it): a fixed
+        window from the first increment. Raises ValueError if the value is not an integer,
+        CacheUnavailableError if the backend does not answer.
+        """
+        ...
+
+    async def add(self, key: str, value: CacheValue, ttl: float | None = None) -> bool:
+        """Store `value` only if `key` is absent, atomically; True when this call stored it.
+
+        Raises CacheUnavailableError if the backend does not answer.
+        """
+        ...
+
+    async def remaining(self, key: str) -> float | None:
+        """Seconds until `key` expires: None when absent, math.inf when it never expires.
+
+        Raises CacheUnavailableError if the backend does not answer.
+        """
+        ...
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
@@ -40,6 +74,11 @@ def _as_bytes(value: CacheValue) -> bytes:
 def _check_ttl(ttl: float | None) -> None:
     if ttl is not None and ttl <= 0:
         raise ValueError(f"ttl must be positive seconds or None, got {ttl}")
+
+
+def _milliseconds(ttl: float) -> int:
+    # Milliseconds, so fractional TTLs mean what they say; at least 1 ms or Redis refuses.
+    return max(1, round(ttl * 1000))
 
 
 def _namespace_prefix(namespace: str) -> str:
@@ -58,23 +97,31 @@ class MemoryCache:
     def _key(self, key: str) -> str:
         return self._prefix + key
 
-    async def get(self, key: str) -> bytes | None:
-        full_key = self._key(key)
+    def _live(self, full_key: str) -> tuple[float | None, bytes] | None:
         entry = self._entries.get(full_key)
         if entry is None:
             return None
-        expires, value = entry
+        expires, _ = entry
         if expires is not None and expires <= time.monotonic():
             del self._entries[full_key]
             return None
+        return entry
+
+    async def get(self, key: str) -> bytes | None:
+        full_key = self._key(key)
+        entry = self._live(full_key)
+        if entry is None:
+            return None
         self._entries.move_to_end(full_key)
-        return value
+        return entry[1]
 
     async def set(self, key: str, value: CacheValue, ttl: float | None = None) -> None:
         _check_ttl(ttl)
-        full_key = self._key(key)
         expires = None if ttl is None else time.monotonic() + ttl
-        self._entries[full_key] = (expires, _as_bytes(value))
+        self._store(self._key(key), expires, _as_bytes(value))
+
+    def _store(self, full_key: str, expires: float | None, value: bytes) -> None:
+        self._entries[full_key] = (expires, value)
         self._entries.move_to_end(full_key)
         if len(self._entries) > self._max_entries:
             self._evict()
@@ -88,6 +135,37 @@ class MemoryCache:
 
     async def delete(self, key: str) -> bool:
         return self._entries.pop(self._key(key), None) is not None
+
+    # No await between reading and writing an entry: on one event loop that is atomic.
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        _check_ttl(ttl)
+        full_key = self._key(key)
+        entry = self._live(full_key)
+        expires, current = entry if entry is not None else (None, b"0")
+        try:
+            value = int(current) + amount
+        except ValueError:
+            raise ValueError(f"the value at {key!r} is not an integer") from None
+        if expires is None and ttl is not None:
+            expires = time.monotonic() + ttl
+        self._store(full_key, expires, str(value).encode())
+        return value
+
+    async def add(self, key: str, value: CacheValue, ttl: float | None = None) -> bool:
+        _check_ttl(ttl)
+        full_key = self._key(key)
+        if self._live(full_key) is not None:
+            return False
+        self._store(full_key, None if ttl is None else time.monotonic() + ttl, _as_bytes(value))
+        return True
+
+    async def remaining(self, key: str) -> float | None:
+        entry = self._live(self._key(key))
+        if entry is None:
+            return None
+        expires = entry[0]
+        return math.inf if expires is None else max(0.0, expires - time.monotonic())
 
     async def delete_prefix(self, prefix: str) -> int:
         full_prefix = self._key(prefix)
@@ -147,8 +225,7 @@ class RedisCache:
 
     async def set(self, key: str, value: CacheValue, ttl: float | None = None) -> None:
         _check_ttl(ttl)
-        # Milliseconds, so fractional TTLs mean what they say; at least 1 ms or Redis refuses.
-        expiry = None if ttl is None else max(1, round(ttl * 1000))
+        expiry = None if ttl is None else _milliseconds(ttl)
         try:
             await self._client.set(self._key(key), _as_bytes(value), px=expiry)
         except (RedisError, OSError) as error:
@@ -160,6 +237,47 @@ class RedisCache:
         except (RedisError, OSError) as error:
             self._warn("delete", error)
             return False
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        _check_ttl(ttl)
+        full_key = self._key(key)
+        try:
+            # MULTI/EXEC: the increment and the first expiry land together (NX: Redis >= 7).
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.incrby(full_key, amount)
+                if ttl is not None:
+                    pipe.pexpire(full_key, _milliseconds(ttl), nx=True)
+                results = await pipe.execute()
+        except ResponseError as error:
+            if "not an integer" in str(error):
+                raise ValueError(f"the value at {key!r} is not an integer") from None
+            # Anything else (read-only replica, out of memory, ...) is the backend failing.
+            self._warn("incr", error)
+            raise CacheUnavailableError(f"cache unavailable: {error!r}") from error
+        except (RedisError, OSError) as error:
+            self._warn("incr", error)
+            raise CacheUnavailableError(f"cache unavailable: {error!r}") from error
+        return int(results[0])
+
+    async def add(self, key: str, value: CacheValue, ttl: float | None = None) -> bool:
+        _check_ttl(ttl)
+        expiry = None if ttl is None else _milliseconds(ttl)
+        try:
+            stored = await self._client.set(self._key(key), _as_bytes(value), px=expiry, nx=True)
+        except (RedisError, OSError) as error:
+            self._warn("add", error)
+            raise CacheUnavailableError(f"cache unavailable: {error!r}") from error
+        return bool(stored)
+
+    async def remaining(self, key: str) -> float | None:
+        try:
+            milliseconds = int(await self._client.pttl(self._key(key)))
+        except (RedisError, OSError) as error:
+            self._warn("remaining", error)
+            raise CacheUnavailableError(f"cache unavailable: {error!r}") from error
+        if milliseconds == -2:
+            return None
+        return math.inf if milliseconds == -1 else milliseconds / 1000
 
     async def delete_prefix(self, prefix: str) -> int:
         # SCAN, not KEYS: KEYS blocks Redis for every client while it walks the keyspace.

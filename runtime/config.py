@@ -20,6 +20,11 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 # The placeholder every secret starts with; production refuses to run with it.
 DEFAULT_SECRET = "changethis"
+# What production asks of a secret: at least this many characters, this many different.
+MIN_SERVICE_TOKEN_LENGTH = 32
+MIN_SERVICE_TOKEN_DISTINCT = 8
+MIN_ADMIN_PASSWORD_LENGTH = 12
+MIN_ADMIN_PASSWORD_DISTINCT = 5
 DEFAULT_DATA_DIR = "./.cloudretail/data"
 
 # Variables ending in _URL that are this service's own settings, not other services.
@@ -79,6 +84,20 @@ class ServiceSettings(BaseSettings):
     database_pool_size: int = Field(default=5, ge=1)
     database_max_overflow: int = Field(default=10, ge=0)
     database_echo: bool = False
+    # A hung or missing database must cost seconds and end in a 503, never hold requests
+    # until the client gives up: waits for a new connection, for a free one from the pool,
+    # and for one statement's answer are all bounded (seconds).
+    database_connect_timeout: float = Field(default=3.0, gt=0)
+    database_pool_timeout: float = Field(default=5.0, gt=0)
+    database_statement_timeout: float = Field(default=15.0, gt=0)
+
+    # Largest request body a service reads; a larger one is answered 413 unread. Generated
+    # services default it to the spec's gateway `body_limit`.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    # /docs, /redoc and /openapi.json: served in development; in production only when this
+    # says true. (/metrics is always served: Prometheus scrapes it inside the cluster, and
+    # the gateway routes only the spec's routes, never /metrics.)
+    docs_enabled: bool | None = None
 
     # None means in-process fallbacks: a memory cache, no shared state between replicas.
     redis_url: str | None = None
@@ -98,6 +117,10 @@ class ServiceSettings(BaseSettings):
     access_token_ttl: int = Field(default=3600, ge=60)
     # Shared secret for `auth: service` routes between services.
     service_token: SecretStr = SecretStr(DEFAULT_SECRET)
+    # The platform's first administrator, made at start-up by the service that keeps the
+    # accounts when both are set (CLOUDRETAIL_ADMIN_EMAIL / CLOUDRETAIL_ADMIN_PASSWORD).
+    cloudretail_admin_email: str | None = None
+    cloudretail_admin_password: SecretStr | None = None
 
     health_check_timeout: float = Field(default=2.0, gt=0)
     shutdown_timeout: float = Field(default=10.0, ge=0)
@@ -135,13 +158,19 @@ class ServiceSettings(BaseSettings):
         return {service_env_key(name).lower(): url for name, url in value.items()}
 
     @model_validator(mode="after")
-    def _refuse_default_secrets(self) -> ServiceSettings:
+    def _refuse_weak_secrets(self) -> ServiceSettings:
+        if self.environment != "production":
+            return self
+        problems = []
         in_use = self.default_secrets_in_use()
-        if in_use and self.environment == "production":
-            raise ValueError(
+        if in_use:
+            problems.append(
                 f"{', '.join(in_use)} still {'has' if len(in_use) == 1 else 'have'} the "
-                f'placeholder value "{DEFAULT_SECRET}"; set real secrets before deploying'
+                f'placeholder value "{DEFAULT_SECRET}"'
             )
+        problems += self.weak_secrets()
+        if problems:
+            raise ValueError("; ".join(problems) + "; set real secrets before deploying")
         return self
 
     def default_secrets_in_use(self) -> list[str]:
@@ -153,9 +182,45 @@ class ServiceSettings(BaseSettings):
         }
         return [name for name, value in secrets.items() if value == DEFAULT_SECRET]
 
+    def weak_secrets(self) -> list[str]:
+        """Why each set secret is too weak for production (placeholders are reported apart)."""
+        checks = [
+            (
+                "SERVICE_TOKEN",
+                self.service_token,
+                MIN_SERVICE_TOKEN_LENGTH,
+                MIN_SERVICE_TOKEN_DISTINCT,
+                " (e.g. `openssl rand -hex 32`)",
+            ),
+            (
+                "CLOUDRETAIL_ADMIN_PASSWORD",
+                self.cloudretail_admin_password,
+                MIN_ADMIN_PASSWORD_LENGTH,
+                MIN_ADMIN_PASSWORD_DISTINCT,
+                "",
+            ),
+        ]
+        found = []
+        for name, secret, length, distinct, hint in checks:
+            value = secret.get_secret_value() if secret is not None else None
+            if value is None or value == DEFAULT_SECRET:
+                continue
+            reason = secret_weakness(value, length, distinct)
+            if reason is not None:
+                found.append(
+                    f"{name} is too weak ({reason}): use at least {length} characters, "
+                    f"{distinct} or more of them different{hint}"
+                )
+        return found
+
     @property
     def is_production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def serves_docs(self) -> bool:
+        """API docs and the OpenAPI document: on in development, opt-in in production."""
+        return self.docs_enabled if self.docs_enabled is not None else not self.is_production
 
     def service_url(self, service: str, default: str | None = None) -> str:
         """Base URL of another service, from `<SERVICE>_URL` (e.g. INVENTORY_URL)."""
@@ -169,6 +234,17 @@ class ServiceSettings(BaseSettings):
         )
 
 
+def secret_weakness(value: str, min_length: int, min_distinct: int) -> str | None:
+    """Why `value` is too weak to guard production, or None: too short, or too repetitive
+    (a few characters repeated: little entropy whatever the length)."""
+    if len(value) < min_length:
+        return f"{len(value)} character{'' if len(value) == 1 else 's'} long"
+    distinct = len(set(value))
+    if distinct < min_distinct:
+        return f"only {distinct} different character{'' if distinct == 1 else 's'}"
+    return None
+
+
 def _url_password(url: str | None) -> str | None:
     if not url:
         return None
@@ -179,16 +255,19 @@ def _url_password(url: str | None) -> str | None:
         return None
 
 
-def load_settings(service_name: str, port: int, default_database: str) -> ServiceSettings:
+def load_settings(
+    service_name: str, port: int, default_database: str, **code_defaults: Any
+) -> ServiceSettings:
     """Settings for one service: environment first, then the defaults generated into the code.
 
     `default_database` is either a full URL or a bare database name, which becomes a SQLite
-    file under `.cloudretail/data/`.
+    file under `.cloudretail/data/`. `code_defaults` are other settings the generated code
+    knows from the spec (e.g. `max_body_bytes`); the environment still overrides them.
     """
     database_url = (
         default_database if "://" in default_database else default_database_url(default_database)
     )
-    defaults: dict[str, Any] = {"port": port, "database_url": database_url}
+    defaults: dict[str, Any] = {**code_defaults, "port": port, "database_url": database_url}
     present = {key.lower() for key, value in os.environ.items() if value.strip()}
     # Constructor arguments outrank the environment, so pass only what the environment lacks;
     # the service name is the code's identity and never comes from the environment.

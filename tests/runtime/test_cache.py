@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
-from runtime.cache import Cache, MemoryCache, RedisCache, make_cache
+from runtime.cache import Cache, CacheUnavailableError, MemoryCache, RedisCache, make_cache
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -93,6 +94,50 @@ async def test_invalid_ttl_is_refused(cache: Cache) -> None:
         await cache.set("k", b"v", ttl=0)
 
 
+async def test_incr_counts_atomically_under_concurrency(cache: Cache) -> None:
+    results = await asyncio.gather(*(cache.incr("hits") for _ in range(50)))
+    # Every caller saw its own count: no two read the same value and wrote it back.
+    assert sorted(results) == list(range(1, 51))
+    assert await cache.get("hits") == b"50"
+    assert await cache.incr("hits", -10) == 40
+    assert await cache.incr("fresh", 3) == 3
+
+
+async def test_incr_sets_the_ttl_only_when_it_creates_the_key(cache: Cache) -> None:
+    assert await cache.incr("window", ttl=0.3) == 1
+    await asyncio.sleep(0.15)
+    # A later increment does not extend the window.
+    assert await cache.incr("window", ttl=0.3) == 2
+    await asyncio.sleep(0.25)
+    assert await cache.get("window") is None
+    assert await cache.incr("window", ttl=0.3) == 1
+
+
+async def test_incr_refuses_a_value_that_is_not_an_integer(cache: Cache) -> None:
+    await cache.set("text", b"abc")
+    with pytest.raises(ValueError, match="integer"):
+        await cache.incr("text")
+
+
+async def test_add_sets_only_when_absent_and_exactly_once(cache: Cache) -> None:
+    claims = await asyncio.gather(*(cache.add("claim", str(n), ttl=0.3) for n in range(20)))
+    assert claims.count(True) == 1
+    winner = claims.index(True)
+    assert await cache.get("claim") == str(winner).encode()
+    assert await cache.add("claim", b"late") is False
+    await asyncio.sleep(0.4)
+    assert await cache.add("claim", b"again") is True
+
+
+async def test_remaining_reports_the_time_to_live(cache: Cache) -> None:
+    assert await cache.remaining("absent") is None
+    await cache.set("short", b"v", ttl=30)
+    left = await cache.remaining("short")
+    assert left is not None and 29 < left <= 30
+    await cache.set("forever", b"v")
+    assert await cache.remaining("forever") == math.inf
+
+
 async def test_namespaces_keep_services_apart(redis_url: str) -> None:
     suffix = uuid.uuid4().hex[:8]
     product = make_cache(redis_url, namespace=f"product-{suffix}")
@@ -127,5 +172,19 @@ async def test_unreachable_redis_degrades_to_misses() -> None:
         assert await cache.get("k") is None
         assert await cache.delete("k") is False
         assert await cache.delete_prefix("k") == 0
+    finally:
+        await cache.close()
+
+
+async def test_unreachable_redis_fails_loudly_for_counters_and_claims() -> None:
+    # A counter read as 0 or a claim read as won would open what they guard: these raise.
+    cache = RedisCache.from_url("redis://127.0.0.1:1/0", timeout=0.5)
+    try:
+        with pytest.raises(CacheUnavailableError):
+            await cache.incr("k", ttl=10)
+        with pytest.raises(CacheUnavailableError):
+            await cache.add("k", b"v", ttl=10)
+        with pytest.raises(CacheUnavailableError):
+            await cache.remaining("k")
     finally:
         await cache.close()

@@ -11,6 +11,15 @@ from runtime.config import (
     load_settings,
 )
 
+# What `openssl rand -hex 32` or secrets.token_urlsafe(32) gives: long and random.
+STRONG_TOKEN = "3f9c1e7a5b2d4086c8e1f3a7b9d5026e4c8a1f3b5d7e9026"
+
+
+@pytest.fixture(autouse=True)
+def no_bootstrap_admin(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.delenv("CLOUDRETAIL_ADMIN_EMAIL", raising=False)
+    clean_env.delenv("CLOUDRETAIL_ADMIN_PASSWORD", raising=False)
+
 
 def test_defaults_come_from_the_caller_when_the_environment_is_silent(
     clean_env: pytest.MonkeyPatch,
@@ -50,7 +59,7 @@ def test_environment_overrides_code_defaults(clean_env: pytest.MonkeyPatch) -> N
         "JWT_ISSUER": "https://shop.example",
         "JWT_AUDIENCE": "cloudretail",
         "JWKS_URL": "http://user:3001/api/users/.well-known/jwks.json",
-        "SERVICE_TOKEN": "a-real-token",
+        "SERVICE_TOKEN": STRONG_TOKEN,
         "SERVICE_NAME": "ignored",
     }.items():
         clean_env.setenv(name, value)
@@ -69,7 +78,7 @@ def test_environment_overrides_code_defaults(clean_env: pytest.MonkeyPatch) -> N
     assert settings.jwt_issuer == "https://shop.example"
     assert settings.jwt_audience == "cloudretail"
     assert settings.jwks_url == "http://user:3001/api/users/.well-known/jwks.json"
-    assert settings.service_token.get_secret_value() == "a-real-token"
+    assert settings.service_token.get_secret_value() == STRONG_TOKEN
     # Own URL settings are not mistaken for services.
     assert settings.service_urls == {}
 
@@ -134,7 +143,7 @@ def test_production_refuses_the_default_service_token(clean_env: pytest.MonkeyPa
 
 def test_production_refuses_the_default_database_password(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("ENVIRONMENT", "production")
-    clean_env.setenv("SERVICE_TOKEN", "s3cret")
+    clean_env.setenv("SERVICE_TOKEN", STRONG_TOKEN)
     clean_env.setenv("DATABASE_URL", f"postgresql://app:{DEFAULT_SECRET}@db/users")
     with pytest.raises(ValidationError, match="DATABASE_URL password"):
         load_settings("user", 3001, "cloudretail_users")
@@ -142,7 +151,8 @@ def test_production_refuses_the_default_database_password(clean_env: pytest.Monk
 
 def test_production_accepts_real_secrets(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("ENVIRONMENT", "production")
-    clean_env.setenv("SERVICE_TOKEN", "s3cret")
+    clean_env.setenv("SERVICE_TOKEN", STRONG_TOKEN)
+    clean_env.setenv("CLOUDRETAIL_ADMIN_PASSWORD", "a long admin passphrase")
     clean_env.setenv("DATABASE_URL", "postgresql://app:long-random@db/users")
     settings = load_settings("user", 3001, "cloudretail_users")
     assert settings.is_production
@@ -174,3 +184,53 @@ def test_secrets_do_not_show_in_repr() -> None:
         service_token="very-secret-value",
     )
     assert "very-secret-value" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "x",
+        "s3cret",
+        "a-real-token",
+        "0123456789abcdef0123456789abcde",  # 31 characters
+        "a" * 64,  # long, but one character repeated
+        "abab" * 10,
+    ],
+)
+def test_production_refuses_a_weak_service_token(clean_env: pytest.MonkeyPatch, token: str) -> None:
+    clean_env.setenv("ENVIRONMENT", "production")
+    clean_env.setenv("SERVICE_TOKEN", token)
+    with pytest.raises(ValidationError, match="SERVICE_TOKEN") as caught:
+        load_settings("user", 3001, "cloudretail_users")
+    assert "32 characters" in str(caught.value)
+
+
+@pytest.mark.parametrize("password", ["a", "admin", "short pass1", "aaaaaaaaaaaaaaaa"])
+def test_production_refuses_a_weak_bootstrap_admin_password(
+    clean_env: pytest.MonkeyPatch, password: str
+) -> None:
+    clean_env.setenv("ENVIRONMENT", "production")
+    clean_env.setenv("SERVICE_TOKEN", STRONG_TOKEN)
+    clean_env.setenv("CLOUDRETAIL_ADMIN_EMAIL", "boss@example.com")
+    clean_env.setenv("CLOUDRETAIL_ADMIN_PASSWORD", password)
+    with pytest.raises(ValidationError, match="CLOUDRETAIL_ADMIN_PASSWORD") as caught:
+        load_settings("user", 3001, "cloudretail_users")
+    assert "12 characters" in str(caught.value)
+
+
+def test_production_names_every_weak_secret(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("ENVIRONMENT", "production")
+    clean_env.setenv("SERVICE_TOKEN", "x")
+    clean_env.setenv("CLOUDRETAIL_ADMIN_PASSWORD", "a")
+    with pytest.raises(ValidationError) as caught:
+        load_settings("user", 3001, "cloudretail_users")
+    assert "SERVICE_TOKEN" in str(caught.value)
+    assert "CLOUDRETAIL_ADMIN_PASSWORD" in str(caught.value)
+
+
+def test_development_runs_with_weak_secrets(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SERVICE_TOKEN", "x")
+    clean_env.setenv("CLOUDRETAIL_ADMIN_PASSWORD", "a")
+    settings = load_settings("user", 3001, "cloudretail_users")
+    assert not settings.is_production
+    assert settings.service_token.get_secret_value() == "x"

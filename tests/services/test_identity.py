@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -9,10 +14,71 @@ import jwt
 import pyotp
 import pytest
 import sqlalchemy as sa
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from tests.servers import (
+    REDIS_TEST_URL,
+    drop_database,
+    fresh_database,
+    run_in_own_loop,
+    unreachable,
+)
 from tests.services.conftest import service_client
 
 PASSWORD = "correct horse battery"
+# Nothing listens on port 1: every Redis command fails at once.
+DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
+
+
+def unique_email(stem: str = "ada") -> str:
+    """Login counters and replay guards live in a shared Redis: each test its own account."""
+    return f"{stem}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+async def _redis_answers() -> None:
+    client = Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+def require_redis() -> str:
+    try:
+        run_in_own_loop(_redis_answers)
+    except (RedisError, OSError) as error:
+        unreachable(f"Redis not reachable at {REDIS_TEST_URL}", error)
+    return REDIS_TEST_URL
+
+
+# (database, cache) pairs the identity tests run on: both caches, both databases, two runs.
+BACKENDS = [("sqlite", "memory"), ("postgres", "redis")]
+BACKEND_IDS = ["sqlite-memory", "postgres-redis"]
+
+
+def backend_urls(param: tuple[str, str], tmp_path: Path) -> Iterator[tuple[str, str | None]]:
+    """(database URL, Redis URL or None): SQLite with the in-process cache, PostgreSQL with Redis."""
+    database, cache = param
+    redis_url = require_redis() if cache == "redis" else None
+    if database == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/service.db", redis_url
+        return
+    url = fresh_database("cloudretail_test_svc")
+    try:
+        yield url, redis_url
+    finally:
+        drop_database(url)
+
+
+@asynccontextmanager
+async def from_address(client: httpx.AsyncClient, host: str) -> AsyncIterator[httpx.AsyncClient]:
+    """Another caller of the same running service, seen by it at address `host`."""
+    app = client.app  # type: ignore[attr-defined]
+    transport = httpx.ASGITransport(app=app, client=(host, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as other:
+        other.app = app  # type: ignore[attr-defined]
+        yield other
 
 
 def person(email: str = "ada@example.com", **extra: Any) -> dict[str, Any]:
@@ -136,7 +202,9 @@ async def test_two_factor_setup_enable_and_login(database_url: str) -> None:
         without = await login(client, "ada@example.com")
         assert without.status_code == 401
         assert without.json()["title"] == "Two-factor code required"
-        with_code = await login(client, "ada@example.com", totp_code=totp.now())
+        # The enable code is spent; the next time step's code is a fresh one.
+        next_code = totp.at(time.time() + totp.interval)
+        with_code = await login(client, "ada@example.com", totp_code=next_code)
         assert with_code.status_code == 200
 
 
@@ -162,6 +230,33 @@ async def test_profile_change_export_and_erasure(database_url: str) -> None:
         assert (await login(client, "ada@example.com")).status_code == 401
         events = await outbox(client)
     assert events[-2:] == ["user.updated", "user.deleted"]
+
+
+async def test_changing_the_email_needs_the_current_password(database_url: str) -> None:
+    async with service_client("user", database_url, None) as client:
+        await client.post("/api/users/register", json=person())
+        headers = await bearer(client, "ada@example.com")
+        for extra in ({}, {"current_password": "not the password"}):
+            refused = await client.patch(
+                "/api/users/profile", json={"email": "eve@example.com", **extra}, headers=headers
+            )
+            assert refused.status_code == 403, refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+        profile = (await client.get("/api/users/profile", headers=headers)).json()
+        assert profile["email"] == "ada@example.com"
+        # Sending the current email again is no change and needs nothing.
+        same = await client.patch(
+            "/api/users/profile", json={"email": "ADA@example.com"}, headers=headers
+        )
+        assert same.status_code == 200, same.text
+        moved = await client.patch(
+            "/api/users/profile",
+            json={"email": "ada.l@example.com", "current_password": PASSWORD},
+            headers=headers,
+        )
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["email"] == "ada.l@example.com"
+        assert (await login(client, "ada.l@example.com")).status_code == 200
 
 
 async def test_admin_bootstrap_and_admin_created_users(database_url: str, monkeypatch) -> None:
