@@ -8,12 +8,19 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from runtime.auth import TokenVerifier, http_jwks_fetcher
+from runtime.auth import (
+    RevocationList,
+    TokenVerifier,
+    http_jwks_fetcher,
+    http_revocations_fetcher,
+    revocations_url_for,
+)
 from runtime.cache import Cache, make_cache
 from runtime.config import ServiceSettings
 from runtime.correlation import CorrelationIdMiddleware
 from runtime.db import Database
 from runtime.errors import install_problem_handlers
+from runtime.guard import RequestGuardMiddleware
 from runtime.health import HealthCheck, HealthChecks, always_healthy, health_router
 from runtime.logs import AccessLogMiddleware
 from runtime.metrics import Metrics, MetricsMiddleware, metrics_router
@@ -29,17 +36,24 @@ def database_from_settings(settings: ServiceSettings) -> Database:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         echo=settings.database_echo,
+        connect_timeout=settings.database_connect_timeout,
+        pool_timeout=settings.database_pool_timeout,
+        statement_timeout=settings.database_statement_timeout,
     )
 
 
 def verifier_from_settings(settings: ServiceSettings) -> TokenVerifier | None:
-    """Verify tokens against the JWKS at JWKS_URL; without one, authenticated routes say 503."""
+    """Verify tokens against the JWKS at JWKS_URL, and refuse those its issuer revoked (the
+    list beside the JWKS); without JWKS_URL, authenticated routes say 503."""
     if not settings.jwks_url:
         return None
     return TokenVerifier(
         http_jwks_fetcher(settings.jwks_url),
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
+        revocations=RevocationList(
+            http_revocations_fetcher(revocations_url_for(settings.jwks_url))
+        ),
     )
 
 
@@ -65,7 +79,15 @@ def create_service_app(
     stops before the database pool and cache close. `hooks` is the service's handlers
     module: its `startup(app)` and `shutdown(app)` coroutines, when defined, run at start
     (after the database is reachable) and at stop. `event_bus_check` reports "eventBus" on
-    readiness; until an events layer supplies one it is always healthy.
+    readiness; until an events layer supplies one it is always healthy. `extra_checks` decide
+    readiness like the database does: register there only what the service cannot serve
+    without.
+
+    In production (`ENVIRONMENT=production`) /docs, /redoc and /openapi.json are off unless
+    `DOCS_ENABLED=true`. /metrics stays on everywhere: Prometheus scrapes each pod inside
+    the cluster, and the gateway routes only the spec's routes, so the public never reaches
+    /metrics, /health or the docs. (The generated NetworkPolicies admit only the gateway and
+    the spec's callers to a service's port; a Prometheus needs an ingress rule of its own.)
     """
     if database is None:
         database = database_from_settings(settings)
@@ -75,10 +97,13 @@ def create_service_app(
         metrics = Metrics()
     metrics.track_pool(database.pool_stats)
 
+    # Readiness is "can serve": only the database (and extra checks) decide it. Without the
+    # cache reads go to the database; without the broker events wait in the outbox. Those
+    # outages show as "degraded" (still 200) and in the dependency_up metric.
     checks = HealthChecks(timeout=settings.health_check_timeout)
     checks.register("database", database.ping)
-    checks.register("cache", cache.ping)
-    checks.register("eventBus", event_bus_check or always_healthy)
+    checks.register("cache", cache.ping, critical=False)
+    checks.register("eventBus", event_bus_check or always_healthy, critical=False)
     for name, check in (extra_checks or {}).items():
         checks.register(name, check)
 
@@ -117,11 +142,15 @@ def create_service_app(
             await database.dispose()
             logger.info("service stopped")
 
+    docs = settings.serves_docs
     app = FastAPI(
         title=title or f"{settings.service_name} service",
         description=description,
         version=version,
         lifespan=service_lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.state.token_verifier = token_verifier or verifier_from_settings(settings)
@@ -132,12 +161,15 @@ def create_service_app(
 
     # Order matters: the first added is innermost. The 500 fallback must sit inside metrics
     # and logs so they see the 500; correlation goes outermost so everything sees the id.
+    # The request guard (body size and media type, JSON depth, NUL) answers before any
+    # route reads the request, inside metrics and logs so they count its 413/415/422.
     install_problem_handlers(app)
+    app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(CorrelationIdMiddleware)
 
-    app.include_router(health_router(checks))
+    app.include_router(health_router(checks, gauge=metrics.dependency_up))
     app.include_router(metrics_router(metrics))
     for router in routers:
         app.include_router(router)

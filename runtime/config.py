@@ -86,10 +86,11 @@ class ServiceSettings(BaseSettings):
     database_echo: bool = False
     # A hung or missing database must cost seconds and end in a 503, never hold requests
     # until the client gives up: waits for a new connection, for a free one from the pool,
-    # and for one statement's answer are all bounded (seconds).
+    # and for one statement's answer are all bounded (seconds). The statement timeout stays
+    # below the gateway's default 10 s, so the caller gets the service's 503, not a 504.
     database_connect_timeout: float = Field(default=3.0, gt=0)
     database_pool_timeout: float = Field(default=5.0, gt=0)
-    database_statement_timeout: float = Field(default=15.0, gt=0)
+    database_statement_timeout: float = Field(default=8.0, gt=0)
 
     # Largest request body a service reads; a larger one is answered 413 unread. Generated
     # services default it to the spec's gateway `body_limit`.
@@ -124,6 +125,9 @@ class ServiceSettings(BaseSettings):
 
     health_check_timeout: float = Field(default=2.0, gt=0)
     shutdown_timeout: float = Field(default=10.0, ge=0)
+    # Seconds between the stop signal and closing the socket, readiness saying 503
+    # meanwhile (runtime/serve.py). Kubernetes' preStop pause does this job there.
+    shutdown_drain: float = Field(default=0.0, ge=0)
 
     # Filled from `<SERVICE>_URL` variables; keys are lower-case service names.
     service_urls: dict[str, str] = Field(default_factory=dict)

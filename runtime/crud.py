@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute
@@ -62,13 +63,23 @@ def where(*conditions: Condition | None) -> list[Condition]:
 
 
 def order(model: type[Row], sort: str | None, default: str) -> list[sa.UnaryExpression[Any]]:
-    """`price` ascending, `-price` descending; the primary key breaks ties so pages are stable."""
+    """`price` ascending, `-price` descending; the primary key breaks ties so pages are stable.
+
+    Generated routes type `sort` as the spec's sort columns, so only those arrive here; a
+    name that is not a column of `model` is still a 422 on `sort`, never an AttributeError.
+    """
     field = sort or default
     descending = field.startswith("-")
-    column = getattr(model, field.lstrip("-"))
+    name = field.removeprefix("-")
+    columns = sa.inspect(model).columns
+    if name not in columns:
+        raise RequestValidationError(
+            [{"loc": ("query", "sort"), "msg": f"cannot sort by {field!r}", "type": "value_error"}]
+        )
+    column = columns[name]
     keys = [column.desc() if descending else column.asc()]
     for key in sa.inspect(model).primary_key:
-        if key.name != field.lstrip("-"):
+        if key.name != name:
             keys.append(key.asc())
     return keys
 

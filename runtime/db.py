@@ -80,9 +80,15 @@ class Database:
         pool_size: int = 5,
         max_overflow: int = 10,
         echo: bool = False,
-        connect_timeout: float = 5.0,
+        connect_timeout: float = 3.0,
+        pool_timeout: float = 5.0,
+        statement_timeout: float | None = None,
         json_serializer: Callable[[Any], str] = dumps,
     ) -> None:
+        """`connect_timeout`, `pool_timeout` (waiting for a free pooled connection) and
+        `statement_timeout` (one statement's answer; None waits forever) are seconds and
+        apply to PostgreSQL; past them the caller gets TimeoutError (a 503 in a service).
+        """
         self.url = normalize_database_url(url)
         options: dict[str, Any] = {"echo": echo, "json_serializer": json_serializer}
         sqlite_file = _sqlite_file(self.url) if is_sqlite(self.url) else None
@@ -92,13 +98,20 @@ class Database:
             # sqlite3's timeout is its busy timeout: wait for a writer instead of failing.
             options["connect_args"] = {"timeout": 30}
         else:
+            connect_args: dict[str, Any] = {"timeout": connect_timeout}
+            if statement_timeout is not None:
+                # asyncpg's default for every query on the connection, the pre-ping too: a
+                # server that stops answering mid-request costs this long, then TimeoutError
+                # (asyncpg cancels the statement on the server).
+                connect_args["command_timeout"] = statement_timeout
             options.update(
                 pool_size=pool_size,
                 max_overflow=max_overflow,
+                pool_timeout=pool_timeout,
                 # A restarted PostgreSQL leaves dead sockets in the pool; test before use.
                 pool_pre_ping=True,
                 pool_recycle=1800,
-                connect_args={"timeout": connect_timeout},
+                connect_args=connect_args,
             )
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         # Objects stay usable after commit: in async code a lazy refresh would be an error.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import socket
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -12,8 +13,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import (
+    DBAPIError,
     DisconnectionError,
     IntegrityError,
+    InterfaceError,
     OperationalError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -147,26 +150,36 @@ async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _handle_validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"loc": list(error.get("loc", ())), "msg": str(error.get("msg", ""))}
-        for error in exc.errors()
+def validation_problem(
+    errors: Sequence[Mapping[str, Any]], correlation_id: str | None
+) -> ProblemResponse:
+    """The 422 of invalid input: one `{"loc": [...], "msg": ...}` per error, as FastAPI's."""
+    listed = [
+        {"loc": list(error.get("loc", ())), "msg": str(error.get("msg", ""))} for error in errors
     ]
-    count = len(errors)
+    count = len(listed)
     return problem_response(
         422,
         detail=f"The request is invalid: {count} error{'s' if count != 1 else ''}.",
-        correlation_id=_correlation_id(request),
-        extra={"errors": errors},
+        correlation_id=correlation_id,
+        extra={"errors": listed},
     )
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return validation_problem(exc.errors(), _correlation_id(request))
+
+
+def _sqlstate(exc: DBAPIError) -> str:
+    original = exc.orig
+    return str(getattr(original, "sqlstate", None) or getattr(original, "pgcode", None) or "")
 
 
 def _integrity_detail(exc: IntegrityError) -> str:
     # Classified from the driver's message or SQLSTATE, never echoed: it holds SQL and values.
-    original = exc.orig
-    code = str(getattr(original, "sqlstate", None) or getattr(original, "pgcode", None) or "")
-    message = str(original).lower()
+    code = _sqlstate(exc)
+    message = str(exc.orig).lower()
     if code == "23505" or "unique" in message:
         return "A resource with the same unique value already exists."
     if code == "23503" or "foreign key" in message:
@@ -199,6 +212,41 @@ async def _handle_dependency_unavailable(request: Request, exc: Exception) -> Re
         correlation_id=_correlation_id(request),
         headers={"Retry-After": "5"},
     )
+
+
+# SQLSTATE classes that say the database cannot serve now, not that the request is wrong:
+# 08 connection exception, 3D the database does not exist, 28 the server refused our
+# credentials, 53 insufficient resources (too many connections), 57 operator intervention
+# (statement timeout, shutdown, starting up), 58 system error.
+_UNAVAILABLE_CLASSES = frozenset({"08", "3D", "28", "53", "57", "58"})
+# Class 22 (data exception: a value that does not fit its column, a NUL in text) is the
+# client's input. Routes validate their input before it gets here; this is the last resort.
+_DATA_EXCEPTION_CLASS = "22"
+
+
+async def _handle_database_error(request: Request, exc: Exception) -> Response:
+    """Driver errors that are neither integrity (409) nor plainly operational (503)."""
+    assert isinstance(exc, DBAPIError)
+    code = _sqlstate(exc)
+    # First: asyncpg refuses a value it cannot encode (an int past int32, say) before it
+    # reaches the server, with SQLSTATE 22000; that is the input's fault, not the server's.
+    if code[:2] == _DATA_EXCEPTION_CLASS:
+        logger.warning(
+            "database refused a value; answered 422",
+            extra={"sqlstate": code, "error": str(exc.orig), "path": request.url.path},
+        )
+        return problem_response(
+            422,
+            detail="A value in the request does not fit what the service can store.",
+            correlation_id=_correlation_id(request),
+        )
+    if (
+        exc.connection_invalidated
+        or isinstance(exc, InterfaceError)
+        or code[:2] in _UNAVAILABLE_CLASSES
+    ):
+        return await _handle_dependency_unavailable(request, exc)
+    return await _handle_unexpected(request, exc)
 
 
 def internal_error_response(correlation_id: str | None) -> ProblemResponse:
@@ -266,9 +314,18 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(IntegrityError, _handle_integrity_error)
+    app.add_exception_handler(DBAPIError, _handle_database_error)
     # A dependency that cannot be reached is a 503 the caller may retry, not a bug (500).
-    # asyncpg raises the builtin ConnectionRefusedError when PostgreSQL is down.
-    for unavailable in (OperationalError, DisconnectionError, PoolTimeoutError, ConnectionError):
+    # asyncpg raises the builtin ConnectionRefusedError when PostgreSQL is down, TimeoutError
+    # when it does not answer (connect or statement timeout) and gaierror for an unknown host.
+    for unavailable in (
+        OperationalError,
+        DisconnectionError,
+        PoolTimeoutError,
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+    ):
         app.add_exception_handler(unavailable, _handle_dependency_unavailable)
     app.add_middleware(UnhandledErrorMiddleware)
     # Safety net for errors raised by middleware added outside the fallback.

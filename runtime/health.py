@@ -1,4 +1,12 @@
-"""Liveness and readiness endpoints for the orchestrator's probes."""
+"""Liveness and readiness endpoints for the orchestrator's probes.
+
+Readiness means "can serve". Only critical checks (the database) decide it: when one is
+down the answer is 503 "unhealthy" and the orchestrator stops sending traffic. A
+non-critical one (the cache, the event broker) being down is "degraded", still 200: reads
+bypass the cache and events wait in the outbox, so taking every replica out of rotation
+would turn a partial outage into a total one. The details name what is down either way, and
+`dependency_up{dependency=...}` in /metrics says the same for alerts.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from prometheus_client import Gauge
 from pydantic import BaseModel
 
 logger = logging.getLogger(__name__)
@@ -34,13 +43,32 @@ class HealthChecks:
         self.timeout = timeout
         self.started = time.monotonic()
         self._checks: dict[str, HealthCheck] = {}
+        self._critical: set[str] = set()
+        # Set when the process was told to stop: it still serves what it gets, but says it
+        # is not ready, so load balancers stop sending before it closes its socket.
+        self.draining = False
 
-    def register(self, name: str, check: HealthCheck) -> None:
+    def register(self, name: str, check: HealthCheck, *, critical: bool = True) -> None:
+        """Add a check; when a `critical` one is down the service is not ready (503)."""
         self._checks[name] = check
+        if critical:
+            self._critical.add(name)
+        else:
+            self._critical.discard(name)
 
     @property
     def names(self) -> list[str]:
         return list(self._checks)
+
+    def status(self, results: dict[str, bool]) -> str:
+        """Overall status: draining (stopping), unhealthy (a critical check is down),
+        degraded (another is down) or healthy."""
+        down = {name for name, ok in results.items() if not ok}
+        if self.draining:
+            return "draining"
+        if down & self._critical:
+            return "unhealthy"
+        return "degraded" if down else "healthy"
 
     @property
     def uptime(self) -> int:
@@ -93,7 +121,10 @@ class ReadinessReport(BaseModel):
     details: dict[str, bool]
 
 
-def health_router(checks: HealthChecks, prefix: str = "/health") -> APIRouter:
+def health_router(
+    checks: HealthChecks, prefix: str = "/health", *, gauge: Gauge | None = None
+) -> APIRouter:
+    """`/live` and `/ready`; `gauge` (labelled by dependency) gets each check's last result."""
     router = APIRouter(prefix=prefix, tags=["health"])
 
     @router.get("/live", response_model=LivenessReport)
@@ -104,17 +135,23 @@ def health_router(checks: HealthChecks, prefix: str = "/health") -> APIRouter:
     @router.get(
         "/ready",
         response_model=ReadinessReport,
-        responses={503: {"model": ReadinessReport, "description": "A dependency is down."}},
+        responses={
+            503: {
+                "model": ReadinessReport,
+                "description": "A critical dependency is down, or the service is stopping.",
+            }
+        },
     )
     async def ready() -> JSONResponse:
         details = await checks.run()
-        healthy = all(details.values())
+        if gauge is not None:
+            for name, ok in details.items():
+                gauge.labels(name).set(1 if ok else 0)
+        status = checks.status(details)
         report = ReadinessReport(
-            status="healthy" if healthy else "unhealthy",
-            timestamp=iso_timestamp(),
-            uptime=checks.uptime,
-            details=details,
+            status=status, timestamp=iso_timestamp(), uptime=checks.uptime, details=details
         )
-        return JSONResponse(report.model_dump(), status_code=200 if healthy else 503)
+        ready = status in ("healthy", "degraded")
+        return JSONResponse(report.model_dump(), status_code=200 if ready else 503)
 
     return router

@@ -72,6 +72,12 @@ class Metrics:
             ["method"],
             registry=self.registry,
         )
+        self.dependency_up = Gauge(
+            "dependency_up",
+            "1 when the dependency passed the last readiness check, 0 when it did not.",
+            ["dependency"],
+            registry=self.registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         labels = (method, route, str(status))

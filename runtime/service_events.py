@@ -2,7 +2,9 @@
 when a broker is configured) and the consumer group (when the service consumes events).
 
 Without KAFKA_BOOTSTRAP_SERVERS events still go into the outbox with the state change that
-caused them; nothing sends them until a broker is configured, and readiness says so.
+caused them; nothing sends them until a broker is configured. A broker that is configured
+but down makes readiness "degraded" (still 200: requests work, events wait in the outbox),
+never "unhealthy".
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class ServiceEvents:
         self.consumer: EventConsumer | None = None
 
     async def healthy(self) -> bool:
-        """Readiness of "eventBus": the broker acks our sends and the consumer keeps up."""
+        """The "eventBus" readiness detail (non-critical: False means degraded, not 503):
+        the broker acks our sends and the consumer keeps up."""
         if self.relay is None:
             return self.settings.kafka_bootstrap_servers is None
         if not self.relay.healthy:

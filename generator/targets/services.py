@@ -19,6 +19,10 @@ from generator.sqlschema import check_name, unique_name
 
 PAGE_LIMIT_DEFAULT = 20
 PAGE_LIMIT_MAX = 100
+# OFFSET is a BIGINT on every backend; a larger one must be a 422, not a driver overflow.
+BIGINT_MAX = 2**63 - 1
+# Ranges of the integer column types: values outside are a 422, not a driver overflow.
+_INTEGER_RANGES = {"integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
 
 # What each Python type needs imported, as (module, name) or (module,) for `import module`.
 _TYPE_IMPORTS: dict[str, tuple[str, ...]] = {
@@ -192,17 +196,29 @@ def _schema_type(column: Column, table: Table) -> str:
     return PYTHON_TYPES[column.type]
 
 
-def _constraints(column: Column) -> list[str]:
-    found = []
+def _type_bounds(column: Column) -> list[str]:
+    """What the column's type itself can hold: its length, digits or integer range."""
     if column.type == "string" and column.length:
-        found.append(f"max_length={column.length}")
+        return [f"max_length={column.length}"]
     if column.type == "decimal":
-        found += [f"max_digits={column.precision}", f"decimal_places={column.scale}"]
+        return [f"max_digits={column.precision}", f"decimal_places={column.scale}"]
+    if column.type in _INTEGER_RANGES:
+        low, high = _INTEGER_RANGES[column.type]
+        return [f"ge={low}", f"le={high}"]
+    return []
+
+
+def _constraints(column: Column) -> list[str]:
+    found = _type_bounds(column)
     if column.check is not None:
         match = re.fullmatch(r"(>=|<=|>|<)\s*(-?[0-9.]+)", column.check)
         if match:
             bound = _decimal(match.group(2)) if column.type == "decimal" else match.group(2)
-            found.append(f"{_CHECK_OPERATORS[match.group(1)]}={bound}")
+            keyword = _CHECK_OPERATORS[match.group(1)]
+            # The CHECK's bound takes the place of the type's on its side (ge=0, not ge=-2**31).
+            side = ("ge=", "gt=") if keyword in {"ge", "gt"} else ("le=", "lt=")
+            position = next((i for i, c in enumerate(found) if c.startswith(side)), len(found))
+            found[position : position + 1] = [f"{keyword}={bound}"]
     return found
 
 
@@ -291,16 +307,26 @@ def _filter_code(table: Table, name: str, op: str, columns: tuple[str, ...]) -> 
         return FilterCode(name, f"{name}: str | None = None", f"crud.search(({targets}), {name})")
     column = next(c for c in table.columns if c.name == columns[0])
     python_type = PYTHON_TYPES[column.type]
+    # Bounded like the column, so a value it cannot hold is a 422 naming the parameter
+    # instead of a driver error; a string longer than the column just matches nothing.
+    bounds = [] if column.type in {"string", "enum"} else _type_bounds(column)
+    annotation = f"{python_type} | None"
+    if bounds:
+        annotation = f"Annotated[{annotation}, Query({', '.join(bounds)})]"
     return FilterCode(
         name,
-        f"{name}: {python_type} | None = None",
+        f"{name}: {annotation} = None",
         f"crud.{op}({table.class_name}.{column.name}, {name})",
     )
 
 
-def _table_code(table: Table) -> TableCode:
+def _table_code(table: Table, *, listed: bool = False) -> TableCode:
+    """`listed`: a generated list route serves the table, so it needs a Sort type."""
     filters = tuple(_filter_code(table, f.name, f.op, f.columns) for f in table.filters)
-    sort_values = tuple(value for column in table.sort for value in (column, f"-{column}"))
+    # Only the spec's sort columns (never secret ones: the checks refuse them); a table
+    # without any sorts by its key alone. Anything else is a 422 on `sort`.
+    sort_columns = table.sort or (table.primary_key.name,)
+    sort_values = tuple(value for column in sort_columns for value in (column, f"-{column}"))
     not_null = sorted(
         c.name for c in table.columns if not c.nullable and not c.generated and not c.primary_key
     )
@@ -317,7 +343,7 @@ def _table_code(table: Table) -> TableCode:
         for c in table.columns
         if c.type == "enum"
     ]
-    if sort_values:
+    if table.sort or listed:
         values = [pystr(value) for value in sort_values]
         aliases.append(call(f"{table.class_name}Sort = Literal[", values, indent=0, tail="]"))
     return TableCode(
@@ -414,12 +440,9 @@ def _route_code(
             signature += ["cache: CacheDep"] if cached else []
             signature += [
                 f"limit: Annotated[int, Query(ge=1, le={PAGE_LIMIT_MAX})] = {PAGE_LIMIT_DEFAULT}",
-                "offset: Annotated[int, Query(ge=0)] = 0",
+                f"offset: Annotated[int, Query(ge=0, le={BIGINT_MAX})] = 0",
+                f"sort: {cls}Sort | None = None",
             ]
-            if table.sort_values:
-                signature.append(f"sort: {cls}Sort | None = None")
-            else:
-                signature.append("sort: str | None = None")
             signature += [f.param for f in table.filters]
             returns = "Response" if cached else f"{cls}Page"
         elif kind == "get":
@@ -531,7 +554,7 @@ def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
         cls = route.table.class_name
         imports.add(f"{package}.models", cls)
         schemas = {
-            "list": ["Page", "Read"] + (["Sort"] if route.table.sort_values else []),
+            "list": ["Page", "Read", "Sort"],
             "get": ["Read"],
             "create": ["Create", "Read"],
             "replace": ["Create", "Read"],
@@ -589,7 +612,12 @@ def models_code(tables: tuple[Table, ...]) -> ModelsCode:
 
 
 def service_code(service: Service, platform: Platform) -> ServiceCode:
-    tables = {table.name: _table_code(table) for table in service.tables if not table.system}
+    listed = {route.crud_table for route in service.routes if route.crud_operation == "list"}
+    tables = {
+        table.name: _table_code(table, listed=table.name in listed)
+        for table in service.tables
+        if not table.system
+    }
     published = {
         event.name: [field.name for field in event.payload]
         for event in platform.events

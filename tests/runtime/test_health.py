@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.app import create_service_app
 from runtime.health import HealthChecks
@@ -13,6 +14,15 @@ from tests.runtime.conftest import DEAD_POSTGRES_URL, make_settings, running
 
 SEED_KEYS = {"status", "timestamp", "uptime", "details"}
 SEED_DETAILS = {"database", "cache", "eventBus"}
+
+
+def dependency_gauge(metrics: str) -> dict[str, float]:
+    return {
+        sample.labels["dependency"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "dependency_up"
+    }
 
 
 def assert_seed_shape(body: dict[str, object], status: str) -> dict[str, bool]:
@@ -77,30 +87,66 @@ async def test_not_ready_when_the_database_is_down() -> None:
     assert details == {"database": False, "cache": True, "eventBus": True}
 
 
-async def test_not_ready_when_redis_is_down(tmp_path: Path) -> None:
+async def test_redis_down_is_degraded_not_unready(tmp_path: Path) -> None:
+    # Requests still work without the cache (reads go to the database), so the service can
+    # serve: readiness stays 200 and says "degraded", and a metric shows which dependency.
     settings = make_settings(
         f"sqlite+aiosqlite:///{tmp_path}/ready.db", redis_url="redis://127.0.0.1:1/0"
     )
     app = create_service_app(settings)
     async with running(app) as client:
         response = await client.get("/health/ready")
+        metrics = (await client.get("/metrics")).text
+    assert response.status_code == 200
+    details = assert_seed_shape(response.json(), "degraded")
+    assert details == {"database": True, "cache": False, "eventBus": True}
+    assert dependency_gauge(metrics) == {"database": 1.0, "cache": 0.0, "eventBus": 1.0}
+
+
+async def test_event_bus_down_is_degraded_not_unready(tmp_path: Path) -> None:
+    async def broker_down() -> bool:
+        return False
+
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/ready.db")
+    app = create_service_app(settings, event_bus_check=broker_down)
+    async with running(app) as client:
+        response = await client.get("/health/ready")
+        metrics = (await client.get("/metrics")).text
+    assert response.status_code == 200
+    assert assert_seed_shape(response.json(), "degraded")["eventBus"] is False
+    assert dependency_gauge(metrics)["eventBus"] == 0.0
+
+
+async def test_the_database_alone_decides_even_when_everything_is_down() -> None:
+    async def broker_down() -> bool:
+        return False
+
+    settings = make_settings(DEAD_POSTGRES_URL, redis_url="redis://127.0.0.1:1/0")
+    app = create_service_app(settings, event_bus_check=broker_down)
+    async with running(app) as client:
+        response = await client.get("/health/ready")
+        metrics = (await client.get("/metrics")).text
     assert response.status_code == 503
-    assert assert_seed_shape(response.json(), "unhealthy")["cache"] is False
+    details = assert_seed_shape(response.json(), "unhealthy")
+    assert details == {"database": False, "cache": False, "eventBus": False}
+    assert dependency_gauge(metrics) == {"database": 0.0, "cache": 0.0, "eventBus": 0.0}
 
 
-async def test_a_hung_dependency_gives_503_within_the_timeout(tmp_path: Path) -> None:
+async def test_a_hung_dependency_is_down_within_the_timeout(tmp_path: Path) -> None:
     async def hangs() -> bool:
         await asyncio.sleep(3600)
         return True
 
     settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/ready.db", health_check_timeout=0.3)
-    app = create_service_app(settings, event_bus_check=hangs)
+    app = create_service_app(settings, event_bus_check=hangs, extra_checks={"critical": hangs})
     async with running(app) as client:
         started = time.perf_counter()
         response = await client.get("/health/ready")
         elapsed = time.perf_counter() - started
     assert response.status_code == 503
-    assert assert_seed_shape(response.json(), "unhealthy")["eventBus"] is False
+    body = response.json()
+    assert body["status"] == "unhealthy"
+    assert body["details"]["eventBus"] is False and body["details"]["critical"] is False
     assert elapsed < 2
 
 

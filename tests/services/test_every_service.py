@@ -51,3 +51,45 @@ async def test_service_routes_need_the_service_token(tmp_path: Path, issuer: Tok
         )
     assert missing.status_code == 401
     assert wrong.status_code == 403
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_a_broker_or_cache_outage_degrades_but_keeps_serving(
+    service: str, tmp_path: Path, issuer: TokenIssuer
+):
+    url = f"sqlite+aiosqlite:///{tmp_path}/s.db"
+    async with service_client(
+        service,
+        url,
+        issuer,
+        redis_url="redis://127.0.0.1:1/0",
+        kafka_bootstrap_servers="127.0.0.1:1",
+    ) as client:
+        ready = await client.get("/health/ready")
+        metrics = (await client.get("/metrics")).text
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["status"] == "degraded"
+    assert body["details"]["database"] is True
+    assert body["details"]["cache"] is False
+    assert 'dependency_up{dependency="cache"} 0.0' in metrics
+    assert 'dependency_up{dependency="database"} 1.0' in metrics
+
+
+async def test_product_requests_work_without_cache_and_broker(tmp_path: Path, issuer, admin):
+    url = f"sqlite+aiosqlite:///{tmp_path}/s.db"
+    async with service_client(
+        "product",
+        url,
+        issuer,
+        redis_url="redis://127.0.0.1:1/0",
+        kafka_bootstrap_servers="127.0.0.1:1",
+    ) as client:
+        made = await client.post(
+            "/api/products", json={"name": "Saw", "sku": "S-1", "price": "1.00"}, headers=admin
+        )
+        listed = await client.get("/api/products")
+        ready = await client.get("/health/ready")
+    assert made.status_code == 201, made.text
+    assert listed.json()["total"] == 1
+    assert ready.status_code == 200
