@@ -2,12 +2,19 @@
 commit stock -> `confirmed` + `order.confirmed`; a failed step undoes the earlier ones and
 the order ends `cancelled`. Prices come from the product service, never from the client.
 
+The saga owns a pending order: only its end hooks settle it, and a cancel waits (409) until
+it has. An Idempotency-Key names one request: the order keeps a fingerprint of the body it
+came with, so the key reused with another body is refused (422), and reused while the first
+request is still in flight is told so (409), as the IETF Idempotency-Key draft says.
+
 Each order keeps a timeline (`order_events`) built from the events about it: its own and
 the ones it consumes, in the order they happened.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from decimal import Decimal
 from typing import Any, Literal
@@ -15,6 +22,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generated.services.order.events import publish
@@ -27,11 +35,15 @@ from runtime.handlers import Context, created
 from runtime.http import ServiceCallError, ServiceClients
 from runtime.saga import SagaRunner
 
-CANCELLABLE = ("pending", "confirmed", "processing")
+# Before shipping, once placed; a pending order belongs to its saga until it settles.
+CANCELLABLE = ("confirmed", "processing")
 TRANSITIONS = {"confirmed": "processing", "processing": "shipped", "shipped": "delivered"}
 STATUS_EVENTS = {"shipped": "order.shipped", "delivered": "order.delivered"}
 # What the saga's failure becomes for the client.
 FAILURE_STATUS = {"rejected": None, "timeout": 504, "unavailable": 503}
+# Who an order belongs to once its customer's account is erased (GDPR): nobody.
+ERASED_USER = uuid.UUID(int=0)
+ERASED_ADDRESS_FIELDS = ("line1", "line2", "city", "postal_code")
 
 
 class OrderLine(BaseModel):
@@ -106,14 +118,15 @@ async def _full(session: AsyncSession, order: Order) -> dict[str, Any]:
     return {**_view(order), "timeline": await _timeline(session, order.id)}
 
 
-async def _own(ctx: Context) -> Order:
+async def _own(ctx: Context, *, lock: bool = False) -> Order:
     """The order of the path, if the caller owns it or is an admin (or a service); else 404,
-    so nobody learns which order ids exist."""
+    so nobody learns which order ids exist. `lock` holds its row (PostgreSQL) until the
+    transaction ends, so a change decided on its status is made on that same status."""
     try:
         order_id = uuid.UUID(ctx.path("id"))
     except ValueError:
         raise Problem(404, detail="no such order") from None
-    order = await ctx.session.get(Order, order_id)
+    order = await ctx.session.get(Order, order_id, with_for_update=lock or None)
     caller = ctx.principal
     owner = str(order.user_id) if order is not None else None
     if order is None or caller is None or not (caller.is_admin or owner == caller.subject):
@@ -170,7 +183,7 @@ async def _prices(clients: ServiceClients, lines: list[OrderLine]) -> list[dict[
 
 
 async def placed(session: AsyncSession, saga_id: uuid.UUID, data: dict[str, Any]) -> None:
-    order = await session.get(Order, saga_id)
+    order = await session.get(Order, saga_id, with_for_update=True)
     if order is None or order.status != "pending":
         return
     charge = data.get("charge_payment") or {}
@@ -188,7 +201,7 @@ async def placed(session: AsyncSession, saga_id: uuid.UUID, data: dict[str, Any]
 async def not_placed(
     session: AsyncSession, saga_id: uuid.UUID, data: dict[str, Any], error: dict[str, Any]
 ) -> None:
-    order = await session.get(Order, saga_id)
+    order = await session.get(Order, saga_id, with_for_update=True)
     if order is None or order.status != "pending":
         return
     order.status = "cancelled"
@@ -212,6 +225,41 @@ def _failure_problem(error: dict[str, Any] | None, order: dict[str, Any]) -> Pro
 # -- routes ------------------------------------------------------------------------------------
 
 
+def _fingerprint(body: NewOrder) -> str:
+    """SHA-256 of the request as validated: the same request however its JSON is written."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def _by_key(ctx: Context, key: str) -> Order | None:
+    query = sa.select(Order).where(
+        Order.user_id == uuid.UUID(ctx.user.subject), Order.idempotency_key == key
+    )
+    return (await ctx.session.scalars(query.execution_options(populate_existing=True))).first()
+
+
+async def _repeated(ctx: Context, earlier: Order, fingerprint: str) -> Any:
+    """The answer to a request whose Idempotency-Key an earlier order carries."""
+    if earlier.request_fingerprint not in (None, fingerprint):
+        raise Problem(
+            422,
+            title="Idempotency-Key reused",
+            detail="this Idempotency-Key was already used with a different request body; "
+            "use a new key for a new order",
+            type="/problems/idempotency-key-reused",
+        )
+    if earlier.status == "pending":
+        raise Problem(
+            409,
+            title="Request in flight",
+            detail="a request with this Idempotency-Key is still in flight; "
+            "retry once it has been answered",
+            type="/problems/idempotency-key-in-flight",
+            headers={"Retry-After": "1"},
+        )
+    return await _answer(ctx, earlier)
+
+
 async def place_order(ctx: Context) -> Any:
     """POST /api/orders (authenticated): place an order; the same Idempotency-Key gives the
     same answer and one order."""
@@ -220,16 +268,11 @@ async def place_order(ctx: Context) -> Any:
     key = ctx.request.headers.get("Idempotency-Key")
     if key is not None and len(key) > 255:
         raise Problem(422, detail="Idempotency-Key is longer than 255 characters")
+    fingerprint = _fingerprint(body)
     if key:
-        earlier = (
-            await ctx.session.scalars(
-                sa.select(Order).where(
-                    Order.user_id == uuid.UUID(user.subject), Order.idempotency_key == key
-                )
-            )
-        ).first()
+        earlier = await _by_key(ctx, key)
         if earlier is not None:
-            return await _answer(ctx, earlier)
+            return await _repeated(ctx, earlier, fingerprint)
     state = ctx.request.app.state
     items = await _prices(state.service_clients, body.items)
     total = sum((Decimal(line["line_total"]) for line in items), Decimal("0"))
@@ -241,9 +284,18 @@ async def place_order(ctx: Context) -> Any:
         shipping_address=body.shipping_address.model_dump(),
         currency="USD",
         idempotency_key=key,
+        request_fingerprint=fingerprint if key else None,
     )
     ctx.session.add(order)
-    await ctx.session.flush()
+    try:
+        await ctx.session.flush()
+    except IntegrityError:
+        # The same key, at the same moment, in another request: that one placed the order.
+        await ctx.session.rollback()
+        earlier = await _by_key(ctx, key) if key else None
+        if earlier is None:
+            raise
+        return await _repeated(ctx, earlier, fingerprint)
     await _emit(ctx.session, "order.created", order, items=items, total_amount=total)
     runner: SagaRunner = state.sagas
     await runner.begin(
@@ -312,10 +364,23 @@ async def get_order(ctx: Context) -> Any:
 
 
 async def cancel_order(ctx: Context) -> Any:
-    """POST /api/orders/{id}/cancel (owner, before shipping): refund and give stock back."""
-    order = await _own(ctx)
+    """POST /api/orders/{id}/cancel (owner, before shipping): refund and give stock back.
+
+    Not while the order is pending: its saga may be charging the card right now, and only
+    the saga settles it (confirmed, or cancelled with everything undone); cancelling then
+    would race the charge. The customer is told to try again once it has settled."""
+    order = await _own(ctx, lock=True)
     if order.status == "cancelled":
         return await _full(ctx.session, order)
+    if order.status == "pending":
+        raise Problem(
+            409,
+            title="Order still being placed",
+            detail="the order is still being placed (its payment may be in progress); "
+            "cancel it once it is confirmed",
+            type="/problems/order-in-progress",
+            headers={"Retry-After": "5"},
+        )
     if order.status not in CANCELLABLE:
         raise Problem(409, detail=f"an order that is {order.status} cannot be cancelled")
     clients: ServiceClients = ctx.request.app.state.service_clients
@@ -336,7 +401,7 @@ async def cancel_order(ctx: Context) -> Any:
 async def update_status(ctx: Context) -> Any:
     """PATCH /api/orders/{id}/status (admin): processing, shipped, delivered, in order."""
     body = await ctx.body(StatusChange)
-    order = await _own(ctx)
+    order = await _own(ctx, lock=True)
     if TRANSITIONS.get(order.status or "") != body.status:
         raise Problem(409, detail=f"an order that is {order.status} cannot become {body.status}")
     order.status = body.status
@@ -385,3 +450,38 @@ async def startup(app: FastAPI) -> None:
 async def shutdown(app: FastAPI) -> None:
     await app.state.sagas.stop()
     await app.state.service_clients.close()
+
+
+def _without(value: Any, user_id: str) -> Any:
+    """`value` (JSON) with every occurrence of the user's id replaced by the erased one."""
+    if isinstance(value, dict):
+        return {key: _without(item, user_id) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without(item, user_id) for item in value]
+    return str(ERASED_USER) if value == user_id else value
+
+
+async def on_user_deleted(ctx: EventContext) -> None:
+    """GDPR erasure: the customer's orders keep what accounting needs (lines, amounts,
+    statuses, the payment, the country of delivery) and lose the person: the address, the
+    link to the account, the client's idempotency key; their timelines too. Applying it
+    again finds nothing left to change."""
+    user_id = uuid.UUID(str(ctx.event.data["user_id"]))
+    orders = list(await ctx.session.scalars(sa.select(Order).where(Order.user_id == user_id)))
+    for order in orders:
+        address = dict(order.shipping_address or {})
+        order.shipping_address = {
+            **{name: None for name in ERASED_ADDRESS_FIELDS},
+            "country": address.get("country"),
+            "erased": True,
+        }
+        order.user_id = ERASED_USER
+        order.idempotency_key = None
+        order.request_fingerprint = None
+    if not orders:
+        return
+    timeline = await ctx.session.scalars(
+        sa.select(OrderEvent).where(OrderEvent.order_id.in_([order.id for order in orders]))
+    )
+    for entry in timeline:
+        entry.data = _without(entry.data, str(user_id))

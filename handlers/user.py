@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -46,9 +46,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generated.services.user.events import publish
-from generated.services.user.models import User
+from generated.services.user.models import TokenRevocation, User
 from generated.services.user.schemas import UserRead
-from runtime.auth import TokenIssuer, TokenVerifier, generate_private_key_pem, static_jwks
+from runtime.auth import (
+    RevocationList,
+    TokenIssuer,
+    TokenVerifier,
+    generate_private_key_pem,
+    static_jwks,
+)
 from runtime.cache import Cache, CacheUnavailableError
 from runtime.config import ServiceSettings
 from runtime.errors import Problem
@@ -369,6 +375,21 @@ async def _insert(ctx: Context, body: Registration, role: str) -> User:
     return user
 
 
+async def _revoke_tokens(ctx: Context, user_id: Any) -> None:
+    """Void every token issued to the account until now (the caller's included): verifiers
+    learn it from /.well-known/revocations.json within seconds."""
+    now = datetime.now(UTC)
+    ttl = timedelta(seconds=_issuer(ctx).ttl)
+    await ctx.session.merge(TokenRevocation(subject=user_id, not_before=now, expires_at=now + ttl))
+
+
+async def _revoked_since(session: AsyncSession) -> dict[str, float]:
+    rows = await session.scalars(
+        sa.select(TokenRevocation).where(TokenRevocation.expires_at > datetime.now(UTC))
+    )
+    return {str(row.subject): row.not_before.timestamp() for row in rows}
+
+
 def _issuer(ctx: Context) -> TokenIssuer:
     issuer = getattr(ctx.request.app.state, "token_issuer", None)
     if not isinstance(issuer, TokenIssuer):
@@ -482,6 +503,8 @@ async def update_profile(ctx: Context) -> Any:
         if value is not None and value != getattr(user, name):
             setattr(user, name, value)
             changed[name] = value
+    if sensitive:
+        await _revoke_tokens(ctx, user.id)
     if changed:
         await ctx.session.flush()
         await publish(ctx.session, "user.updated", {"user_id": user.id, "fields": changed})
@@ -495,6 +518,7 @@ async def delete_profile(ctx: Context) -> Any:
     user = await _current(ctx)
     user_id = user.id
     await ctx.session.delete(user)
+    await _revoke_tokens(ctx, user_id)
     await publish(ctx.session, "user.deleted", {"user_id": user_id})
     await ctx.session.commit()
     return {"deleted": True, "user_id": str(user_id)}
@@ -545,6 +569,7 @@ async def enable_2fa(ctx: Context) -> Any:
             422, detail="the code does not match or was used already; check the device's clock"
         )
     user.two_factor_enabled = True
+    await _revoke_tokens(ctx, user.id)  # tokens from before the second factor no longer do
     await ctx.session.flush()
     await publish(
         ctx.session, "user.updated", {"user_id": user.id, "fields": {"two_factor_enabled": True}}
@@ -556,6 +581,13 @@ async def enable_2fa(ctx: Context) -> Any:
 async def jwks(ctx: Context) -> Any:
     """GET /api/users/.well-known/jwks.json (public): the keys that verify our tokens."""
     return _issuer(ctx).jwks()
+
+
+async def revocations(ctx: Context) -> Any:
+    """GET /api/users/.well-known/revocations.json (public): accounts whose tokens issued
+    before `not_before` (epoch seconds) are void, while such tokens may still be unexpired."""
+    revoked = await _revoked_since(ctx.session)
+    return {"revoked": [{"sub": sub, "not_before": at} for sub, at in sorted(revoked.items())]}
 
 
 # -- start-up ------------------------------------------------------------------------------
@@ -646,7 +678,14 @@ async def startup(app: FastAPI) -> None:
     app.state.token_issuer = issuer
     if app.state.token_verifier is None:
         # The user service trusts its own keys; no need to fetch its own JWKS over HTTP.
+        async def revoked() -> dict[str, float]:
+            async with app.state.database.session() as session:
+                return await _revoked_since(session)
+
         app.state.token_verifier = TokenVerifier(
-            static_jwks(issuer.jwks()), issuer=issuer.issuer, audience=issuer.audience
+            static_jwks(issuer.jwks()),
+            issuer=issuer.issuer,
+            audience=issuer.audience,
+            revocations=RevocationList(revoked, interval=1.0),
         )
     await _ensure_admin(app)

@@ -18,11 +18,11 @@ class InventoryCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     product_id: uuid.UUID
-    quantity: int = Field(ge=0)
-    reserved: int | None = Field(default=0, ge=0)
+    quantity: int = Field(ge=0, le=2147483647)
+    reserved: int | None = Field(default=0, ge=0, le=2147483647)
     warehouse_location: str | None = Field(default=None, max_length=100)
-    reorder_level: int | None = 10
-    reorder_quantity: int | None = 100
+    reorder_level: int | None = Field(default=10, ge=-2147483648, le=2147483647)
+    reorder_quantity: int | None = Field(default=100, ge=-2147483648, le=2147483647)
 
 
 class InventoryUpdate(PatchModel):
@@ -32,11 +32,11 @@ class InventoryUpdate(PatchModel):
     not_null: ClassVar[frozenset[str]] = frozenset({"product_id", "quantity"})
 
     product_id: uuid.UUID | None = None
-    quantity: int | None = Field(default=None, ge=0)
-    reserved: int | None = Field(default=None, ge=0)
+    quantity: int | None = Field(default=None, ge=0, le=2147483647)
+    reserved: int | None = Field(default=None, ge=0, le=2147483647)
     warehouse_location: str | None = Field(default=None, max_length=100)
-    reorder_level: int | None = None
-    reorder_quantity: int | None = None
+    reorder_level: int | None = Field(default=None, ge=-2147483648, le=2147483647)
+    reorder_quantity: int | None = Field(default=None, ge=-2147483648, le=2147483647)
 
 
 class InventoryRead(BaseModel):
@@ -74,7 +74,7 @@ class InventoryReservationCreate(BaseModel):
 
     order_id: uuid.UUID
     product_id: uuid.UUID
-    quantity: int = Field(gt=0)
+    quantity: int = Field(gt=0, le=2147483647)
     status: InventoryReservationStatus
 
 
@@ -86,7 +86,7 @@ class InventoryReservationUpdate(PatchModel):
 
     order_id: uuid.UUID | None = None
     product_id: uuid.UUID | None = None
-    quantity: int | None = Field(default=None, gt=0)
+    quantity: int | None = Field(default=None, gt=0, le=2147483647)
     status: InventoryReservationStatus | None = None
 
 

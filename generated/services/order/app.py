@@ -15,11 +15,13 @@ from runtime.service_events import ServiceEvents
 SERVICE = "order"
 PORT = 3003
 DATABASE = "cloudretail_orders"
+# The spec's gateway body limit; MAX_BODY_BYTES in the environment overrides it.
+MAX_BODY_BYTES = 1048576
 
 
 def settings_from_env() -> ServiceSettings:
     """Settings from the environment; by default a SQLite file named after the database."""
-    return load_settings(SERVICE, PORT, DATABASE)
+    return load_settings(SERVICE, PORT, DATABASE, max_body_bytes=MAX_BODY_BYTES)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -30,6 +32,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         handlers={
             "payment.completed": handlers.on_payment_completed,
             "inventory.reserved": handlers.on_inventory_reserved,
+            "user.deleted": handlers.on_user_deleted,
         },
     )
     return create_service_app(

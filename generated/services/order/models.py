@@ -42,6 +42,7 @@ class Order(Base):
     payment_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
     currency: Mapped[str | None] = mapped_column(sa.String(3), default="USD", server_default="USD")
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
+    request_fingerprint: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime | None] = mapped_column(
         UTCDateTime,
         default=utc_now,

@@ -29,6 +29,7 @@ class OrderCreate(BaseModel):
     payment_id: uuid.UUID | None = None
     currency: str | None = Field(default="USD", max_length=3)
     idempotency_key: str | None = Field(default=None, max_length=255)
+    request_fingerprint: str | None = Field(default=None, max_length=64)
 
 
 class OrderUpdate(PatchModel):
@@ -57,6 +58,7 @@ class OrderUpdate(PatchModel):
     payment_id: uuid.UUID | None = None
     currency: str | None = Field(default=None, max_length=3)
     idempotency_key: str | None = Field(default=None, max_length=255)
+    request_fingerprint: str | None = Field(default=None, max_length=64)
 
 
 class OrderRead(BaseModel):
@@ -73,6 +75,7 @@ class OrderRead(BaseModel):
     payment_id: uuid.UUID | None
     currency: str | None
     idempotency_key: str | None
+    request_fingerprint: str | None
     created_at: datetime | None
     updated_at: datetime | None
 

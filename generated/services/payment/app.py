@@ -15,11 +15,13 @@ from runtime.service_events import ServiceEvents
 SERVICE = "payment"
 PORT = 3005
 DATABASE = "cloudretail_payments"
+# The spec's gateway body limit; MAX_BODY_BYTES in the environment overrides it.
+MAX_BODY_BYTES = 1048576
 
 
 def settings_from_env() -> ServiceSettings:
     """Settings from the environment; by default a SQLite file named after the database."""
-    return load_settings(SERVICE, PORT, DATABASE)
+    return load_settings(SERVICE, PORT, DATABASE, max_body_bytes=MAX_BODY_BYTES)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -29,6 +31,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         REGISTRY,
         handlers={
             "order.created": handlers.on_order_created,
+            "user.deleted": handlers.on_user_deleted,
         },
     )
     return create_service_app(

@@ -43,6 +43,7 @@ class Payment(Base):
     gateway: Mapped[str | None] = mapped_column(sa.String(50))
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     failure_reason: Mapped[str | None] = mapped_column(sa.String(255))
+    refund_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime | None] = mapped_column(
         UTCDateTime,
         default=utc_now,

@@ -30,6 +30,7 @@ class PaymentCreate(BaseModel):
     gateway: str | None = Field(default=None, max_length=50)
     idempotency_key: str | None = Field(default=None, max_length=255)
     failure_reason: str | None = Field(default=None, max_length=255)
+    refund_requested_at: datetime | None = None
 
 
 class PaymentUpdate(PatchModel):
@@ -48,6 +49,7 @@ class PaymentUpdate(PatchModel):
     gateway: str | None = Field(default=None, max_length=50)
     idempotency_key: str | None = Field(default=None, max_length=255)
     failure_reason: str | None = Field(default=None, max_length=255)
+    refund_requested_at: datetime | None = None
 
 
 class PaymentRead(BaseModel):
@@ -66,6 +68,7 @@ class PaymentRead(BaseModel):
     gateway: str | None
     idempotency_key: str | None
     failure_reason: str | None
+    refund_requested_at: datetime | None
     created_at: datetime | None
     updated_at: datetime | None
 

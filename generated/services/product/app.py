@@ -14,11 +14,13 @@ from runtime.service_events import ServiceEvents
 SERVICE = "product"
 PORT = 3002
 DATABASE = "cloudretail_products"
+# The spec's gateway body limit; MAX_BODY_BYTES in the environment overrides it.
+MAX_BODY_BYTES = 1048576
 
 
 def settings_from_env() -> ServiceSettings:
     """Settings from the environment; by default a SQLite file named after the database."""
-    return load_settings(SERVICE, PORT, DATABASE)
+    return load_settings(SERVICE, PORT, DATABASE, max_body_bytes=MAX_BODY_BYTES)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:

@@ -63,6 +63,15 @@ class User(Base):
     )
 
 
+class TokenRevocation(Base):
+    __tablename__ = "token_revocations"
+    __table_args__ = (sa.Index("idx_token_revocations_expires_at", "expires_at"),)
+
+    subject: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
 class Outbox(Base):
     __tablename__ = "outbox"
     __table_args__ = (

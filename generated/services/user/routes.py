@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from generated.services.user.models import User
-from generated.services.user.schemas import UserPage, UserRead
+from generated.services.user.schemas import UserPage, UserRead, UserSort
 from handlers import user as handlers
 from runtime import crud
 from runtime.auth import require
@@ -27,8 +27,8 @@ router = APIRouter()
 async def list_users(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    sort: str | None = None,
+    offset: Annotated[int, Query(ge=0, le=9223372036854775807)] = 0,
+    sort: UserSort | None = None,
 ) -> UserPage:
     where = crud.where()
     order = crud.order(User, sort, "id")
@@ -54,6 +54,13 @@ async def jwks(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.jwks(ctx)
+
+
+@router.get("/api/users/.well-known/revocations.json", tags=["user"])
+async def revocations(
+    ctx: ContextDep,
+) -> Any:
+    return await handlers.revocations(ctx)
 
 
 @router.post("/api/users/2fa/enable", tags=["user"], dependencies=[Depends(require())])

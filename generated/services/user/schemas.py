@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.schemas import PatchModel
 
 UserRole = Literal["customer", "admin", "vendor"]
+UserSort = Literal["id", "-id"]
 
 
 class UserCreate(BaseModel):
@@ -79,6 +80,45 @@ class UserPage(BaseModel):
     """One page of users: `items` from `offset`, at most `limit`, of `total`."""
 
     items: list[UserRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class TokenRevocationCreate(BaseModel):
+    """Body that creates one token revocation, or replaces one whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: uuid.UUID
+    not_before: datetime
+    expires_at: datetime
+
+
+class TokenRevocationUpdate(PatchModel):
+    """Body of a partial update: only the fields sent change."""
+
+    model_config = ConfigDict(extra="forbid")
+    not_null: ClassVar[frozenset[str]] = frozenset({"expires_at", "not_before"})
+
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+
+
+class TokenRevocationRead(BaseModel):
+    """One token revocation as the API returns it; secrets never included."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    subject: uuid.UUID
+    not_before: datetime
+    expires_at: datetime
+
+
+class TokenRevocationPage(BaseModel):
+    """One page of token revocations: `items` from `offset`, at most `limit`, of `total`."""
+
+    items: list[TokenRevocationRead]
     total: int
     limit: int
     offset: int
