@@ -12,7 +12,14 @@ from typing import Annotated
 
 import typer
 
-from generator import CloudRetailError, SpecError, generate, load_platform
+from generator import (
+    CloudRetailError,
+    GeneratedFileError,
+    SpecError,
+    check_platform,
+    generate,
+    load_platform,
+)
 from generator.model import Platform
 from generator.validation import suggest
 
@@ -33,10 +40,13 @@ EXIT_BAD_INPUT = 2
 
 
 def _fail(error: CloudRetailError) -> typer.Exit:
-    if isinstance(error, SpecError):
-        for issue in error.issues:
-            typer.echo(str(issue), err=True)
-        count = len(error.issues)
+    if isinstance(error, SpecError | GeneratedFileError):
+        lines = (
+            [str(issue) for issue in error.issues] if isinstance(error, SpecError) else error.lines
+        )
+        for line in lines:
+            typer.echo(line, err=True)
+        count = len(lines)
         typer.echo(
             f"{count} problem{'s' if count != 1 else ''} found; nothing was written.", err=True
         )
@@ -79,10 +89,15 @@ def validate(
     handlers: Annotated[
         Path, typer.Option("--handlers", help="Folder of hand-written handlers.")
     ] = Path("handlers"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder whose migration revisions to check.")
+    ] = Path("generated"),
 ) -> None:
-    """Check a spec; print a summary when it is valid, every problem when it is not."""
+    """Check a spec; print a summary when it is valid, every problem when it is not. The
+    spec's tables are checked against the revisions already in the output folder, as
+    `generate` does: a change that loses data must be allowed in the spec."""
     try:
-        platform = load_platform(spec, handlers_dir=handlers)
+        platform = check_platform(spec, out, handlers_dir=handlers)
     except CloudRetailError as error:
         raise _fail(error) from None
     typer.echo(_summary(platform))

@@ -11,22 +11,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from generator.checks import check_spec
-from generator.errors import CloudRetailError, OutputConflictError, SpecError, SpecIssue
+from generator.errors import (
+    CloudRetailError,
+    GeneratedFileError,
+    OutputConflictError,
+    SpecError,
+    SpecIssue,
+)
 from generator.handlers import HandlerChange, missing_handlers, plan_stubs, write_stubs
-from generator.loader import dotted, load_file
+from generator.loader import Document, dotted, load_file
 from generator.model import Platform, build_platform
 from generator.render import render_files
 from generator.targets import all_files
+from generator.targets.migrations import MigrationRefusedError, versions_folder
+from generator.targets.migrations import files as migration_files
 from generator.validation import parse_spec
-from generator.writer import Plan, apply, plan, read_owned
+from generator.writer import Plan, apply, plan, read_manifest, read_owned
 
 __all__ = [
     "CloudRetailError",
     "GenerateResult",
+    "GeneratedFileError",
+    "MigrationRefusedError",
     "OutputConflictError",
     "Platform",
     "SpecError",
     "SpecIssue",
+    "check_platform",
     "generate",
     "load_platform",
     "render",
@@ -44,32 +55,125 @@ def source_name(spec_path: Path) -> str:
         return os.path.basename(resolved)
 
 
-def load_platform(spec_path: Path, *, handlers_dir: Path | None = None) -> Platform:
-    """Load, validate and resolve a spec; raise SpecError with every problem found.
-
-    With `handlers_dir`, a handler the spec names that `handlers_dir/<service>.py` does not
-    define is a problem too (`generate` writes stubs for those instead).
-    """
+def _load(spec_path: Path) -> tuple[Document, Platform]:
+    """Load, validate and resolve a spec; raise SpecError with every problem found."""
     source = source_name(spec_path)
     document = load_file(spec_path, source)
     spec = parse_spec(document)
     issues = check_spec(spec, document)
     if issues:
         raise SpecError(issues)
-    platform = build_platform(spec, source)
+    return document, build_platform(spec, source)
+
+
+def _readable_handlers(platform: Platform, handlers_dir: Path) -> None:
+    """The handler modules `generate` reads and extends are there to read and extend (checked
+    before anything is written, so that adding stubs cannot fail halfway)."""
+    problems: list[tuple[str, str]] = []
+    if handlers_dir.exists() and not handlers_dir.is_dir():
+        problems.append((str(handlers_dir), "not a folder"))
+    else:
+        for service in platform.services:
+            path = handlers_dir / f"{service.name}.py"
+            if path.is_dir():
+                problems.append((str(path), "a folder where the handler module goes"))
+            elif path.exists():
+                try:
+                    path.read_text(encoding="utf-8")
+                except UnicodeDecodeError:
+                    problems.append((str(path), "cannot read (not UTF-8 text)"))
+                except OSError as error:
+                    problems.append((str(path), f"cannot read: {error.strerror}"))
+    if problems:
+        raise GeneratedFileError(problems)
+
+
+def _handler_issues(document: Document, platform: Platform, handlers_dir: Path) -> list[SpecIssue]:
+    _readable_handlers(platform, handlers_dir)
+    return [
+        SpecIssue(
+            document.locate(item.spec_path),
+            dotted(item.spec_path),
+            f"handler '{item.name}' is not defined in {handlers_dir / name}.py; "
+            "`cloudretail generate` writes a stub for it",
+        )
+        for name, absent in missing_handlers(platform, handlers_dir).items()
+        for item in absent
+    ]
+
+
+def load_platform(spec_path: Path, *, handlers_dir: Path | None = None) -> Platform:
+    """Load, validate and resolve a spec; raise SpecError with every problem found.
+
+    With `handlers_dir`, a handler the spec names that `handlers_dir/<service>.py` does not
+    define is a problem too (`generate` writes stubs for those instead).
+    """
+    document, platform = _load(spec_path)
     if handlers_dir is not None:
-        issues = [
-            SpecIssue(
-                document.locate(item.spec_path),
-                dotted(item.spec_path),
-                f"handler '{item.name}' is not defined in {handlers_dir / name}.py; "
-                "`cloudretail generate` writes a stub for it",
-            )
-            for name, absent in missing_handlers(platform, handlers_dir).items()
-            for item in absent
-        ]
+        issues = _handler_issues(document, platform, handlers_dir)
         if issues:
             raise SpecError(issues)
+    return platform
+
+
+def _existing(out_dir: Path, platform: Platform) -> dict[str, str]:
+    """The generated files in `out_dir` that targets build on (from `read_owned`).
+
+    Alembic runs every revision file in a versions folder, so one that the generator cannot
+    read or did not write would be history the next revision does not build on: refused.
+    """
+    existing = read_owned(out_dir)
+    owned = read_manifest(out_dir)
+    problems: list[tuple[str, str]] = []
+    for schema in platform.schemas:
+        folder = versions_folder(schema)
+        for path in sorted((out_dir / folder).glob("*.py")):
+            name = f"{folder}/{path.name}"
+            if path.name == "__init__.py" or not path.is_file():
+                continue  # Alembic does not load these either
+            if name not in owned:
+                problems.append(
+                    (
+                        name,
+                        "a revision `cloudretail generate` did not write; Alembic would run it "
+                        "as part of the history: move it out of the folder",
+                    )
+                )
+            elif name not in existing:
+                problems.append((name, "cannot read the revision (not UTF-8 text)"))
+    if problems:
+        raise GeneratedFileError(problems).within(out_dir)
+    return existing
+
+
+def _render(
+    document: Document, platform: Platform, out_dir: Path, *, only_migrations: bool = False
+) -> dict[str, str]:
+    """Render against the revisions already in `out_dir`; a refusal is located in the spec,
+    a revision that cannot be built on is named by its path."""
+    existing = _existing(out_dir, platform)
+    try:
+        if only_migrations:
+            migration_files(platform, existing)
+            return {}
+        return render(platform, existing)
+    except MigrationRefusedError as error:
+        raise error.located(document) from None
+    except GeneratedFileError as error:
+        raise error.within(out_dir) from None
+
+
+def check_platform(spec_path: Path, out_dir: Path, *, handlers_dir: Path | None = None) -> Platform:
+    """What `validate` runs: `load_platform`, and the migration check `generate` makes against
+    the revisions already in `out_dir` (a change that loses data, a broken history)."""
+    document, platform = _load(spec_path)
+    issues = _handler_issues(document, platform, handlers_dir) if handlers_dir else []
+    try:
+        _render(document, platform, out_dir, only_migrations=True)
+    except SpecError as error:
+        issues += error.issues
+    if issues:
+        raise SpecError(issues)
     return platform
 
 
@@ -99,9 +203,11 @@ def generate(
 ) -> GenerateResult:
     """Render the spec into `out_dir` and add stubs for missing handlers (by default in
     `handlers/` beside `out_dir`); with `check`, only compare: nothing is written."""
-    platform = load_platform(spec_path)
-    result = plan(out_dir, render(platform, read_owned(out_dir)))
-    stubs = plan_stubs(platform, handlers_dir or out_dir.parent / "handlers")
+    document, platform = _load(spec_path)
+    result = plan(out_dir, _render(document, platform, out_dir))
+    handlers = handlers_dir or out_dir.parent / "handlers"
+    _readable_handlers(platform, handlers)
+    stubs = plan_stubs(platform, handlers)
     if not check:
         apply(result)
         write_stubs(stubs)

@@ -48,7 +48,27 @@ class _Checker:
         self.check_events_and_topics()
         self.check_services()
         self.check_scaling()
+        self.check_descriptions(self.document.data, ())
         return self.issues
+
+    # -- free text ---------------------------------------------------------------------------
+    def check_descriptions(self, node: object, path: PathKey) -> None:
+        """Descriptions are copied into YAML comments, Markdown tables and docstrings, where a
+        line break (or another control character) would start lines of its own."""
+        items: list[tuple[str | int, object]] = []
+        if isinstance(node, dict):
+            items = list(node.items())
+        elif isinstance(node, list):
+            items = list(enumerate(node))
+        for key, value in items:
+            if key == "description" and isinstance(value, str) and not value.isprintable():
+                self.error(
+                    (*path, key),
+                    "a description is one line of printable text "
+                    "(it is copied into comments, tables and docstrings)",
+                )
+            else:
+                self.check_descriptions(value, (*path, key))
 
     # -- ports and identifiers ---------------------------------------------------------------
     def check_ports(self) -> None:
@@ -200,12 +220,18 @@ class _Checker:
                                 path,
                                 f"filter on unknown column '{column}'{suggest(column, columns)}",
                             )
+                        elif columns[column].secret:
+                            # A filter on a secret answers questions about its value.
+                            self.error(path, f"filter on secret column '{column}'")
                 for index, column in enumerate(table_spec.sort):
+                    path = (*base, "tables", table, "sort", index)
                     if column not in columns:
-                        path = (*base, "tables", table, "sort", index)
                         self.error(
                             path, f"sort on unknown column '{column}'{suggest(column, columns)}"
                         )
+                    elif columns[column].secret:
+                        # The order of the rows would tell the secret's order.
+                        self.error(path, f"sort on secret column '{column}'")
             for index, callee in enumerate(svc.calls):
                 path = (*base, "calls", index)
                 if callee == name:

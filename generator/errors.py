@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable escaped (`\\r`, `\\x1b`): names from
+    a spec or a folder must not split a message into lines or reach the terminal raw."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 @dataclass(frozen=True, order=True)
@@ -14,7 +23,7 @@ class Location:
     column: int
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}:{self.column}"
+        return f"{printable(self.path)}:{self.line}:{self.column}"
 
 
 @dataclass(frozen=True)
@@ -27,7 +36,8 @@ class SpecIssue:
 
     def __str__(self) -> str:
         prefix = f"{self.location}: "
-        return f"{prefix}{self.where}: {self.message}" if self.where else f"{prefix}{self.message}"
+        where, message = printable(self.where), printable(self.message)
+        return f"{prefix}{where}: {message}" if where else f"{prefix}{message}"
 
 
 class CloudRetailError(Exception):
@@ -40,6 +50,25 @@ class SpecError(CloudRetailError):
     def __init__(self, issues: list[SpecIssue]) -> None:
         self.issues = sorted(issues, key=lambda issue: (issue.location, issue.where))
         super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+class GeneratedFileError(CloudRetailError):
+    """Files already in the output folder that `generate` builds on (migration revisions) and
+    cannot: each problem names its file, relative to the output folder until `within`."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = sorted(set(problems))
+        super().__init__("\n".join(self.lines))
+
+    @property
+    def lines(self) -> list[str]:
+        return [f"{printable(path)}: {printable(message)}" for path, message in self.problems]
+
+    def within(self, folder: Path) -> GeneratedFileError:
+        """The same problems with their paths inside `folder`."""
+        return GeneratedFileError(
+            [(str(folder / path), message) for path, message in self.problems]
+        )
 
 
 class OutputConflictError(CloudRetailError):

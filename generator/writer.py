@@ -12,9 +12,9 @@ import difflib
 import os
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from generator.errors import OutputConflictError
+from generator.errors import GeneratedFileError, OutputConflictError
 
 MANIFEST = ".cloudretail-manifest"
 _MANIFEST_HEADER = "# files owned by `cloudretail generate`; it replaces and removes only these\n"
@@ -48,10 +48,16 @@ class Plan:
 
 
 def read_manifest(out: Path) -> set[str]:
+    """The files the generator owns in `out`; none when `out` or its manifest does not exist."""
+    if out.exists() and not out.is_dir():
+        raise GeneratedFileError([(str(out), "not a folder")])
+    path = out / MANIFEST
     try:
-        text = (out / MANIFEST).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return set()
+    except (OSError, UnicodeDecodeError) as error:
+        raise GeneratedFileError([(str(path), f"cannot read the manifest: {error}")]) from None
     return {line for line in text.splitlines() if line and not line.startswith("#")}
 
 
@@ -68,8 +74,17 @@ def read_owned(out: Path) -> dict[str, str]:
 def _read(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeDecodeError):
         return None
+
+
+def _blocked(out: Path, path: str) -> bool:
+    """Something that is not a file stands where `path` goes, or a file where one of its
+    folders goes: writing it would fail halfway."""
+    if (out / path).is_dir():
+        return True
+    parents = list(PurePosixPath(path).parents)[:-1]  # without "."
+    return any((out / parent).exists() and not (out / parent).is_dir() for parent in parents)
 
 
 def plan(out: Path, wanted: dict[str, str]) -> Plan:
@@ -78,6 +93,9 @@ def plan(out: Path, wanted: dict[str, str]) -> Plan:
     result = Plan(out=out, wanted=wanted)
     conflicts = []
     for path, text in sorted(wanted.items()):
+        if _blocked(out, path):
+            conflicts.append(_blocker(out, path))
+            continue
         existing = _read(out / path)
         if existing is None and not (out / path).exists():
             result.added.append(path)
@@ -88,13 +106,21 @@ def plan(out: Path, wanted: dict[str, str]) -> Plan:
         result.current[path] = existing or ""
         (result.unchanged if existing == text else result.changed).append(path)
     if conflicts:
-        raise OutputConflictError([str(out / path) for path in conflicts])
+        raise OutputConflictError(sorted({str(out / path) for path in conflicts}))
     for path in sorted(owned - wanted.keys()):
         existing = _read(out / path)
         if existing is not None:
             result.current[path] = existing
             result.removed.append(path)
     return result
+
+
+def _blocker(out: Path, path: str) -> str:
+    """The part of `path` that is in the way (a file where a folder goes, or a folder)."""
+    for parent in reversed(list(PurePosixPath(path).parents)[:-1]):
+        if (out / parent).exists() and not (out / parent).is_dir():
+            return parent.as_posix()
+    return path
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -6,18 +6,58 @@ build, the planner (Alembic's autogenerate) adds one new revision with the diffe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-from generator.errors import CloudRetailError
-from generator.migrations import HEADER, DestructiveChangeError, plan_migration
+from generator.errors import GeneratedFileError, Location, SpecError, SpecIssue
+from generator.loader import Document, PathKey, dotted
+from generator.migrations import (
+    HEADER,
+    DestructiveChange,
+    DestructiveChangeError,
+    NewRevision,
+    RevisionError,
+    plan_migration,
+)
 from generator.model import Platform, Schema
 from generator.render import OutputFile
 from generator.sqlschema import schema_metadata
 from generator.targets.services import models_code
 
 
-class MigrationRefusedError(CloudRetailError):
-    """The spec drops or narrows data and does not say that this is allowed."""
+@dataclass(frozen=True)
+class Refusal:
+    """A change that loses data, and the place in the spec that makes it: the table for a
+    dropped column, the column for a narrowed type, the service's tables for a dropped table."""
+
+    spec_path: PathKey
+    message: str
+
+
+class MigrationRefusedError(SpecError):
+    """The spec drops or narrows data and does not say that this is allowed.
+
+    The target that finds it only has the model, so it points at the spec's first line;
+    `located` places each refusal at its table or column in the spec document
+    (FILE:LINE:COLUMN), as every other spec problem is (`generate` and `validate` do)."""
+
+    def __init__(self, refusals: Sequence[Refusal], locate: Callable[[PathKey], Location]):
+        self.refusals = list(refusals)
+        super().__init__(
+            [SpecIssue(locate(r.spec_path), dotted(r.spec_path), r.message) for r in self.refusals]
+        )
+
+    def located(self, document: Document) -> MigrationRefusedError:
+        return MigrationRefusedError(self.refusals, lambda path: key_location(document, path))
+
+
+def key_location(document: Document, path: PathKey) -> Location:
+    """Where the deepest key of `path` that the document has stands."""
+    for end in range(len(path), 0, -1):
+        location = document.keys.get(path[:end])
+        if location is not None:
+            return location
+    return document.locate(())
 
 
 def versions_folder(schema: Schema) -> str:
@@ -42,9 +82,80 @@ def _renames(schema: Schema) -> dict[tuple[str, str], str]:
     }
 
 
+def _spec_path(platform: Platform, schema: Schema) -> PathKey:
+    """Where the spec describes the schema's tables: its service, or the event bus."""
+    for service in platform.services:
+        if schema.folder == f"services/{service.name}":
+            return ("services", service.name)
+    return ("event_bus",)
+
+
+def _refusal(owner: PathKey, change: DestructiveChange) -> Refusal:
+    tables = (*owner, "tables")
+    if change.kind == "drop_table":
+        # the dropped table is no longer in the spec to say so: one that stays does
+        hint = "mark a table of the same database that stays allow_destructive: true"
+        return Refusal(tables, f"dropping table {change.table!r} loses data; {hint}")
+    if change.kind == "drop_column":
+        return Refusal((*tables, change.table), change.problem)
+    return Refusal((*tables, change.table, "columns", str(change.column)), change.problem)
+
+
+def _allowed(change: DestructiveChange, schema: Schema) -> bool:
+    """A table allows the changes that lose its own data; a dropped table is no longer in the
+    spec to say so, so any table of the same database that allows them allows it."""
+    if change.kind == "drop_table":
+        return any(table.allow_destructive for table in schema.tables)
+    return any(table.allow_destructive for table in schema.tables if table.name == change.table)
+
+
+def _plan(
+    schema: Schema, revisions: Mapping[str, str], *, allow_destructive: bool
+) -> NewRevision | None:
+    return plan_migration(
+        schema_metadata(schema.tables),
+        revisions,
+        service=schema.folder.rpartition("/")[2],
+        renames=_renames(schema),
+        allow_destructive=allow_destructive,
+    )
+
+
+def _abandoned_histories(platform: Platform, existing: Mapping[str, str]) -> list[Refusal]:
+    """Revisions of a database the spec no longer has tables for (its service is gone or has
+    no tables left): generating would delete them, and the history of the database with them.
+    The spec cannot allow that (no table is left to say so); deleting the folder does."""
+    kept = {versions_folder(schema) for schema in platform.schemas}
+    folders = sorted(
+        {
+            path.rpartition("/")[0]
+            for path in existing
+            if path.endswith(".py") and path.rpartition("/")[0].endswith("/migrations/versions")
+        }
+        - kept
+    )
+    services = {service.name for service in platform.services}
+    refusals = []
+    for folder in folders:
+        owner = folder.removesuffix("/migrations/versions")
+        kind, _, name = owner.partition("/")
+        if kind != "services" or "/" in name:
+            continue
+        path: PathKey = ("services", name, "tables") if name in services else ("services", name)
+        refusals.append(
+            Refusal(
+                path,
+                "dropping every table loses data and `generate` would delete their revisions "
+                f"({folder} in the output folder); if the data may go, delete that folder first",
+            )
+        )
+    return refusals
+
+
 def files(platform: Platform, existing: Mapping[str, str]) -> list[OutputFile]:
     out: list[OutputFile] = []
-    refused: list[str] = []
+    refused: list[Refusal] = []
+    broken: list[tuple[str, str]] = []
     for schema in platform.schemas:
         context = {"platform": platform, "schema": schema, "models": models_code(schema.tables)}
         base = schema.folder
@@ -60,21 +171,24 @@ def files(platform: Platform, existing: Mapping[str, str]) -> list[OutputFile]:
             for name, text in sorted(revisions.items())
         ]
         try:
-            revision = plan_migration(
-                schema_metadata(schema.tables),
-                revisions,
-                service=schema.folder.rpartition("/")[2],
-                renames=_renames(schema),
-                allow_destructive=any(table.allow_destructive for table in schema.tables),
-            )
-        except DestructiveChangeError as error:
-            refused += [f"{schema.database}: {message}" for message in error.messages]
+            revision = _plan(schema, revisions, allow_destructive=False)
+        except RevisionError as error:
+            broken += [(f"{folder}/{name}", problem) for name, problem in error.problems]
             continue
+        except DestructiveChangeError as error:
+            refusals = [change for change in error.changes if not _allowed(change, schema)]
+            if refusals:
+                owner = _spec_path(platform, schema)
+                refused += [_refusal(owner, change) for change in refusals]
+                continue
+            # every change is allowed by its table (the history loaded the first time)
+            revision = _plan(schema, revisions, allow_destructive=True)
         if revision is not None:
             body = revision.text.removeprefix(HEADER + "\n")
             out.append(OutputFile(f"{folder}/{revision.filename}", text=body))
+    refused += _abandoned_histories(platform, existing)
+    if broken:
+        raise GeneratedFileError(broken)
     if refused:
-        raise MigrationRefusedError(
-            "the spec change would lose data:\n" + "\n".join(f"  {line}" for line in refused)
-        )
+        raise MigrationRefusedError(refused, lambda _path: Location(platform.source, 1, 1))
     return out

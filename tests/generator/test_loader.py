@@ -48,3 +48,46 @@ def test_dotted_paths():
         "services.order.events.consumes[1]"
     )
     assert dotted(()) == ""
+
+
+def test_an_alias_inside_its_own_anchor_is_an_error_not_a_recursion_crash():
+    with pytest.raises(SpecError) as caught:
+        load_text("a: &a [1, *a]\n", "s.yaml")
+    (issue,) = caught.value.issues
+    assert (
+        str(issue) == "s.yaml:1:4: a[1]: a recursive alias: refers back to a node that contains it"
+    )
+
+
+def test_aliases_that_expand_exponentially_are_refused():
+    """A 'billion laughs': each level repeats the one before ten times."""
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 5)]
+    with pytest.raises(SpecError) as caught:
+        load_text("\n".join(levels) + "\n", "s.yaml")
+    (issue,) = caught.value.issues
+    assert issue.location.path == "s.yaml"
+    assert "more than 100000 values" in issue.message
+
+
+def test_a_control_character_is_located_malformed_yaml():
+    with pytest.raises(SpecError) as caught:
+        load_text("a: 1\nb: x\x1fy\n", "s.yaml")
+    assert str(caught.value) == (
+        "s.yaml:2:5: malformed YAML: unacceptable character #x001f: "
+        "control characters are not allowed"
+    )
+
+
+def test_values_yaml_cannot_construct_are_located_problems():
+    """An impossible date, or an explicit tag the value does not fit."""
+    text = "a: 2001-13-01\nb: !!float x\nc: !!bool maybe\nd: !!timestamp x\n? !!int x\n: 1\n"
+    with pytest.raises(SpecError) as caught:
+        load_text(text, "s.yaml")
+    assert [str(issue) for issue in caught.value.issues] == [
+        "s.yaml:1:4: a: cannot read '2001-13-01' as a timestamp: month must be in 1..12",
+        "s.yaml:2:4: b: cannot read 'x' as a float",
+        "s.yaml:3:4: c: cannot read 'maybe' as a bool",
+        "s.yaml:4:4: d: cannot read 'x' as a timestamp",
+        "s.yaml:5:3: cannot read 'x' as an int",
+    ]

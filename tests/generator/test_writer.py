@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from generator.errors import OutputConflictError
+from generator.errors import GeneratedFileError, OutputConflictError
 from generator.writer import MANIFEST, apply, plan, read_manifest
 
 
@@ -75,3 +75,42 @@ def test_no_temp_files_are_left_behind(tmp_path: Path):
     apply(plan(tmp_path, {"a.txt": "A\n"}))
     apply(plan(tmp_path, {"a.txt": "B\n"}))
     assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST, "a.txt"]
+
+
+# ----------------------------------------------------------------------------- bad output folders
+
+
+def test_an_output_folder_that_is_a_file_is_refused(tmp_path: Path):
+    out = tmp_path / "out"
+    out.write_text("a file\n")
+    with pytest.raises(GeneratedFileError) as caught:
+        plan(out, {"a.txt": "A\n"})
+    assert caught.value.lines == [f"{out}: not a folder"]
+    assert out.read_text() == "a file\n"
+
+
+def test_an_unreadable_manifest_is_refused(tmp_path: Path):
+    (tmp_path / MANIFEST).mkdir()
+    with pytest.raises(GeneratedFileError) as caught:
+        plan(tmp_path, {"a.txt": "A\n"})
+    assert caught.value.lines[0].startswith(f"{tmp_path / MANIFEST}: cannot read the manifest")
+    assert not (tmp_path / "a.txt").exists()
+
+
+def test_a_file_where_a_folder_is_wanted_is_a_conflict_and_nothing_is_written(tmp_path: Path):
+    apply(plan(tmp_path, {"a.txt": "A\n"}))
+    (tmp_path / "sub").write_text("mine\n")
+    with pytest.raises(OutputConflictError) as caught:
+        plan(tmp_path, {"a.txt": "A2\n", "sub/b.txt": "B\n"})
+    assert caught.value.paths == [str(tmp_path / "sub")]
+    assert (tmp_path / "a.txt").read_text() == "A\n"
+    assert (tmp_path / "sub").read_text() == "mine\n"
+
+
+def test_a_folder_where_an_owned_file_is_wanted_is_a_conflict(tmp_path: Path):
+    apply(plan(tmp_path, {"a.txt": "A\n", "b.txt": "B\n"}))
+    (tmp_path / "b.txt").unlink()
+    (tmp_path / "b.txt").mkdir()
+    with pytest.raises(OutputConflictError):
+        plan(tmp_path, {"a.txt": "A2\n", "b.txt": "B2\n"})
+    assert (tmp_path / "a.txt").read_text() == "A\n"
