@@ -36,6 +36,7 @@ from runtime.http import ServiceCallError, ServiceClients
 from runtime.saga import SagaRunner
 
 # Before shipping, once placed; a pending order belongs to its saga until it settles.
+MAX_OFFSET = 2**63 - 1
 CANCELLABLE = ("confirmed", "processing")
 TRANSITIONS = {"confirmed": "processing", "processing": "shipped", "shipped": "delivered"}
 STATUS_EVENTS = {"shipped": "order.shipped", "delivered": "order.delivered"}
@@ -336,11 +337,8 @@ async def _answer(ctx: Context, order: Order) -> Any:
 async def list_orders(ctx: Context) -> Any:
     """GET /api/orders (authenticated): the caller's orders; an admin sees all."""
     params = ctx.request.query_params
-    try:
-        limit = max(1, min(int(params.get("limit", 20)), 100))
-        offset = max(0, int(params.get("offset", 0)))
-    except ValueError:
-        raise Problem(422, detail="limit and offset are integers") from None
+    limit = _bounded(params.get("limit"), "limit", 20, 1, 100)
+    offset = _bounded(params.get("offset"), "offset", 0, 0, MAX_OFFSET)
     query = sa.select(Order)
     if not ctx.user.is_admin:
         query = query.where(Order.user_id == uuid.UUID(ctx.user.subject))
@@ -356,6 +354,24 @@ async def list_orders(ctx: Context) -> Any:
         "limit": limit,
         "offset": offset,
     }
+
+
+def _bounded(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    """A paging parameter, or 422 naming it (a value beyond BIGINT must not reach SQL)."""
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        message = f"must be an integer from {low} to {high}"
+        raise Problem(
+            422,
+            detail=f"{name} {message}",
+            errors=[{"loc": ["query", name], "msg": message, "type": "value_error"}],
+        )
+    return value
 
 
 async def get_order(ctx: Context) -> Any:

@@ -91,6 +91,16 @@ async def test_largest_offset_and_price_that_fit_still_work(
     assert priced.status_code == 200, priced.text
 
 
+@pytest.mark.parametrize("offset", ["99999999999999999999", "-1", "x"])
+async def test_a_hand_written_list_bounds_its_offset_too(
+    database_url: str, issuer: TokenIssuer, customer: dict[str, str], offset: str
+) -> None:
+    async with service_client("order", database_url, issuer) as client:
+        response = await client.get("/api/orders", params={"offset": offset}, headers=customer)
+        assert (await client.get("/api/orders", headers=customer)).status_code == 200
+    assert_422_at(response, ["query", "offset"])
+
+
 @pytest.mark.parametrize(
     ("route", "body", "location"),
     [
