@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -105,9 +106,9 @@ class TokenIssuer:
             "role": role,
             "iss": self.issuer,
             "aud": self.audience,
-            # To the millisecond (RFC 7519 allows fractions): a token issued right after a
-            # revocation must be told from one issued right before it.
-            "iat": round(now, 3),
+            # To the millisecond, rounded down (RFC 7519 allows fractions): a token issued
+            # right before a revocation must never look issued after it.
+            "iat": math.floor(now * 1000) / 1000,
             "nbf": int(now),
             "exp": int(now) + self.ttl,
             "jti": uuid.uuid4().hex,

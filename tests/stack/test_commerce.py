@@ -275,3 +275,23 @@ def test_more_paths_of_the_shop(sqlite_stack: Stack) -> None:
             "10.00",
             "11.00",
         )
+
+
+def test_an_erased_account_cannot_order_with_its_old_token(sqlite_stack: Stack) -> None:
+    """Erasure voids the account's tokens at the gateway and at every service (the order
+    service is asked directly too), within the verifiers' refresh interval."""
+    stack = sqlite_stack
+    product_id = new_product(stack, stack.admin(), stock=5)
+    _, customer = stack.customer()
+    with stack.client() as client:
+        assert client.delete("/api/users/profile", headers=customer).status_code == 200
+        time.sleep(2.5)  # verifiers re-read the revocations at most every 2 s
+        placed = client.post("/api/orders", json=order_body(product_id, 1), headers=customer)
+        assert placed.status_code == 401, placed.text
+        assert placed.json()["detail"] == "the token has been revoked"
+    order_url = stack.state()["processes"]["order"]["url"]
+    direct = httpx.post(
+        f"{order_url}/api/orders", json=order_body(product_id, 1), headers=customer, timeout=30
+    )
+    assert direct.status_code == 401, direct.text
+    assert stock_of(stack, product_id) == (5, 0)
