@@ -51,6 +51,8 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str
             **common,
             "PORT": str(service.port),
             "DATABASE_URL": database_url(options, service.database),
+            # The gateway probes every second: after 1.5 s of not-ready it sends nothing more.
+            "SHUTDOWN_DRAIN": "1.5",
         }
         for callee in service.calls:
             env[f"{callee.upper()}_URL"] = f"http://{LOCALHOST}:{platform.service(callee).port}"

@@ -1,7 +1,9 @@
 """Where each upstream's instances are, which are healthy, and which one takes a request.
 
-Health: every `interval` seconds each instance's `GET /health/ready` is probed; after
-`unhealthy_after` consecutive failures it is ejected, and the first success re-admits it.
+Health: every `interval` seconds each instance's `GET /health/ready` is probed; an answer
+other than 200 ejects it at once (it says it cannot serve, e.g. while it drains to stop),
+`unhealthy_after` consecutive probes without an answer eject it too, and the first success
+re-admits it.
 Balancing: least outstanding requests, ties broken round-robin, so a slow instance
 (many requests still open) gets fewer new ones. The circuit breaker has the last word: an
 instance whose breaker is open takes nothing even when its probe says healthy.
@@ -33,6 +35,7 @@ class UpstreamInstance:
         "host_header",
         "in_flight",
         "passed_once",
+        "said_not_ready",
         "upstream",
     )
 
@@ -44,6 +47,9 @@ class UpstreamInstance:
         # should not refuse the first requests on a guess.
         self.healthy = True
         self.passed_once = False
+        # Its last answered probe said "not ready" (draining to stop, or its database down):
+        # not even a last resort, unlike one whose probes merely went unanswered.
+        self.said_not_ready = False
         self.health_failures = 0
         self.in_flight = 0
         self.host_header = f"{address.host}:{address.port}".encode()
@@ -77,8 +83,9 @@ class Upstream:
     def pick(self, avoid: Iterable[UpstreamInstance] = ()) -> UpstreamInstance | None:
         """An instance for the next attempt, or None when every breaker is open.
 
-        Healthy instances first; if none is healthy, any whose breaker allows (probes can
-        lag, and refusing everything on a stale probe turns a blip into an outage).
+        Healthy instances first; if none is healthy, any whose breaker allows and that did
+        not itself say it is not ready (probes can lag, and refusing everything on a stale
+        probe turns a blip into an outage).
         Instances in `avoid` (already failed this request) are taken only as a last resort.
         """
         avoided = set(avoid)
@@ -103,6 +110,8 @@ class Upstream:
         for offset in range(count):
             instance = instances[(self._turn + offset) % count]
             if only_healthy and not instance.healthy:
+                continue
+            if instance.said_not_ready:
                 continue
             if instance in avoided or not instance.breaker.available():
                 continue
@@ -179,14 +188,18 @@ class Registry:
             self._record(instance, ok)
         self.checked_once = True
 
-    async def _probe(self, instance: UpstreamInstance) -> bool:
+    async def _probe(self, instance: UpstreamInstance) -> bool | None:
+        """True: ready. False: it answered that it is not (stopping, or its database is
+        down). None: no answer (a blip, or gone)."""
         try:
             status, _ = await get(instance.pool, HEALTH_PATH, instance.host_header, self.timeout)
         except (UpstreamError, TimeoutError):
-            return False
+            return None
         return status == 200
 
-    def _record(self, instance: UpstreamInstance, ok: bool) -> None:
+    def _record(self, instance: UpstreamInstance, ok: bool | None) -> None:
+        if ok is not None:  # what it said stands until it says otherwise
+            instance.said_not_ready = not ok
         if ok:
             instance.passed_once = True
             instance.health_failures = 0
@@ -198,9 +211,10 @@ class Registry:
                 )
             return
         instance.health_failures += 1
-        # One failed probe is a blip for an instance that has served; for one that never
-        # answered, it is the only evidence there is.
-        threshold = self.unhealthy_after if instance.passed_once else 1
+        # A probe that got no answer is a blip for an instance that has served; for one that
+        # never answered, it is the only evidence there is. An instance that answers "not
+        # ready" (a draining one, say) means it: out at once.
+        threshold = self.unhealthy_after if instance.passed_once and ok is None else 1
         if instance.healthy and instance.health_failures >= threshold:
             instance.healthy = False
             logger.warning(

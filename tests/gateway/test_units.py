@@ -255,3 +255,35 @@ def test_production_hides_docs_and_metrics_unless_enabled() -> None:
 def test_bad_exposure_settings_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         load_config(ROUTES, env=env)
+
+
+def test_an_instance_that_says_not_ready_is_ejected_at_once() -> None:
+    """A 503 from /health/ready (an instance draining to stop) ejects on the first probe;
+    a probe with no answer is a blip until it happens twice."""
+    from runtime.gateway.config import BreakerSpec, InstanceAddress
+    from runtime.gateway.registry import Registry
+
+    registry = Registry(
+        {"product": [InstanceAddress.parse("http://127.0.0.1:9")]},
+        BreakerSpec(failures=5, reset_seconds=30),
+    )
+    instance = registry.upstreams["product"].instances[0]
+    registry._record(instance, True)
+    registry._record(instance, None)
+    assert instance.healthy  # one unanswered probe: a blip
+    registry._record(instance, None)
+    assert not instance.healthy
+    registry._record(instance, True)
+    assert instance.healthy
+    registry._record(instance, False)
+    assert not instance.healthy  # it said so itself
+    # ... so it is not tried even as a last resort, also once it stops answering (it went
+    # away as it said it would), until it is ready again.
+    assert registry.upstreams["product"].pick() is None
+    registry._record(instance, None)
+    assert registry.upstreams["product"].pick() is None
+    registry._record(instance, True)
+    registry._record(instance, None)
+    registry._record(instance, None)
+    assert not instance.healthy
+    assert registry.upstreams["product"].pick() is instance  # unanswered: a last resort
