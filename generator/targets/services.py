@@ -625,7 +625,10 @@ def service_code(service: Service, platform: Platform) -> ServiceCode:
     }
     routes = tuple(_route_code(route, tables, published) for route in service.routes)
     summary = f"{service.title}: {service.description}" if service.description else service.title
-    wrapped = textwrap.fill(summary, width=96)
+    # In a docstring, a backslash escapes and `"""` ends it: the spec's text is kept literal.
+    wrapped = textwrap.fill(summary, width=96).replace("\\", "\\\\").replace('"""', '\\"""')
+    if wrapped.endswith('"'):  # it would run into the closing quotes
+        wrapped = wrapped[:-1] + '\\"'
     docstring = f'"""{wrapped}"""' if "\n" not in wrapped else f'"""{wrapped}\n"""'
     return ServiceCode(
         service=service,

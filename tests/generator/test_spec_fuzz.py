@@ -351,12 +351,7 @@ def describe(data: st.DataObject, spec: Any) -> None:
         parts = data.draw(
             st.lists(NASTY_TEXT | st.text(max_size=5), min_size=1, max_size=3), label="text"
         )
-        text = "".join(parts)
-        if path[0] == "services" and len(path) == 2:
-            # known, not this area: a service's description breaks its package docstring
-            # (test_refusals.py::test_a_service_description_cannot_break_the_generated_python)
-            text = text.replace('"', "'").replace("\\", "/")
-        _at(spec, path)["description"] = text
+        _at(spec, path)["description"] = "".join(parts)
 
 
 SPEC_MUTATIONS = [delete_key, retype, rename_reference, duplicate_entry, change_table, describe]
