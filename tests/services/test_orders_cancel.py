@@ -49,6 +49,8 @@ async def _settled(shop: Shop, order_id: str) -> tuple[dict[str, Any], dict[str,
             return None
         if payment["status"] in ("pending", "processing"):
             return None
+        if payment["status"] == "completed" and payment.get("refund_requested_at"):
+            return None  # approved after its refund was asked for: the refund follows
         return order, payment
 
     settled: tuple[dict[str, Any], dict[str, Any]] = await eventually(done, 15, "settled")
