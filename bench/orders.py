@@ -4,12 +4,14 @@ CPU-seconds one order costs summed over every process of the stack.
 Run: .venv/bin/python bench/orders.py [--orders 200] [--concurrency 8]
 Starts the stack on embedded defaults in a temporary data dir, makes one product with
 plenty of stock and a few customers (the gateway limits each client to 100 requests a
-minute), places the orders at a fixed concurrency, then stops the stack.
+minute), places the orders at a fixed concurrency, checks the shop's invariants (speed
+that costs correctness does not count), then stops the stack.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -22,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
+from handlers.invariants import check, stack_urls
 
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY = "http://127.0.0.1:8080"
@@ -135,6 +139,12 @@ def run(data_dir: Path, orders: int, concurrency: int) -> None:
         "  CPU by process (ms per order): "
         + ", ".join(f"{name} {seconds / max(confirmed, 1) * 1000:.0f}" for name, seconds in ranked)
     )
+    time.sleep(3)  # events in flight reach their consumers
+    urls, bootstrap = stack_urls(data_dir)
+    report = asyncio.run(check(urls, initial_stock={product: orders * 2}, bootstrap=bootstrap))
+    print(f"  invariants  {report}")
+    if not report.ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
