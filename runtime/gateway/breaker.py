@@ -7,8 +7,8 @@ opens it again for another `reset_seconds`.
 
 What is a failure. The breaker protects callers from an instance that is unhealthy, not
 from answers the instance chose to give; counting those would let one client shut a
-service for everyone (five orders whose payment provider timed out, each answered 504 on
-purpose, would open the order service's breaker for every customer). So:
+service for everyone (five requests whose outside provider timed out, each answered 504 on
+purpose, would open that service's breaker for every other client). So:
 
 * failures: no connection (refused, reset, lost before the response head), no response
   head in time, and answers that say the instance itself broke: 500 and 502 whatever
