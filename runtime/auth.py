@@ -34,7 +34,8 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from runtime.errors import Problem
 
@@ -327,6 +328,16 @@ async def optional_principal(request: Request) -> Principal | None:
     return principal
 
 
+# Declares the bearer scheme in the OpenAPI document of every route that needs a token (the
+# token itself is read and verified by `optional_principal`, with problem+json errors).
+BEARER_SCHEME = HTTPBearer(
+    scheme_name="bearer",
+    bearerFormat="JWT",
+    description="An RS256 access token from the platform's login route.",
+    auto_error=False,
+)
+
+
 def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
     """Dependency: a valid token (401 otherwise) whose role is one of `roles` (403 otherwise).
 
@@ -335,6 +346,7 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
 
     async def dependency(
         principal: Annotated[Principal | None, Depends(optional_principal)],
+        _declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)],
     ) -> Principal:
         if principal is None:
             raise Problem(
