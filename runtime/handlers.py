@@ -51,10 +51,11 @@ class Context:
         """The JSON body validated strictly by `model`; a 422 problem naming each bad field
         if not. Strict as JSON types go: an `int` field takes `2`, not `true`, `"2"` or `2.0`;
         what JSON has no type for (UUIDs, decimals, times) still comes as a string."""
-        await self.json()  # not JSON at all: 400
         try:
             return model.model_validate_json(await self.request.body(), strict=True)
         except ValidationError as error:
+            if any(e["type"] == "json_invalid" for e in error.errors()):
+                raise Problem(400, detail="the request body is not valid JSON") from None
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
             ) from None

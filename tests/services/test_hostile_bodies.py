@@ -230,3 +230,15 @@ async def test_requests_without_a_body_need_no_media_type(sqlite_url: str, issue
         listed = await client.get("/api/products", headers={"Content-Type": "text/plain"})
     assert deleted.status_code == 204
     assert listed.status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"", b'{"email": "a@b.c",'])
+async def test_a_handler_route_answers_400_to_a_body_that_is_not_json(
+    tmp_path: Path, issuer: TokenIssuer, body: bytes
+) -> None:
+    async with service_client("user", f"sqlite+aiosqlite:///{tmp_path}/u.db", issuer) as users:
+        response = await users.post(
+            "/api/users/login", content=body, headers={"Content-Type": "application/json"}
+        )
+    problem = assert_problem(response, 400)
+    assert problem["detail"] == "the request body is not valid JSON"
