@@ -345,6 +345,15 @@ class _Checker:
                         (*path, "path"),
                         f"`{operation}` needs the row's key as the last path parameter",
                     )
+        if route.crud is not None:
+            for key in ("body", "status"):
+                if getattr(route, key) is not None:
+                    message = f"`{key}` is for handler routes; CRUD routes derive it"
+                    self.error((*path, key), message)
+        if route.body is not None and route.method not in {"POST", "PUT", "PATCH"}:
+            self.error((*path, "body"), f"a {route.method} request carries no body")
+        if 500 in route.errors:
+            self.error((*path, "errors"), "500 is a bug, not an answer a route documents")
         if route.saga is not None and route.saga not in svc.sagas:
             self.error(
                 (*path, "saga"), f"unknown saga '{route.saga}'{suggest(route.saga, svc.sagas)}"

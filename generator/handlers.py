@@ -30,6 +30,7 @@ from runtime.handlers import Context, not_implemented
 
 _NEEDED_IMPORTS = {
     "Any": "from typing import Any",
+    "BaseModel": "from pydantic import BaseModel",
     "Context": "from runtime.handlers import Context",
     "EventContext": "from runtime.events.consumer import EventContext",
     "not_implemented": "from runtime.handlers import not_implemented",
@@ -71,6 +72,15 @@ def needed(service: Service) -> list[Needed]:
                 ("services", service.name, "routes", route.index, "handler"),
             )
         )
+    for route in sorted((r for r in service.routes if r.body), key=lambda r: r.index):
+        found.append(
+            Needed(
+                route.body or "",
+                f"\n\nclass {route.body}(BaseModel):\n"
+                f'    """Body of {route.method} {route.path}; declare its fields here."""\n',
+                ("services", service.name, "routes", route.index, "body"),
+            )
+        )
     for index, event in enumerate(service.consumes):
         name = event_handler_name(event)
         found.append(
@@ -86,14 +96,13 @@ def needed(service: Service) -> list[Needed]:
 
 
 def defined_functions(source: str) -> set[str]:
-    """Top-level function names of a module (async or not); empty when it does not parse."""
+    """Top-level function and class names of a module; empty when it does not parse."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return set()
-    return {
-        node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-    }
+    kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+    return {node.name for node in tree.body if isinstance(node, kinds)}
 
 
 def _imported_names(tree: ast.Module) -> set[str]:
@@ -136,15 +145,15 @@ def plan_stubs(platform: Platform, folder: Path) -> list[HandlerChange]:
     for name, absent in missing_handlers(platform, folder).items():
         path = folder / f"{name}.py"
         stubs = "".join(item.stub for item in absent)
+        needs = [name for name in _NEEDED_IMPORTS if f"{name}" in stubs]
         if path.exists():
             source = path.read_text(encoding="utf-8")
-            needs = [name for name in _NEEDED_IMPORTS if f"{name}" in stubs]
             # A file that does not parse is left as it is; the stubs still go at the end.
             with contextlib.suppress(SyntaxError):
                 source = _with_imports(source, needs)
             text = source.rstrip("\n") + "\n" + stubs
         else:
-            text = _HEADER.format(service=name) + stubs
+            text = _with_imports(_HEADER.format(service=name), needs) + stubs
         handlers = tuple(item.name for item in absent)
         changes.append(HandlerChange(path, text, not path.exists(), handlers))
     return changes

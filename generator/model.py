@@ -192,10 +192,36 @@ class Route:
     saga: str | None
     description: str
     index: int  # position in the spec's list of routes, for error locations
+    body: str | None = None
+    status: int | None = None
+    errors: tuple[int, ...] = ()
 
     @property
     def via_gateway(self) -> bool:
         return self.auth != "service"
+
+    @property
+    def problems(self) -> tuple[int, ...]:
+        """Every problem+json status the route can answer with, for its OpenAPI document.
+
+        All routes: 422 (a parameter, or a body field, is invalid) and 503 (the database or
+        another dependency is unavailable, or the service is draining). A body: 400 (not
+        JSON), 413 (too large), 415 (not JSON at all). A token: 401; a role: 403. A key in
+        the path: 404. CRUD writes: 409 (a unique or foreign key says no). The rest are the
+        handler's own, from the spec's `errors`.
+        """
+        found = {422, 503, *self.errors}
+        if self.method in {"POST", "PUT", "PATCH"}:
+            found |= {400, 413, 415}
+        if self.auth != "public":
+            found.add(401)
+        if self.roles or self.auth == "service":
+            found.add(403)
+        if "{" in self.path:
+            found.add(404)
+        if self.crud_operation in {"create", "replace", "update", "delete"}:
+            found.add(409)
+        return tuple(sorted(found))
 
 
 @dataclass(frozen=True)
@@ -545,6 +571,9 @@ def _route(service: str, spec: RouteSpec | GatewayRouteSpec, index: int) -> Rout
         saga=own.saga if own else None,
         description=spec.description,
         index=index,
+        body=own.body if own else None,
+        status=own.status if own else None,
+        errors=tuple(sorted(set(own.errors))) if own else (),
     )
 
 

@@ -19,6 +19,9 @@ Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*(ms|s|m|h|d)$"
 ByteSize = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*(B|KiB|MiB|GiB)$")]
 Quantity = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi)?$")]
 UrlPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./{}-]*$")]
+ClassName = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Za-z0-9]*$", max_length=63)]
+SuccessStatus = Annotated[int, Field(ge=200, le=299)]
+ErrorStatus = Annotated[int, Field(ge=400, le=599)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Percent = int
 ColumnType = Literal[
@@ -211,6 +214,13 @@ class RouteSpec(Strict):
     crud: str | None = None
     saga: Identifier | None = None
     description: str = ""
+    # Handler routes only: the pydantic model in handlers/<service>.py that the handler reads
+    # with `ctx.body(Model)`, the status it answers with on success, and the problem statuses
+    # it may answer with besides those every route of its shape can give. All three go into
+    # the service's OpenAPI document.
+    body: ClassName | None = None
+    status: SuccessStatus | None = None
+    errors: list[ErrorStatus] = []
 
 
 class SagaStepSpec(Strict):

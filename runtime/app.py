@@ -24,6 +24,7 @@ from runtime.guard import RequestGuardMiddleware
 from runtime.health import HealthCheck, HealthChecks, always_healthy, health_router
 from runtime.logs import AccessLogMiddleware
 from runtime.metrics import Metrics, MetricsMiddleware, metrics_router
+from runtime.openapi import complete_openapi
 
 logger = logging.getLogger(__name__)
 
@@ -173,4 +174,5 @@ def create_service_app(
     app.include_router(metrics_router(metrics))
     for router in routers:
         app.include_router(router)
+    complete_openapi(app)
     return app

@@ -35,6 +35,7 @@ from runtime.errors import Problem
 from runtime.events.bus import KafkaProducer, KafkaSource, Message
 from runtime.events.envelope import EnvelopeError, Event
 from runtime.events.registry import EventRegistry, EventValidationError
+from runtime.openapi import problems, request_body
 from runtime.service_events import kafka_source
 from runtime.types import UTCDateTime
 
@@ -349,7 +350,7 @@ BusDep = Annotated[EventBus, Depends(_bus)]
 def router(prefix: str) -> APIRouter:
     api = APIRouter(prefix=prefix, tags=["events"])
 
-    @api.get("", dependencies=[Depends(require("admin"))])
+    @api.get("", responses=problems(401, 403, 422, 503), dependencies=[Depends(require("admin"))])
     async def list_events(
         bus: BusDep,
         type: str | None = None,
@@ -364,7 +365,9 @@ def router(prefix: str) -> APIRouter:
         items, total = await bus.store.query(query)
         return {"items": items, "total": total, "limit": limit, "offset": offset}
 
-    @api.get("/stream", dependencies=[Depends(require("admin"))])
+    @api.get(
+        "/stream", responses=problems(401, 403, 422, 503), dependencies=[Depends(require("admin"))]
+    )
     async def stream(
         request: Request,
         bus: BusDep,
@@ -396,14 +399,24 @@ def router(prefix: str) -> APIRouter:
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    @api.get("/{event_id}", dependencies=[Depends(require("admin"))])
+    @api.get(
+        "/{event_id}",
+        responses=problems(401, 403, 404, 422, 503),
+        dependencies=[Depends(require("admin"))],
+    )
     async def get_event(event_id: str, bus: BusDep) -> dict[str, Any]:
         found = await bus.store.get(event_id)
         if found is None:
             raise Problem(404, detail=f"no event {event_id} in the store")
         return found
 
-    @api.post("", status_code=202, dependencies=[Depends(require_service)])
+    @api.post(
+        "",
+        status_code=202,
+        responses=problems(400, 401, 403, 413, 415, 422, 503),
+        openapi_extra=request_body(Event),
+        dependencies=[Depends(require_service)],
+    )
     async def publish_event(request: Request, bus: BusDep) -> dict[str, Any]:
         """Publish for a trusted publisher: the envelope's payload must fit its type."""
         try:

@@ -464,7 +464,12 @@ def _route_code(
             decorator_args.append("response_class=Response")
             signature = [key or "", "session: SessionDep"] + (["cache: CacheDep"] if cached else [])
             returns = "Response"
+    if table is None and route.status is not None:
+        decorator_args.append(f"status_code={route.status}")
     decorator_args.append(f"tags=[{pystr(tag)}]")
+    decorator_args.append(f"responses=problems({', '.join(map(str, route.problems))})")
+    if route.body is not None:
+        decorator_args.append(f"openapi_extra=request_body(handlers.{route.body})")
     if route.auth == "service":
         decorator_args.append("dependencies=[Depends(require_service)]")
     elif route.auth != "public":
@@ -539,12 +544,14 @@ def _schema_imports(service: Service, tables: tuple[TableCode, ...]) -> str:
 
 
 def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
-    imports = Imports().add("fastapi", "APIRouter")
+    imports = Imports().add("fastapi", "APIRouter").add("runtime.openapi", "problems")
     package = f"generated.services.{service.name}"
     text = "\n".join(param for route in routes for param in route.params)
     text += "\n".join(route.returns + route.decorator for route in routes)
     for route in routes:
         if route.kind == "handler":
+            if route.route.body is not None:
+                imports.add("runtime.openapi", "request_body")
             imports.add("typing", "Any")
             imports.add("runtime.handlers", "ContextDep")
             imports.add("handlers", f"{service.name} as handlers")

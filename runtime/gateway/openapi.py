@@ -19,7 +19,8 @@ from typing import Any
 
 from runtime.gateway.client import UpstreamError
 from runtime.gateway.registry import Registry, get
-from runtime.gateway.routing import RouteTable
+from runtime.gateway.routing import Route, RouteTable
+from runtime.openapi import PROBLEM_SCHEMA, problems
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,9 @@ class OpenApiAggregator:
                     if route.upstream != name or method.lower() not in item:
                         continue
                     operation = _rewrite_refs(item[method.lower()], renames)
+                    responses = operation.setdefault("responses", {})
+                    for status, response in problems(*_gateway_problems(route)).items():
+                        responses.setdefault(str(status), response)
                     operation["x-gateway-auth"] = route.auth
                     if route.auth != "public":
                         operation["security"] = [{"bearerAuth": []}]
@@ -118,7 +122,7 @@ class OpenApiAggregator:
             "info": {"title": self._title, "version": "1.0.0"},
             "paths": dict(sorted(paths.items())),
             "components": {
-                "schemas": dict(sorted(schemas.items())),
+                "schemas": dict(sorted({**schemas, "Problem": PROBLEM_SCHEMA}.items())),
                 "securitySchemes": {
                     "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
                 },
@@ -127,6 +131,19 @@ class OpenApiAggregator:
         if unavailable:
             merged["x-unavailable-upstreams"] = unavailable
         return merged
+
+
+def _gateway_problems(route: Route) -> tuple[int, ...]:
+    """What the gateway itself may answer instead of the service: a missing or bad token,
+    a role it lacks, a body over the limit, the rate limit, an upstream it cannot reach
+    (502), one whose breaker is open or that has no ready instance (503), or one too slow
+    (504)."""
+    found = {413, 429, 502, 503, 504}
+    if route.auth != "public":
+        found.add(401)
+    if route.roles:
+        found.add(403)
+    return tuple(sorted(found))
 
 
 def _claim_schemas(name: str, document: dict[str, Any], merged: dict[str, Any]) -> dict[str, str]:

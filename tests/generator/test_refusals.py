@@ -394,3 +394,25 @@ def test_a_service_description_cannot_break_the_generated_python(project: Path, 
     assert generate().exit_code == 0
     for path in sorted(Path("out").rglob("*.py")):
         compile(path.read_text(), str(path), "exec")
+
+
+def test_a_body_model_the_handlers_lack_is_stubbed_as_a_class(tmp_path: Path):
+    from generator import load_platform
+    from generator.handlers import plan_stubs
+
+    data = yaml.safe_load((ROOT / "tests" / "specs" / "minimal.yaml").read_text())
+    data["services"]["cart"]["routes"][0]["body"] = "Checkout"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    platform = load_platform(spec)
+    folder = tmp_path / "handlers"
+    (change,) = [c for c in plan_stubs(platform, folder) if c.path.name == "cart.py"]
+    assert "Checkout" in change.handlers
+    namespace: dict[str, object] = {}
+    exec(compile(change.text, str(change.path), "exec"), namespace)  # it imports and runs
+    model = namespace["Checkout"]
+    assert model.model_json_schema()["title"] == "Checkout"  # type: ignore[attr-defined]
+    # Written once, the class is found: nothing more to stub.
+    folder.mkdir()
+    change.path.write_text(change.text)
+    assert not [c for c in plan_stubs(platform, folder) if c.path.name == "cart.py"]

@@ -146,3 +146,31 @@ def test_json_schema_is_exported():
     schema = Spec.model_json_schema()
     assert schema["additionalProperties"] is False
     assert "services" in schema["properties"]
+
+
+def test_body_status_and_errors_belong_to_handler_routes():
+    data = _minimal()
+    data["services"]["catalog"]["routes"][2].update(body="NewItem", status=201)
+    checkout = data["services"]["cart"]["routes"][0]
+    checkout.update(method="GET", body="Checkout", errors=[409, 500])
+    assert _issues(data) == [
+        "services.catalog.routes[2].body: `body` is for handler routes; CRUD routes derive it",
+        "services.catalog.routes[2].status: `status` is for handler routes; CRUD routes derive it",
+        "services.cart.routes[0].body: a GET request carries no body",
+        "services.cart.routes[0].errors: 500 is a bug, not an answer a route documents",
+    ]
+
+
+def test_each_route_documents_the_problems_its_shape_can_give(tmp_path):
+    data = _minimal()
+    data["services"]["cart"]["routes"][0].update(body="Checkout", status=201, errors=[409, 402])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    platform = load_platform(spec)
+    routes = {(r.method, r.path): r for s in platform.services for r in s.routes}
+    assert routes["GET", "/api/items"].problems == (422, 503)
+    assert routes["GET", "/api/items/{id}"].problems == (404, 422, 503)
+    assert routes["POST", "/api/items"].problems == (400, 401, 403, 409, 413, 415, 422, 503)
+    checkout = routes["POST", "/api/cart/checkout"]
+    assert checkout.problems == (400, 401, 402, 409, 413, 415, 422, 503)
+    assert (checkout.body, checkout.status) == ("Checkout", 201)

@@ -10,11 +10,12 @@ from fastapi import APIRouter, Depends
 from handlers import inventory as handlers
 from runtime.auth import require, require_service
 from runtime.handlers import ContextDep
+from runtime.openapi import problems, request_body
 
 router = APIRouter()
 
 
-@router.get("/api/inventory/{product_id}", tags=["inventory"])
+@router.get("/api/inventory/{product_id}", tags=["inventory"], responses=problems(404, 422, 503))
 async def get_stock(
     ctx: ContextDep,
     product_id: str,
@@ -25,6 +26,8 @@ async def get_stock(
 @router.put(
     "/api/inventory/{product_id}",
     tags=["inventory"],
+    responses=problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
+    openapi_extra=request_body(handlers.StockLevel),
     dependencies=[Depends(require("admin"))],
 )
 async def set_stock(
@@ -37,6 +40,8 @@ async def set_stock(
 @router.post(
     "/internal/inventory/reservations",
     tags=["inventory"],
+    responses=problems(400, 401, 403, 409, 413, 415, 422, 503),
+    openapi_extra=request_body(handlers.ReservationRequest),
     dependencies=[Depends(require_service)],
 )
 async def reserve(
@@ -48,6 +53,7 @@ async def reserve(
 @router.post(
     "/internal/inventory/reservations/{order_id}/commit",
     tags=["inventory"],
+    responses=problems(400, 401, 403, 404, 413, 415, 422, 503),
     dependencies=[Depends(require_service)],
 )
 async def commit(
@@ -60,6 +66,7 @@ async def commit(
 @router.post(
     "/internal/inventory/reservations/{order_id}/release",
     tags=["inventory"],
+    responses=problems(400, 401, 403, 404, 413, 415, 422, 503),
     dependencies=[Depends(require_service)],
 )
 async def release(

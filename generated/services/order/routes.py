@@ -10,25 +10,43 @@ from fastapi import APIRouter, Depends
 from handlers import order as handlers
 from runtime.auth import require
 from runtime.handlers import ContextDep
+from runtime.openapi import problems, request_body
 
 router = APIRouter()
 
 
-@router.get("/api/orders", tags=["order"], dependencies=[Depends(require())])
+@router.get(
+    "/api/orders",
+    tags=["order"],
+    responses=problems(401, 422, 503),
+    dependencies=[Depends(require())],
+)
 async def list_orders(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.list_orders(ctx)
 
 
-@router.post("/api/orders", tags=["order"], dependencies=[Depends(require())])
+@router.post(
+    "/api/orders",
+    status_code=201,
+    tags=["order"],
+    responses=problems(400, 401, 402, 409, 413, 415, 422, 503, 504),
+    openapi_extra=request_body(handlers.NewOrder),
+    dependencies=[Depends(require())],
+)
 async def place_order(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.place_order(ctx)
 
 
-@router.get("/api/orders/{id}", tags=["order"], dependencies=[Depends(require())])
+@router.get(
+    "/api/orders/{id}",
+    tags=["order"],
+    responses=problems(401, 404, 422, 503),
+    dependencies=[Depends(require())],
+)
 async def get_order(
     ctx: ContextDep,
     id: str,
@@ -36,7 +54,12 @@ async def get_order(
     return await handlers.get_order(ctx)
 
 
-@router.post("/api/orders/{id}/cancel", tags=["order"], dependencies=[Depends(require())])
+@router.post(
+    "/api/orders/{id}/cancel",
+    tags=["order"],
+    responses=problems(400, 401, 404, 409, 413, 415, 422, 503),
+    dependencies=[Depends(require())],
+)
 async def cancel_order(
     ctx: ContextDep,
     id: str,
@@ -44,7 +67,13 @@ async def cancel_order(
     return await handlers.cancel_order(ctx)
 
 
-@router.patch("/api/orders/{id}/status", tags=["order"], dependencies=[Depends(require("admin"))])
+@router.patch(
+    "/api/orders/{id}/status",
+    tags=["order"],
+    responses=problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
+    openapi_extra=request_body(handlers.StatusChange),
+    dependencies=[Depends(require("admin"))],
+)
 async def update_status(
     ctx: ContextDep,
     id: str,

@@ -10,18 +10,31 @@ from fastapi import APIRouter, Depends
 from handlers import payment as handlers
 from runtime.auth import require, require_service
 from runtime.handlers import ContextDep
+from runtime.openapi import problems, request_body
 
 router = APIRouter()
 
 
-@router.post("/api/payments", tags=["payment"], dependencies=[Depends(require())])
+@router.post(
+    "/api/payments",
+    status_code=201,
+    tags=["payment"],
+    responses=problems(400, 401, 402, 404, 409, 413, 415, 422, 503, 504),
+    openapi_extra=request_body(handlers.PayRequest),
+    dependencies=[Depends(require())],
+)
 async def pay_order(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.pay_order(ctx)
 
 
-@router.get("/api/payments/{id}", tags=["payment"], dependencies=[Depends(require())])
+@router.get(
+    "/api/payments/{id}",
+    tags=["payment"],
+    responses=problems(401, 404, 422, 503),
+    dependencies=[Depends(require())],
+)
 async def get_payment(
     ctx: ContextDep,
     id: str,
@@ -32,6 +45,8 @@ async def get_payment(
 @router.post(
     "/internal/payments/charges",
     tags=["payment"],
+    responses=problems(400, 401, 402, 403, 409, 413, 415, 422, 503, 504),
+    openapi_extra=request_body(handlers.ChargeRequest),
     dependencies=[Depends(require_service)],
 )
 async def charge(
@@ -43,6 +58,7 @@ async def charge(
 @router.post(
     "/internal/payments/charges/{order_id}/refund",
     tags=["payment"],
+    responses=problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     dependencies=[Depends(require_service)],
 )
 async def refund(

@@ -21,11 +21,17 @@ from generated.services.product.schemas import (
 from runtime import crud
 from runtime.auth import require
 from runtime.deps import CacheDep, SessionDep
+from runtime.openapi import problems
 
 router = APIRouter()
 
 
-@router.get("/api/products", response_model=ProductPage, tags=["products"])
+@router.get(
+    "/api/products",
+    response_model=ProductPage,
+    tags=["products"],
+    responses=problems(422, 503),
+)
 async def list_products(
     request: Request,
     session: SessionDep,
@@ -66,6 +72,7 @@ async def list_products(
     response_model=ProductRead,
     status_code=201,
     tags=["products"],
+    responses=problems(400, 401, 403, 409, 413, 415, 422, 503),
     dependencies=[Depends(require("admin"))],
 )
 async def create_product(
@@ -95,6 +102,7 @@ async def create_product(
     status_code=204,
     response_class=Response,
     tags=["products"],
+    responses=problems(401, 403, 404, 409, 422, 503),
     dependencies=[Depends(require("admin"))],
 )
 async def delete_product(
@@ -109,7 +117,12 @@ async def delete_product(
     return Response(status_code=204)
 
 
-@router.get("/api/products/{id}", response_model=ProductRead, tags=["products"])
+@router.get(
+    "/api/products/{id}",
+    response_model=ProductRead,
+    tags=["products"],
+    responses=problems(404, 422, 503),
+)
 async def get_product(
     request: Request,
     id: uuid.UUID,
@@ -129,6 +142,7 @@ async def get_product(
     "/api/products/{id}",
     response_model=ProductRead,
     tags=["products"],
+    responses=problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     dependencies=[Depends(require("admin"))],
 )
 async def update_product(
@@ -164,6 +178,7 @@ async def update_product(
     "/api/products/{id}",
     response_model=ProductRead,
     tags=["products"],
+    responses=problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     dependencies=[Depends(require("admin"))],
 )
 async def replace_product(

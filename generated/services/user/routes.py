@@ -14,6 +14,7 @@ from runtime import crud
 from runtime.auth import require
 from runtime.deps import SessionDep
 from runtime.handlers import ContextDep
+from runtime.openapi import problems, request_body
 
 router = APIRouter()
 
@@ -22,6 +23,7 @@ router = APIRouter()
     "/api/users",
     response_model=UserPage,
     tags=["users"],
+    responses=problems(401, 403, 422, 503),
     dependencies=[Depends(require("admin"))],
 )
 async def list_users(
@@ -42,77 +44,127 @@ async def list_users(
     return page
 
 
-@router.post("/api/users", tags=["user"], dependencies=[Depends(require("admin"))])
+@router.post(
+    "/api/users",
+    status_code=201,
+    tags=["user"],
+    responses=problems(400, 401, 403, 409, 413, 415, 422, 503),
+    openapi_extra=request_body(handlers.NewUser),
+    dependencies=[Depends(require("admin"))],
+)
 async def create_user(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.create_user(ctx)
 
 
-@router.get("/api/users/.well-known/jwks.json", tags=["user"])
+@router.get("/api/users/.well-known/jwks.json", tags=["user"], responses=problems(422, 503))
 async def jwks(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.jwks(ctx)
 
 
-@router.get("/api/users/.well-known/revocations.json", tags=["user"])
+@router.get("/api/users/.well-known/revocations.json", tags=["user"], responses=problems(422, 503))
 async def revocations(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.revocations(ctx)
 
 
-@router.post("/api/users/2fa/enable", tags=["user"], dependencies=[Depends(require())])
+@router.post(
+    "/api/users/2fa/enable",
+    tags=["user"],
+    responses=problems(400, 401, 404, 409, 413, 415, 422, 503),
+    openapi_extra=request_body(handlers.TotpCode),
+    dependencies=[Depends(require())],
+)
 async def enable_2fa(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.enable_2fa(ctx)
 
 
-@router.post("/api/users/2fa/setup", tags=["user"], dependencies=[Depends(require())])
+@router.post(
+    "/api/users/2fa/setup",
+    tags=["user"],
+    responses=problems(400, 401, 404, 409, 413, 415, 422, 503),
+    dependencies=[Depends(require())],
+)
 async def setup_2fa(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.setup_2fa(ctx)
 
 
-@router.post("/api/users/login", tags=["user"])
+@router.post(
+    "/api/users/login",
+    tags=["user"],
+    responses=problems(400, 401, 413, 415, 422, 429, 503),
+    openapi_extra=request_body(handlers.Credentials),
+)
 async def login(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.login(ctx)
 
 
-@router.delete("/api/users/profile", tags=["user"], dependencies=[Depends(require())])
+@router.delete(
+    "/api/users/profile",
+    tags=["user"],
+    responses=problems(401, 404, 422, 503),
+    dependencies=[Depends(require())],
+)
 async def delete_profile(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.delete_profile(ctx)
 
 
-@router.get("/api/users/profile", tags=["user"], dependencies=[Depends(require())])
+@router.get(
+    "/api/users/profile",
+    tags=["user"],
+    responses=problems(401, 404, 422, 503),
+    dependencies=[Depends(require())],
+)
 async def get_profile(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.get_profile(ctx)
 
 
-@router.patch("/api/users/profile", tags=["user"], dependencies=[Depends(require())])
+@router.patch(
+    "/api/users/profile",
+    tags=["user"],
+    responses=problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
+    openapi_extra=request_body(handlers.ProfileChange),
+    dependencies=[Depends(require())],
+)
 async def update_profile(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.update_profile(ctx)
 
 
-@router.get("/api/users/profile/export", tags=["user"], dependencies=[Depends(require())])
+@router.get(
+    "/api/users/profile/export",
+    tags=["user"],
+    responses=problems(401, 404, 422, 503),
+    dependencies=[Depends(require())],
+)
 async def export_profile(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.export_profile(ctx)
 
 
-@router.post("/api/users/register", tags=["user"])
+@router.post(
+    "/api/users/register",
+    status_code=201,
+    tags=["user"],
+    responses=problems(400, 409, 413, 415, 422, 503),
+    openapi_extra=request_body(handlers.Registration),
+)
 async def register(
     ctx: ContextDep,
 ) -> Any:
