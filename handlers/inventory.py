@@ -63,10 +63,7 @@ def _level(row: Inventory) -> dict[str, Any]:
 
 
 def _product_id(ctx: Context) -> uuid.UUID:
-    try:
-        return uuid.UUID(ctx.path("product_id"))
-    except ValueError:
-        raise Problem(422, detail="product_id must be a UUID") from None
+    return ctx.path_uuid("product_id")
 
 
 async def _by_product(session: AsyncSession, product_id: uuid.UUID) -> Inventory | None:
@@ -251,7 +248,7 @@ async def _undo(
 
 async def release(ctx: Context) -> Any:
     """POST /internal/inventory/reservations/{order_id}/release (service): undo the order."""
-    order_id = uuid.UUID(ctx.path("order_id"))
+    order_id = ctx.path_uuid("order_id")
     await _undo(ctx.session, order_id, lambda kind, data: publish(ctx.session, kind, data))
     await ctx.session.commit()
     return _summary(order_id, await _reservations(ctx.session, order_id))
@@ -260,7 +257,7 @@ async def release(ctx: Context) -> Any:
 async def commit(ctx: Context) -> Any:
     """POST /internal/inventory/reservations/{order_id}/commit (service): the order is paid;
     reserved units leave the stock."""
-    order_id = uuid.UUID(ctx.path("order_id"))
+    order_id = ctx.path_uuid("order_id")
     for reservation in await _reservations(ctx.session, order_id):
         if reservation.status != "reserved":
             continue

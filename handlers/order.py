@@ -123,10 +123,7 @@ async def _own(ctx: Context, *, lock: bool = False) -> Order:
     """The order of the path, if the caller owns it or is an admin (or a service); else 404,
     so nobody learns which order ids exist. `lock` holds its row (PostgreSQL) until the
     transaction ends, so a change decided on its status is made on that same status."""
-    try:
-        order_id = uuid.UUID(ctx.path("id"))
-    except ValueError:
-        raise Problem(404, detail="no such order") from None
+    order_id = ctx.path_uuid("id")
     order = await ctx.session.get(Order, order_id, with_for_update=lock or None)
     caller = ctx.principal
     owner = str(order.user_id) if order is not None else None

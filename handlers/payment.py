@@ -408,10 +408,7 @@ async def refund(ctx: Context) -> Any:
     """POST /internal/payments/charges/{order_id}/refund (service): undo a charge. A
     completed charge is refunded; one still processing is refunded as soon as it completes;
     one not made yet never will be. The saga's compensation sends its data as the body."""
-    try:
-        order_id = uuid.UUID(ctx.path("order_id"))
-    except ValueError:
-        raise Problem(422, detail="order_id must be a UUID") from None
+    order_id = ctx.path_uuid("order_id")
     session = ctx.session
     answer: dict[str, Any] = {"order_id": str(order_id), "refunded": False}
     for _ in range(5):
@@ -511,10 +508,7 @@ async def pay_order(ctx: Context) -> Any:
 
 async def get_payment(ctx: Context) -> Any:
     """GET /api/payments/{id} (authenticated): the owner's payment, or any for an admin."""
-    try:
-        payment_id = uuid.UUID(ctx.path("id"))
-    except ValueError:
-        raise Problem(422, detail="id must be a UUID") from None
+    payment_id = ctx.path_uuid("id")
     payment = await ctx.session.get(Payment, payment_id)
     if payment is None or (str(payment.user_id) != ctx.user.subject and not ctx.user.is_admin):
         raise Problem(404, detail="no such payment")

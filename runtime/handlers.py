@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -40,6 +41,23 @@ class Context:
 
     def path(self, name: str) -> str:
         return str(self.request.path_params[name])
+
+    def path_uuid(self, name: str) -> uuid.UUID:
+        """Path parameter `name` as a UUID; a 422 naming it when it is not one."""
+        value = self.path(name)
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "uuid_parsing",
+                        "loc": ("path", name),
+                        "msg": "Input should be a valid UUID",
+                        "input": value,
+                    }
+                ]
+            ) from None
 
     async def json(self) -> Any:
         try:

@@ -156,3 +156,37 @@ async def test_nesting_within_the_limit_is_left_to_the_route(
         response = await client.post("/api/products", json=body, headers=admin)
     assert_422_at(response, ["body", "name"])
     assert "nested" not in response.text
+
+
+HANDLER_KEYS = [
+    ("inventory", "GET", "/api/inventory/{}", "product_id"),
+    ("inventory", "PUT", "/api/inventory/{}", "product_id"),
+    ("inventory", "POST", "/internal/inventory/reservations/{}/release", "order_id"),
+    ("inventory", "POST", "/internal/inventory/reservations/{}/commit", "order_id"),
+    ("order", "GET", "/api/orders/{}", "id"),
+    ("order", "POST", "/api/orders/{}/cancel", "id"),
+    ("order", "PATCH", "/api/orders/{}/status", "id"),
+    ("payment", "GET", "/api/payments/{}", "id"),
+    ("payment", "POST", "/internal/payments/charges/{}/refund", "order_id"),
+]
+
+
+@pytest.mark.parametrize(("service", "method", "path", "name"), HANDLER_KEYS)
+async def test_a_key_that_is_not_a_uuid_is_a_422_naming_it(
+    service: str,
+    method: str,
+    path: str,
+    name: str,
+    database_url: str,
+    issuer: TokenIssuer,
+    admin: dict[str, str],
+) -> None:
+    headers = {**admin, "X-Service-Token": "test-service-token"}
+    body = {"PUT": {"quantity": 1}, "PATCH": {"status": "shipped"}}.get(method)
+    async with service_client(service, database_url, issuer) as client:
+        for key in ("0", "not-a-uuid"):
+            response = await client.request(method, path.format(key), headers=headers, json=body)
+            assert_422_at(response, ["path", name])
+        # A NUL byte is refused before any route sees the path.
+        response = await client.request(method, path.format("%00"), headers=headers, json=body)
+        assert_422_at(response, ["path"], prefix=True)
