@@ -1,10 +1,13 @@
-"""Base classes of generated request bodies."""
+"""Base classes of generated request bodies, and what their JSON schemas need."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, model_validator
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import core_schema
 
 
 class PatchModel(BaseModel):
@@ -24,3 +27,20 @@ class PatchModel(BaseModel):
         if nulled:
             raise ValueError(f"{', '.join(nulled)} cannot be null")
         return self
+
+
+def decimal_pattern(precision: int, scale: int) -> Callable[[dict[str, Any]], None]:
+    """`json_schema_extra` for a NUMERIC(precision, scale) field: a decimal may come as a
+    JSON number or a string, and pydantic documents the string as any string at all. This
+    gives it the pattern of the decimals that fit, so "" or "12.345" are not advertised as
+    valid."""
+    pattern = GenerateJsonSchema().build_decimal_pattern(
+        core_schema.decimal_schema(max_digits=precision, decimal_places=scale)
+    )
+
+    def add(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf", ()):
+            if branch.get("type") == "string":
+                branch["pattern"] = pattern
+
+    return add

@@ -201,7 +201,11 @@ def _type_bounds(column: Column) -> list[str]:
     if column.type == "string" and column.length:
         return [f"max_length={column.length}"]
     if column.type == "decimal":
-        return [f"max_digits={column.precision}", f"decimal_places={column.scale}"]
+        return [
+            f"max_digits={column.precision}",
+            f"decimal_places={column.scale}",
+            f"json_schema_extra=decimal_pattern({column.precision}, {column.scale})",
+        ]
     if column.type in _INTEGER_RANGES:
         low, high = _INTEGER_RANGES[column.type]
         return [f"ge={low}", f"le={high}"]
@@ -312,7 +316,10 @@ def _filter_code(table: Table, name: str, op: str, columns: tuple[str, ...]) -> 
     bounds = [] if column.type in {"string", "enum"} else _type_bounds(column)
     annotation = f"{python_type} | None"
     if bounds:
-        annotation = f"Annotated[{annotation}, Query({', '.join(bounds)})]"
+        query = f"Query({', '.join(bounds)})"
+        annotation = f"Annotated[{annotation}, {query}]"
+        if len(f"    {name}: {annotation} = None,") > 100:  # as ruff format splits it
+            annotation = f"Annotated[\n        {python_type} | None,\n        {query},\n    ]"
     return FilterCode(
         name,
         f"{name}: {annotation} = None",
@@ -536,6 +543,8 @@ def _schema_imports(service: Service, tables: tuple[TableCode, ...]) -> str:
             _add_type(imports, PYTHON_TYPES[column.type])
     if "Field(" in text:
         imports.add("pydantic", "Field")
+    if "decimal_pattern(" in text:
+        imports.add("runtime.schemas", "decimal_pattern")
     if any(t.aliases for t in tables):
         imports.add("typing", "Literal")
     if any(t.not_null_line for t in tables):
@@ -580,6 +589,7 @@ def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
         (r"\brequire_service\b", "runtime.auth", "require_service"),
         (r"\bSessionDep\b", "runtime.deps", "SessionDep"),
         (r"\bCacheDep\b", "runtime.deps", "CacheDep"),
+        (r"\bdecimal_pattern\(", "runtime.schemas", "decimal_pattern"),
         (r"\buuid\.UUID\b", "uuid", None),
         (r"\bDecimal\b", "decimal", "Decimal"),
         (r"\bdatetime\b", "datetime", "datetime"),

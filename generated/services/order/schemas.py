@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.schemas import PatchModel
+from runtime.schemas import PatchModel, decimal_pattern
 
 OrderStatus = Literal["pending", "confirmed", "processing", "shipped", "delivered", "cancelled"]
 OrderSort = Literal["created_at", "-created_at", "total_amount", "-total_amount"]
@@ -23,7 +23,12 @@ class OrderCreate(BaseModel):
 
     user_id: uuid.UUID
     items: Any
-    total_amount: Decimal = Field(max_digits=10, decimal_places=2, ge=Decimal("0"))
+    total_amount: Decimal = Field(
+        max_digits=10,
+        decimal_places=2,
+        json_schema_extra=decimal_pattern(10, 2),
+        ge=Decimal("0"),
+    )
     status: OrderStatus | None = None
     shipping_address: Any
     payment_id: uuid.UUID | None = None
@@ -51,6 +56,7 @@ class OrderUpdate(PatchModel):
         default=None,
         max_digits=10,
         decimal_places=2,
+        json_schema_extra=decimal_pattern(10, 2),
         ge=Decimal("0"),
     )
     status: OrderStatus | None = None

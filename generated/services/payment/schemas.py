@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.schemas import PatchModel
+from runtime.schemas import PatchModel, decimal_pattern
 
 PaymentStatus = Literal["pending", "processing", "completed", "failed", "refunded"]
 
@@ -22,7 +22,12 @@ class PaymentCreate(BaseModel):
 
     order_id: uuid.UUID
     user_id: uuid.UUID
-    amount: Decimal = Field(max_digits=10, decimal_places=2, ge=Decimal("0"))
+    amount: Decimal = Field(
+        max_digits=10,
+        decimal_places=2,
+        json_schema_extra=decimal_pattern(10, 2),
+        ge=Decimal("0"),
+    )
     currency: str | None = Field(default="USD", max_length=3)
     status: PaymentStatus | None = None
     payment_method: str | None = Field(default=None, max_length=50)
@@ -41,7 +46,13 @@ class PaymentUpdate(PatchModel):
 
     order_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
-    amount: Decimal | None = Field(default=None, max_digits=10, decimal_places=2, ge=Decimal("0"))
+    amount: Decimal | None = Field(
+        default=None,
+        max_digits=10,
+        decimal_places=2,
+        json_schema_extra=decimal_pattern(10, 2),
+        ge=Decimal("0"),
+    )
     currency: str | None = Field(default=None, max_length=3)
     status: PaymentStatus | None = None
     payment_method: str | None = Field(default=None, max_length=50)

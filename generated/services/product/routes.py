@@ -22,6 +22,7 @@ from runtime import crud
 from runtime.auth import require
 from runtime.deps import CacheDep, SessionDep
 from runtime.openapi import problems
+from runtime.schemas import decimal_pattern
 
 router = APIRouter()
 
@@ -40,8 +41,14 @@ async def list_products(
     offset: Annotated[int, Query(ge=0, le=9223372036854775807)] = 0,
     sort: ProductSort | None = None,
     category: str | None = None,
-    min_price: Annotated[Decimal | None, Query(max_digits=10, decimal_places=2)] = None,
-    max_price: Annotated[Decimal | None, Query(max_digits=10, decimal_places=2)] = None,
+    min_price: Annotated[
+        Decimal | None,
+        Query(max_digits=10, decimal_places=2, json_schema_extra=decimal_pattern(10, 2)),
+    ] = None,
+    max_price: Annotated[
+        Decimal | None,
+        Query(max_digits=10, decimal_places=2, json_schema_extra=decimal_pattern(10, 2)),
+    ] = None,
     q: str | None = None,
     is_active: bool | None = None,
 ) -> Response:

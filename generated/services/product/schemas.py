@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.schemas import PatchModel
+from runtime.schemas import PatchModel, decimal_pattern
 
 ProductSort = Literal["name", "-name", "price", "-price", "created_at", "-created_at"]
 
@@ -22,7 +22,12 @@ class ProductCreate(BaseModel):
 
     name: str = Field(max_length=255)
     description: str | None = None
-    price: Decimal = Field(max_digits=10, decimal_places=2, ge=Decimal("0"))
+    price: Decimal = Field(
+        max_digits=10,
+        decimal_places=2,
+        json_schema_extra=decimal_pattern(10, 2),
+        ge=Decimal("0"),
+    )
     category: str | None = Field(default=None, max_length=100)
     sku: str = Field(max_length=100)
     image_url: str | None = Field(default=None, max_length=500)
@@ -37,7 +42,13 @@ class ProductUpdate(PatchModel):
 
     name: str | None = Field(default=None, max_length=255)
     description: str | None = None
-    price: Decimal | None = Field(default=None, max_digits=10, decimal_places=2, ge=Decimal("0"))
+    price: Decimal | None = Field(
+        default=None,
+        max_digits=10,
+        decimal_places=2,
+        json_schema_extra=decimal_pattern(10, 2),
+        ge=Decimal("0"),
+    )
     category: str | None = Field(default=None, max_length=100)
     sku: str | None = Field(default=None, max_length=100)
     image_url: str | None = Field(default=None, max_length=500)
