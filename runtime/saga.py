@@ -120,6 +120,11 @@ class SagaRunner:
     definitions: Mapping[str, SagaDefinition]
     stale_after: float = 10.0
     recovery_interval: float = 5.0
+    # While the request that started a saga waits for it, a compensation sent to the service
+    # whose call just went unanswered (hung, or gone) gets one short try: waiting a whole
+    # call timeout again would make the client wait two and pass the gateway's timeout.
+    # What that try cannot do is owed, and recovery makes it with the full call timeout.
+    suspect_timeout: float = 1.0
     _locks: dict[uuid.UUID, asyncio.Lock] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
 
@@ -142,19 +147,20 @@ class SagaRunner:
             )
         )
 
-    async def run(self, saga_id: uuid.UUID) -> SagaResult:
-        """Drive the saga as far as it goes now: to completion, or through compensation."""
+    async def run(self, saga_id: uuid.UUID, *, waiting: bool = True) -> SagaResult:
+        """Drive the saga as far as it goes now: to completion, or through compensation.
+        `waiting`: a client waits for the outcome (see `suspect_timeout`)."""
         lock = self._locks.setdefault(saga_id, asyncio.Lock())
         async with lock:
             try:
                 while True:
-                    result = await self._advance(saga_id)
+                    result = await self._advance(saga_id, waiting)
                     if result is not None:
                         return result
             finally:
                 self._locks.pop(saga_id, None)
 
-    async def _advance(self, saga_id: uuid.UUID) -> SagaResult | None:
+    async def _advance(self, saga_id: uuid.UUID, waiting: bool) -> SagaResult | None:
         """One step (or one compensation) in its own transaction; a result when it stops."""
         async with self.database.session() as session:
             query = sa.select(saga_instances).where(saga_instances.c.id == saga_id)
@@ -172,7 +178,7 @@ class SagaRunner:
             definition = self.definitions[row["saga"]]
             if row["status"] == RUNNING:
                 return await self._forward(session, definition, row, data)
-            return await self._backward(session, definition, row, data, error or {})
+            return await self._backward(session, definition, row, data, error or {}, waiting)
 
     async def _forward(
         self,
@@ -209,7 +215,8 @@ class SagaRunner:
                 data[step.name] = answer
                 await self._update(session, saga_id, step=index + 1, data=data)
                 return None
-        # A step that was refused changed nothing; one whose outcome is unknown may have.
+        # A step that was refused, or never reached its callee, changed nothing; one whose
+        # outcome is unknown may have, so it is undone too.
         unknown = failure["kind"] in ("timeout", "unavailable")
         start = index if unknown else index - 1
         logger.warning("saga step failed; compensating", extra={"saga": str(saga_id), **failure})
@@ -223,6 +230,7 @@ class SagaRunner:
         row: Mapping[str, Any],
         data: dict[str, Any],
         error: dict[str, Any],
+        waiting: bool,
     ) -> SagaResult | None:
         index: int = row["step"]
         saga_id: uuid.UUID = row["id"]
@@ -233,6 +241,8 @@ class SagaRunner:
             return SagaResult(saga_id, COMPENSATED, data, error)
         step = definition.steps[index]
         if step.compensate is not None:
+            unanswered = error.get("status") is None and error.get("kind") != "rejected"
+            suspect = waiting and unanswered and error.get("service") == step.compensate.service
             try:
                 await self.clients.call(
                     step.compensate.service,
@@ -240,6 +250,7 @@ class SagaRunner:
                     step.compensate.url(data),
                     json=data,
                     headers={"Idempotency-Key": f"{saga_id}:{step.name}:undo"},
+                    timeout=min(self.suspect_timeout, self.clients.timeout) if suspect else None,
                 )
             except ServiceCallError as failure:
                 # Owed, not forgotten: recovery tries again until the callee answers.
@@ -290,7 +301,7 @@ class SagaRunner:
                 continue
             taken += 1
             try:
-                await self.run(saga_id)
+                await self.run(saga_id, waiting=False)
             except Exception:
                 logger.exception("saga recovery failed", extra={"saga": str(saga_id)})
         return taken
