@@ -41,7 +41,7 @@ CANCELLABLE = ("confirmed", "processing")
 TRANSITIONS = {"confirmed": "processing", "processing": "shipped", "shipped": "delivered"}
 STATUS_EVENTS = {"shipped": "order.shipped", "delivered": "order.delivered"}
 # What the saga's failure becomes for the client.
-FAILURE_STATUS = {"rejected": None, "timeout": 504, "unavailable": 503}
+FAILURE_STATUS = {"rejected": None, "timeout": 504, "unavailable": 503, "unreachable": 503}
 # Who an order belongs to once its customer's account is erased (GDPR): nobody.
 ERASED_USER = uuid.UUID(int=0)
 ERASED_ADDRESS_FIELDS = ("line1", "line2", "city", "postal_code")

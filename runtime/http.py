@@ -2,8 +2,9 @@
 idempotent requests, the caller's correlation id and the platform's service token.
 
 Failures come back as `ServiceCallError` with a `kind` a saga can act on: the callee said
-no (`rejected`, with its status and problem body), it took too long (`timeout`), or it
-could not be reached (`unavailable`).
+no (`rejected`, with its status and problem body), it took too long (`timeout`), it failed
+after the request may have reached it (`unavailable`), or no attempt ever reached it
+(`unreachable`: refused or timed out connecting, so it cannot have acted on the call).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ServiceCallError(Exception):
     ) -> None:
         super().__init__(f"{service}: {detail}")
         self.service = service
-        self.kind = kind  # "rejected" | "timeout" | "unavailable"
+        self.kind = kind  # "rejected" | "timeout" | "unavailable" | "unreachable"
         self.detail = detail
         self.status = status
         self.problem = problem or {}
@@ -73,6 +74,7 @@ class ServiceClients:
         client = self._client(service)
         attempts = 1 + (self.retries if method.upper() in IDEMPOTENT else 0)
         sent = {**correlation_headers(), **(headers or {})}
+        delivered = False  # may some attempt have reached the callee?
         for attempt in range(1, attempts + 1):
             try:
                 response = await client.request(
@@ -82,18 +84,30 @@ class ServiceClients:
                     headers=sent,
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                if attempt < attempts:
+                    await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+                    continue
+                raise ServiceCallError(
+                    service,
+                    "unavailable" if delivered else "unreachable",
+                    f"{method} {path}: {type(error).__name__}",
+                ) from None
             except httpx.TimeoutException:
+                delivered = True
                 if attempt < attempts:
                     await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                     continue
                 raise ServiceCallError(service, "timeout", f"{method} {path} timed out") from None
             except httpx.TransportError as error:
+                delivered = True
                 if attempt < attempts:
                     await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                     continue
                 raise ServiceCallError(
                     service, "unavailable", f"{method} {path}: {type(error).__name__}"
                 ) from None
+            delivered = True
             if response.status_code >= 500 and attempt < attempts:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                 continue
