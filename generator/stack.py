@@ -12,6 +12,10 @@ from generator.model import Platform
 LOCALHOST = "127.0.0.1"
 EMBEDDED_BROKER_PORT = 9092
 
+# The gateway probes every second: after 1.5 s of not-ready it sends a stopping process
+# nothing more, so each one drains that long before it closes its port.
+SHUTDOWN_DRAIN = "1.5"
+
 
 @dataclass(frozen=True)
 class StackOptions:
@@ -51,8 +55,7 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str
             **common,
             "PORT": str(service.port),
             "DATABASE_URL": database_url(options, service.database),
-            # The gateway probes every second: after 1.5 s of not-ready it sends nothing more.
-            "SHUTDOWN_DRAIN": "1.5",
+            "SHUTDOWN_DRAIN": SHUTDOWN_DRAIN,
         }
         for callee in service.calls:
             env[f"{callee.upper()}_URL"] = f"http://{LOCALHOST}:{platform.service(callee).port}"
@@ -82,7 +85,12 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str
             "kind": "event-bus",
             "command": ["-m", "generated.eventbus"],
             "port": bus.deployable.port,
-            "env": {**common, "PORT": str(bus.deployable.port), "DATABASE_URL": bus_url},
+            "env": {
+                **common,
+                "PORT": str(bus.deployable.port),
+                "DATABASE_URL": bus_url,
+                "SHUTDOWN_DRAIN": SHUTDOWN_DRAIN,
+            },
             "docs": f"http://{LOCALHOST}:{bus.deployable.port}/docs",
         }
     )
