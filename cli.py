@@ -79,7 +79,9 @@ def _summary(platform: Platform) -> str:
 
 HandlersOption = Annotated[
     Path | None,
-    typer.Option("--handlers", help="Folder of hand-written handlers [default: beside --out]."),
+    typer.Option(
+        "--handlers", help="Folder of hand-written handlers (default: handlers/ beside spec/)."
+    ),
 ]
 
 

@@ -18,7 +18,13 @@ from generator.errors import (
     SpecError,
     SpecIssue,
 )
-from generator.handlers import HandlerChange, missing_handlers, plan_stubs, write_stubs
+from generator.handlers import (
+    HandlerChange,
+    missing_handlers,
+    plan_stubs,
+    project_handlers,
+    write_stubs,
+)
 from generator.loader import Document, dotted, load_file
 from generator.model import Platform, build_platform
 from generator.render import render_files
@@ -201,11 +207,12 @@ def generate(
     check: bool = False,
     handlers_dir: Path | None = None,
 ) -> GenerateResult:
-    """Render the spec into `out_dir` and add stubs for missing handlers (by default in
-    `handlers/` beside `out_dir`); with `check`, only compare: nothing is written."""
+    """Render the spec into `out_dir` and add stubs for missing handlers (by default in the
+    project's `handlers/`, wherever `out_dir` is: see `project_handlers`); with `check`, only
+    compare: nothing is written."""
     document, platform = _load(spec_path)
     result = plan(out_dir, _render(document, platform, out_dir))
-    handlers = handlers_dir or out_dir.parent / "handlers"
+    handlers = handlers_dir or project_handlers(spec_path)
     _readable_handlers(platform, handlers)
     stubs = plan_stubs(platform, handlers)
     if not check:

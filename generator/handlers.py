@@ -8,7 +8,8 @@ rewrites what is there.
 from __future__ import annotations
 
 import ast
-import contextlib
+import functools
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,19 +22,16 @@ adds a stub here for one it cannot find and never changes what is already writte
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-from runtime.events.consumer import EventContext
-from runtime.handlers import Context, not_implemented
 '''
 
-_NEEDED_IMPORTS = {
-    "Any": "from typing import Any",
-    "BaseModel": "from pydantic import BaseModel",
-    "Context": "from runtime.handlers import Context",
-    "EventContext": "from runtime.events.consumer import EventContext",
-    "not_implemented": "from runtime.handlers import not_implemented",
+# What a stub may use, and where it comes from: (isort section, module). Sections in isort
+# order: the standard library, third-party packages, this project's own.
+_IMPORTS: dict[str, tuple[int, str]] = {
+    "Any": (0, "typing"),
+    "BaseModel": (1, "pydantic"),
+    "EventContext": (2, "runtime.events.consumer"),
+    "Context": (2, "runtime.handlers"),
+    "not_implemented": (2, "runtime.handlers"),
 }
 
 
@@ -95,6 +93,15 @@ def needed(service: Service) -> list[Needed]:
     return found
 
 
+def project_handlers(spec_path: Path) -> Path:
+    """The project's `handlers/` folder: beside the `spec/` folder that holds the spec (the
+    layout `cloudretail init` makes), or else beside the spec itself."""
+    folder = spec_path.parent
+    if folder.absolute().name == "spec":
+        folder = folder.parent if folder.name == "spec" else folder.absolute().parent
+    return folder / "handlers"
+
+
 def defined_functions(source: str) -> set[str]:
     """Top-level function and class names of a module; empty when it does not parse."""
     try:
@@ -113,15 +120,109 @@ def _imported_names(tree: ast.Module) -> set[str]:
     return names
 
 
-def _with_imports(source: str, needed: list[str]) -> str:
+def _used_names(stubs: str) -> set[str]:
+    """The names of `_IMPORTS` the stubs refer to (not merely mention in a docstring)."""
+    try:
+        tree = ast.parse(stubs)
+    except SyntaxError:
+        return set(_IMPORTS)
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)} & set(_IMPORTS)
+
+
+def _import_sections(names: set[str]) -> list[list[str]]:
+    """`from ... import ...` lines for `names`, one per module, grouped and ordered as ruff's
+    isort does (classes before functions within a line)."""
+    modules: dict[tuple[int, str], list[str]] = {}
+    for name in names:
+        modules.setdefault(_IMPORTS[name], []).append(name)
+    sections: dict[int, list[str]] = {}
+    for (section, module), imported in sorted(modules.items()):
+        listed = ", ".join(sorted(imported, key=lambda name: (name[:1].islower(), name)))
+        sections.setdefault(section, []).append(f"from {module} import {listed}")
+    return [sections[section] for section in sorted(sections)]
+
+
+def _new_file(service: str, names: set[str]) -> str:
+    blocks = ["\n".join(lines) + "\n" for lines in _import_sections(names)]
+    return "\n".join([_HEADER.format(service=service), *blocks])
+
+
+def _with_imports(source: str, names: set[str]) -> str:
+    """`source` with an import line for each of `names` it does not import yet, after its
+    last import (or its docstring); `_tidy` then sorts the import block."""
     tree = ast.parse(source)
-    missing = [_NEEDED_IMPORTS[name] for name in needed if name not in _imported_names(tree)]
+    missing = {name for name in names if name not in _imported_names(tree)}
     if not missing:
         return source
-    imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
     lines = source.splitlines(keepends=True)
-    at = imports[-1].end_lineno if imports and imports[-1].end_lineno else 0
-    return "".join([*lines[:at], *(line + "\n" for line in missing), *lines[at:]])
+    imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    if imports:
+        at = imports[-1].end_lineno or 0
+    else:
+        docstring = ast.get_docstring(tree, clean=False) is not None
+        at = (tree.body[0].end_lineno or 0) if docstring else 0
+    if at and not lines[at - 1].endswith("\n"):
+        lines[at - 1] += "\n"
+    added = [line + "\n" for section in _import_sections(missing) for line in section]
+    return "".join([*lines[:at], *added, *lines[at:]])
+
+
+@functools.cache
+def _ruff() -> str | None:
+    """The ruff of this environment (a development dependency), or None without one."""
+    try:
+        from ruff import find_ruff_bin
+
+        found: str = find_ruff_bin()
+    except (ImportError, FileNotFoundError):
+        return None
+    return found
+
+
+def _ruff_output(ruff: str, command: list[str], path: Path, text: str) -> str | None:
+    """`text` after `ruff <command>` as if it were `path` (its config applies); None when
+    ruff fails."""
+    try:
+        done = subprocess.run(
+            [ruff, *command, "--no-cache", "--stdin-filename", str(path), "-"],
+            input=text,
+            capture_output=True,
+            encoding="utf-8",
+            check=False,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 and done.stdout else None
+
+
+_SORT_IMPORTS = ["check", "--fix-only", "--select", "I"]
+_SORT_AND_DROP_UNUSED = ["check", "--fix-only", "--select", "I,F401"]
+_FORMAT = ["format"]
+
+
+def _tidy(path: Path, text: str, original: str | None) -> str:
+    """`text` (`original` with stubs added, or a new file when `original` is None) with its
+    imports sorted and formatted by ruff, as `ruff check --fix` and `ruff format` would.
+
+    Of an existing file, only what ruff already finds in order is kept in order: its imports
+    are sorted only if they were sorted before, it is formatted only if it was formatted
+    before, and no import of it is dropped (unused here, it may be re-exported). Without
+    ruff, `text` as it is."""
+    ruff = _ruff()
+    if ruff is None:
+        return text
+    if original is None:
+        steps = [_SORT_AND_DROP_UNUSED, _FORMAT]
+    else:
+        steps = [
+            step
+            for step in (_SORT_IMPORTS, _FORMAT)
+            if _ruff_output(ruff, step, path, original) == original
+        ]
+    for step in steps:
+        text = _ruff_output(ruff, step, path, text) or text
+    return text
 
 
 def missing_handlers(platform: Platform, folder: Path) -> dict[str, list[Needed]]:
@@ -145,15 +246,18 @@ def plan_stubs(platform: Platform, folder: Path) -> list[HandlerChange]:
     for name, absent in missing_handlers(platform, folder).items():
         path = folder / f"{name}.py"
         stubs = "".join(item.stub for item in absent)
-        needs = [name for name in _NEEDED_IMPORTS if f"{name}" in stubs]
+        uses = _used_names(stubs)
         if path.exists():
-            source = path.read_text(encoding="utf-8")
-            # A file that does not parse is left as it is; the stubs still go at the end.
-            with contextlib.suppress(SyntaxError):
-                source = _with_imports(source, needs)
-            text = source.rstrip("\n") + "\n" + stubs
+            original = path.read_text(encoding="utf-8")
+            try:
+                source = _with_imports(original, uses)
+            except SyntaxError:
+                # A file that does not parse is left as it is; the stubs still go at the end.
+                text = original.rstrip("\n") + "\n" + stubs
+            else:
+                text = _tidy(path, source.rstrip("\n") + "\n" + stubs, original)
         else:
-            text = _with_imports(_HEADER.format(service=name), needs) + stubs
+            text = _tidy(path, _new_file(name, uses) + stubs, None)
         handlers = tuple(item.name for item in absent)
         changes.append(HandlerChange(path, text, not path.exists(), handlers))
     return changes

@@ -37,15 +37,15 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 def test_two_runs_into_empty_folders_are_byte_identical(in_root: Path, tmp_path: Path):
-    generate(Path("spec/cloudretail.yaml"), tmp_path / "one")
-    generate(Path("spec/cloudretail.yaml"), tmp_path / "two")
+    generate(Path("spec/cloudretail.yaml"), tmp_path / "one", handlers_dir=tmp_path / "handlers")
+    generate(Path("spec/cloudretail.yaml"), tmp_path / "two", handlers_dir=tmp_path / "handlers")
     one, two = _tree(tmp_path / "one"), _tree(tmp_path / "two")
     assert one == two
     assert MANIFEST in one
 
 
 def test_output_has_no_absolute_paths_or_timestamps(in_root: Path, tmp_path: Path):
-    generate(Path("spec/cloudretail.yaml"), tmp_path / "out")
+    generate(Path("spec/cloudretail.yaml"), tmp_path / "out", handlers_dir=tmp_path / "handlers")
     for name, data in _tree(tmp_path / "out").items():
         text = data.decode()
         assert str(ROOT) not in text and str(tmp_path) not in text, name
