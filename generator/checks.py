@@ -48,8 +48,65 @@ class _Checker:
         self.check_events_and_topics()
         self.check_services()
         self.check_scaling()
+        self.check_auth()
         self.check_descriptions(self.document.data, ())
         return self.issues
+
+    # -- tokens ------------------------------------------------------------------------------
+    def check_auth(self) -> None:
+        """The issuer is a service serving its JWKS on a public GET route, and every role a
+        route asks for is one of the declared roles."""
+        auth = self.spec.auth
+        routes: list[tuple[PathKey, str, list[str] | None]] = [
+            (("services", name, "routes", index), route.auth, route.roles)
+            for name, svc in self.spec.services.items()
+            for index, route in enumerate(svc.routes)
+        ]
+        routes += [
+            (("gateway", "routes", index), route.auth, route.roles)
+            for index, route in enumerate(self.spec.gateway.routes)
+        ]
+        if auth is None:
+            for path, rule, _ in routes:
+                if rule in {"authenticated", "admin"}:
+                    self.error(
+                        (*path, "auth"),
+                        f"`auth: {rule}` needs a token issuer: declare the top-level `auth` "
+                        "(issuer, jwks, roles)",
+                    )
+                    return
+            return
+        issuer = self.spec.services.get(auth.issuer) if auth.issuer else None
+        if auth.issuer is None:
+            if auth.jwks.startswith("/"):
+                self.error(
+                    ("auth", "jwks"),
+                    "without `issuer`, `jwks` is the full URL of the identity provider's keys",
+                )
+        elif issuer is None:
+            self.error(
+                ("auth", "issuer"),
+                f"unknown service '{auth.issuer}'{suggest(auth.issuer, self.spec.services)}",
+            )
+        elif not any(
+            route.method == "GET" and route.path == auth.jwks and route.auth == "public"
+            for route in issuer.routes
+        ):
+            self.error(
+                ("auth", "jwks"),
+                f"service '{auth.issuer}' has no public GET route at '{auth.jwks}' to serve "
+                "its keys",
+            )
+        declared = set(auth.roles)
+        for path, rule, roles in routes:
+            wanted = ["admin"] if rule == "admin" else (roles or [])
+            for role in wanted:
+                if role not in declared:
+                    self.error(
+                        (*path, "auth" if rule == "admin" else "roles"),
+                        f"role '{role}' is not among the declared roles "
+                        f"({', '.join(auth.roles)}){suggest(role, declared)}",
+                    )
 
     # -- free text ---------------------------------------------------------------------------
     def check_descriptions(self, node: object, path: PathKey) -> None:
@@ -85,7 +142,8 @@ class _Checker:
                 self.error(path, f"port {port} is already used by {seen[port]}")
             else:
                 seen[port] = dotted(path[:-1])
-        databases: dict[str, str] = {self.spec.event_bus.database: "the event bus"}
+        bus_database = self.spec.event_bus.database or f"{self.spec.platform.name}_events"
+        databases: dict[str, str] = {bus_database: "the event bus"}
         for name, svc in self.spec.services.items():
             if svc.database in databases:
                 self.error(

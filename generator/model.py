@@ -399,6 +399,23 @@ class Schema:
 
 
 @dataclass(frozen=True)
+class Auth:
+    """Who signs tokens: a service of the spec (`issuer`, `port`, and `jwks` a path of its)
+    or, with `issuer` None, an outside identity provider (`jwks` a full URL)."""
+
+    issuer: str | None
+    port: int | None
+    jwks: str
+    roles: tuple[str, ...]
+
+    def jwks_url(self, host: str) -> str:
+        """The keys' URL as a process reaches it, the issuer service being at `host`."""
+        if self.issuer is None:
+            return self.jwks
+        return f"http://{host}:{self.port}{self.jwks}"
+
+
+@dataclass(frozen=True)
 class Platform:
     name: str
     namespace: str
@@ -410,6 +427,7 @@ class Platform:
     services: tuple[Service, ...]
     gateway: Gateway
     event_bus: EventBus
+    auth: Auth | None = None
 
     @property
     def deployables(self) -> tuple[Deployable, ...]:
@@ -754,7 +772,7 @@ class _Builder:
                 "event-bus", "event-bus", "Event Bus", bus.port, bus.scaling, bus.resources
             ),
             prefix=bus.prefix,
-            database=bus.database,
+            database=bus.database or f"{spec.platform.name}_events",
             tables=_system_tables("audit_log"),
             store_retention_seconds=duration_ms(bus.store_retention) // 1000,
         )
@@ -769,6 +787,18 @@ class _Builder:
             services=services,
             gateway=gateway,
             event_bus=event_bus,
+            auth=self.auth(spec),
+        )
+
+    def auth(self, spec: Spec) -> Auth | None:
+        if spec.auth is None:
+            return None
+        issuer = spec.auth.issuer
+        return Auth(
+            issuer=issuer,
+            port=spec.services[issuer].port if issuer else None,
+            jwks=spec.auth.jwks,
+            roles=tuple(spec.auth.roles),
         )
 
 

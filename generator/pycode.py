@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from generator.render import pystr
+
 FIRST_PARTY = frozenset({"generated", "handlers", "runtime"})
 
 
@@ -73,3 +75,11 @@ def call(
         return one_line
     inner = "".join(f"{pad}    {arg},\n" for arg in args)
     return f"{pad}{head}\n{inner}{pad}{tail}"
+
+
+def pytuple(values: tuple[str, ...] | None) -> str:
+    """A tuple of strings as ruff formats it (`("a",)`, `("a", "b")`), or `None`."""
+    if values is None:
+        return "None"
+    items = ", ".join(pystr(value) for value in values)
+    return f"({items},)" if len(values) == 1 else f"({items})"

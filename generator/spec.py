@@ -143,10 +143,23 @@ class GatewaySpec(Strict):
     resources: ResourcesSpec | None = None
 
 
+class AuthSpec(Strict):
+    """Who signs the platform's tokens, where its keys are, and the roles a token may carry.
+
+    `issuer` names the spec's service that signs them, and `jwks` its public GET route that
+    serves the keys; without `issuer`, an outside identity provider signs them and `jwks` is
+    the full URL of its keys.
+    """
+
+    issuer: ServiceName | None = None
+    jwks: Annotated[str, StringConstraints(pattern=r"^(/|https?://)[^\s]*$", max_length=500)]
+    roles: list[Identifier] = Field(min_length=1)
+
+
 class EventBusSpec(Strict):
     port: Port
     prefix: UrlPath = "/api/events"
-    database: Identifier = "cloudretail_events"
+    database: Identifier | None = None  # default: <platform name>_events
     store_retention: Duration = "7d"
     scaling: ScalingSpec = ScalingSpec()
     resources: ResourcesSpec | None = None
@@ -258,6 +271,7 @@ class Spec(Strict):
     defaults: DefaultsSpec
     topics: dict[TopicName, TopicSpec] = Field(min_length=1)
     events: dict[EventName, EventSpec] = {}
+    auth: AuthSpec | None = None
     gateway: GatewaySpec
     event_bus: EventBusSpec
     services: dict[ServiceName, ServiceSpec] = Field(min_length=1)

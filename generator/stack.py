@@ -35,7 +35,6 @@ def database_url(options: StackOptions, database: str) -> str:
 def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str, Any]:
     """The stack as JSON-ready data (the supervisor may run in another process)."""
     bootstrap = options.kafka_bootstrap or f"{LOCALHOST}:{EMBEDDED_BROKER_PORT}"
-    user = next((s for s in platform.services if s.name == "user"), None)
     common = {
         "HOST": LOCALHOST,
         "LOG_LEVEL": "INFO",
@@ -46,8 +45,8 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str
     }
     if options.redis_url:
         common["REDIS_URL"] = options.redis_url
-    if user is not None:
-        common["JWKS_URL"] = f"http://{LOCALHOST}:{user.port}{user.prefix}/.well-known/jwks.json"
+    if platform.auth is not None:
+        common["JWKS_URL"] = platform.auth.jwks_url(LOCALHOST)
     processes: list[dict[str, object]] = []
     databases: list[dict[str, str]] = []
     for service in platform.services:
@@ -145,5 +144,5 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str
         "databases": databases,
         "topics": topics,
         "gateway": f"http://{LOCALHOST}:{gateway.deployable.port}",
-        "user_service": user.name if user else None,
+        "token_issuer": platform.auth.issuer if platform.auth else None,
     }

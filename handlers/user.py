@@ -687,5 +687,6 @@ async def startup(app: FastAPI) -> None:
             issuer=issuer.issuer,
             audience=issuer.audience,
             revocations=RevocationList(revoked, interval=1.0),
+            roles=app.state.settings.token_roles,
         )
     await _ensure_admin(app)

@@ -55,6 +55,7 @@ def verifier_from_settings(settings: ServiceSettings) -> TokenVerifier | None:
         revocations=RevocationList(
             http_revocations_fetcher(revocations_url_for(settings.jwks_url))
         ),
+        roles=settings.token_roles,
     )
 
 

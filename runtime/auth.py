@@ -25,7 +25,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -42,7 +42,6 @@ from runtime.errors import Problem
 logger = logging.getLogger(__name__)
 
 ALGORITHM = "RS256"
-ROLES = ("customer", "admin", "vendor", "service")
 
 
 @dataclass(frozen=True)
@@ -215,9 +214,12 @@ class TokenVerifier:
         leeway: float = 5.0,
         min_refresh_interval: float = 30.0,
         revocations: RevocationList | None = None,
+        roles: Collection[str] | None = None,
     ) -> None:
+        """`roles`: the roles a token may carry (the spec's `auth.roles`); None takes any."""
         self._fetch = fetch_jwks
         self.revocations = revocations
+        self.roles = frozenset(roles) if roles is not None else None
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
@@ -280,8 +282,12 @@ class TokenVerifier:
             raise Problem(401, title="Invalid token", detail="the token is not valid yet") from None
         except jwt.PyJWTError as error:
             raise Problem(401, title="Invalid token", detail=str(error)) from None
-        role = str(claims.get("role", ""))
-        if role not in ROLES:
+        role = claims.get("role")
+        if (
+            not isinstance(role, str)
+            or not role
+            or (self.roles is not None and role not in self.roles)
+        ):
             raise Problem(401, title="Invalid token", detail="the token carries no known role")
         if self.revocations is not None:
             await self.revocations.check(claims)

@@ -107,10 +107,12 @@ class ServiceSettings(BaseSettings):
     # Kafka (the manifests), off for the local embedded broker.
     kafka_idempotent: bool = True
 
-    # Tokens are RS256 JWTs from the user service; everyone verifies them with its JWKS.
+    # Tokens are RS256 JWTs from the spec's token issuer; everyone verifies them with its
+    # JWKS. `token_roles`: the roles a token may carry (the spec's `auth.roles`; None: any).
     jwt_issuer: str = "cloudretail"
     jwt_audience: str = "cloudretail"
     jwks_url: str | None = None
+    token_roles: tuple[str, ...] | None = None
     # The user service signs tokens: a PEM here or in a file. Without either, development
     # makes a key under .cloudretail/keys/ and production refuses to start.
     jwt_private_key: SecretStr | None = None

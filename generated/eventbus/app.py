@@ -22,11 +22,21 @@ TOPICS = (
     "product-events",
     "user-events",
 )
+# The `iss` and `aud` of the platform's tokens, and the roles they may carry (spec: `auth`).
+TOKEN_ISSUER = "cloudretail"
+TOKEN_ROLES = ("customer", "admin", "vendor")
 
 
 def settings_from_env() -> ServiceSettings:
     """Settings from the environment; by default a SQLite file named after the database."""
-    return load_settings(SERVICE, PORT, DATABASE)
+    return load_settings(
+        SERVICE,
+        PORT,
+        DATABASE,
+        jwt_issuer=TOKEN_ISSUER,
+        jwt_audience=TOKEN_ISSUER,
+        token_roles=TOKEN_ROLES,
+    )
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:

@@ -23,7 +23,6 @@ JWT_KEY_DIR = "/etc/cloudretail/jwt"
 JWT_KEY_FILE = "private.pem"
 # Auth levels that need the caller's token verified (with the token issuer's JWKS).
 _TOKEN_AUTH = frozenset({"authenticated", "admin"})
-_JWKS_SUFFIX = "/.well-known/jwks.json"
 
 
 @dataclass(frozen=True)
@@ -205,21 +204,11 @@ def build(platform: Platform) -> Deployment:
     for route in gateway.routes:
         if route.auth in _TOKEN_AUTH:
             needs_token.add(by_port[gateway.upstream(route.service).port].name)
-    issuer = next(
-        (
-            (service, route)
-            for service in platform.services
-            for route in service.routes
-            if route.path.endswith(_JWKS_SUFFIX) and route.method == "GET"
-        ),
-        None,
-    )
-    jwks_url = None
-    issuer_name = None
-    if issuer is not None:
-        service, route = issuer
-        issuer_name = service.deployable.name
-        jwks_url = f"http://{issuer_name}:{service.port}{route.path}"
+    auth = platform.auth
+    issuer = platform.service(auth.issuer) if auth is not None and auth.issuer else None
+    issuer_name = issuer.deployable.name if issuer is not None else None
+    jwks_url = auth.jwks_url(issuer_name or "") if auth is not None else None
+    if auth is not None:
         for other in platform.services:
             if any(r.auth in _TOKEN_AUTH for r in other.routes):
                 needs_token.add(other.deployable.name)
@@ -243,7 +232,7 @@ def build(platform: Platform) -> Deployment:
             uses_kafka=False,
             uses_redis=True,
             signs_tokens=False,
-            verifies_tokens=issuer_name is not None,
+            verifies_tokens=auth is not None,
         )
     ]
     for service in platform.services:
@@ -271,7 +260,7 @@ def build(platform: Platform) -> Deployment:
             uses_kafka=True,
             uses_redis=True,
             signs_tokens=False,
-            verifies_tokens=bus.deployable.name in needs_token and issuer_name is not None,
+            verifies_tokens=bus.deployable.name in needs_token and auth is not None,
         )
     )
 
@@ -289,7 +278,7 @@ def build(platform: Platform) -> Deployment:
     if issuer is not None:
         for process in processes:
             if process.verifies_tokens:
-                add(process.name, issuer[0].deployable, "jwks")
+                add(process.name, issuer.deployable, "jwks")
 
     owners = {schema.database: schema for schema in platform.schemas}
     migrations: list[Migration] = []

@@ -7,4 +7,11 @@ from generator.render import OutputFile
 
 
 def files(platform: Platform) -> list[OutputFile]:
-    return [OutputFile("docs/architecture.md", "docs/architecture.md.j2", {"platform": platform})]
+    # The envelope's example is one of the platform's own events (any kind will do if none).
+    example = platform.events[0] if platform.events else None
+    context = {
+        "platform": platform,
+        "example_type": example.name if example else "thing.happened",
+        "example_service": example.producer if example else "a-service",
+    }
+    return [OutputFile("docs/architecture.md", "docs/architecture.md.j2", context)]

@@ -4,11 +4,13 @@ migrations target, like every database's)."""
 from __future__ import annotations
 
 from generator.model import Platform
+from generator.pycode import pytuple
 from generator.render import OutputFile
 
 
 def files(platform: Platform) -> list[OutputFile]:
-    context = {"platform": platform, "bus": platform.event_bus}
+    roles = platform.auth.roles if platform.auth else None
+    context = {"platform": platform, "bus": platform.event_bus, "token_roles": pytuple(roles)}
     return [
         OutputFile(
             "eventbus/__init__.py",

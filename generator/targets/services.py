@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from generator.crud_events import CrudEvent, FieldSource, crud_events
 from generator.handlers import event_handler_name
 from generator.model import PYTHON_TYPES, Column, Platform, Route, Saga, Service, Table, pascal
-from generator.pycode import Imports, call
+from generator.pycode import Imports, call, pytuple
 from generator.render import OutputFile, pystr
 from generator.sqlschema import check_name, unique_name
 
@@ -118,6 +118,7 @@ class ServiceCode:
     has_handlers: bool
     sagas: tuple[SagaCode, ...]
     event_handlers: tuple[tuple[str, str], ...]  # (event type, handler function)
+    token_roles: str  # the spec's `auth.roles` as a Python tuple, or None
 
 
 # -- columns -------------------------------------------------------------------------------
@@ -660,6 +661,7 @@ def service_code(service: Service, platform: Platform) -> ServiceCode:
         sagas=tuple(_saga_code(saga, platform) for saga in service.sagas),
         schema_imports=_schema_imports(service, tuple(tables.values())),
         route_imports=_route_imports(service, routes),
+        token_roles=pytuple(platform.auth.roles if platform.auth else None),
     )
 
 

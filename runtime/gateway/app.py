@@ -532,8 +532,8 @@ def create_gateway(
 ) -> Gateway:
     """The gateway's ASGI app.
 
-    `verifier` defaults to one reading the user service's JWKS (JWKS_URL, else the first
-    user instance); `redis_url` (default: the config's REDIS_URL) shares the rate limit
+    `verifier` defaults to one reading the token issuer's JWKS (JWKS_URL, else where the
+    route file says); `redis_url` (default: the config's REDIS_URL) shares the rate limit
     across replicas, otherwise it is kept in process.
     """
     if verifier is None:
@@ -544,6 +544,7 @@ def create_gateway(
                 issuer=config.jwt_issuer,
                 audience=config.jwt_audience,
                 revocations=RevocationList(http_revocations_fetcher(revocations_url_for(jwks_url))),
+                roles=config.routes_file.token.roles if config.routes_file.token else None,
             )
     if limiter is None:
         limit = config.rate_limit

@@ -56,6 +56,16 @@ class RouteSpec(_Frozen):
         return value.upper()
 
 
+class TokenSpec(_Frozen):
+    """The platform's tokens: `issuer` is their `iss` and `aud`; `roles` (None: any) those
+    they may carry; the keys are at `jwks` on upstream `jwks_upstream`, or at the URL `jwks`."""
+
+    issuer: str
+    roles: tuple[str, ...] | None = None
+    jwks_upstream: str | None = None
+    jwks: str | None = None
+
+
 class RouteFile(_Frozen):
     """The shape of generated/gateway/routes.yaml."""
 
@@ -65,6 +75,7 @@ class RouteFile(_Frozen):
     timeout_seconds: float = Field(gt=0)
     circuit_breaker: BreakerSpec
     cors_origins: tuple[str, ...] = ()
+    token: TokenSpec | None = None
     upstreams: tuple[UpstreamSpec, ...]
     routes: tuple[RouteSpec, ...]
 
@@ -127,11 +138,15 @@ class GatewayConfig(_Frozen):
         return self.environment != "production" if setting is None else setting
 
     def default_jwks_url(self) -> str | None:
-        """The user service publishes its keys; ask its first instance unless told otherwise."""
-        if self.jwks_url:
+        """JWKS_URL; else where the route file says the keys are (the issuer's first
+        instance when they are on an upstream)."""
+        token = self.routes_file.token
+        if self.jwks_url or token is None or token.jwks is None:
             return self.jwks_url
-        users = self.instances.get("user")
-        return f"{users[0].url}/api/users/.well-known/jwks.json" if users else None
+        if token.jwks_upstream is None:
+            return token.jwks
+        issuers = self.instances.get(token.jwks_upstream)
+        return f"{issuers[0].url}{token.jwks}" if issuers else None
 
 
 def read_route_file(path: Path | str = DEFAULT_ROUTES_PATH) -> RouteFile:
@@ -208,14 +223,15 @@ def load_config(
     )
     if override != limit:
         route_file = route_file.model_copy(update={"rate_limit": override})
+    token_issuer = route_file.token.issuer if route_file.token else "cloudretail"
     policy = env.get("GATEWAY_READY_POLICY", "all").strip().lower() or "all"
     if policy not in ("all", "any"):
         raise ValueError(f"GATEWAY_READY_POLICY must be 'all' or 'any', got {policy!r}")
     return GatewayConfig(
         routes_file=route_file,
         instances=instances_from_env(route_file, env),
-        jwt_issuer=env.get("JWT_ISSUER", "cloudretail") or "cloudretail",
-        jwt_audience=env.get("JWT_AUDIENCE", "cloudretail") or "cloudretail",
+        jwt_issuer=env.get("JWT_ISSUER") or token_issuer,
+        jwt_audience=env.get("JWT_AUDIENCE") or token_issuer,
         jwks_url=env.get("JWKS_URL") or None,
         redis_url=env.get("REDIS_URL") or None,
         health_interval=_float(env, "GATEWAY_HEALTH_INTERVAL", 5.0),

@@ -221,8 +221,13 @@ class Platform:
             await server.start()
         jwks_url = f"{self.upstreams['user'].url}/api/users/.well-known/jwks.json"
         self.fetcher = CountingFetcher(jwks_url)
+        token = read_route_file(ROUTES).token
         verifier = TokenVerifier(
-            self.fetcher, issuer="cloudretail", audience="cloudretail", min_refresh_interval=0
+            self.fetcher,
+            issuer="cloudretail",
+            audience="cloudretail",
+            min_refresh_interval=0,
+            roles=token.roles if token else None,  # as create_gateway reads them
         )
         redis_url = config.pop("redis_url", None)
         gateway_config = make_config(

@@ -174,3 +174,36 @@ def test_each_route_documents_the_problems_its_shape_can_give(tmp_path):
     checkout = routes["POST", "/api/cart/checkout"]
     assert checkout.problems == (400, 401, 402, 409, 413, 415, 422, 503)
     assert (checkout.body, checkout.status) == ("Checkout", 201)
+
+
+def test_token_routes_need_an_issuer_and_declared_roles():
+    data = _minimal()
+    del data["auth"]
+    assert _issues(data) == [
+        "services.catalog.routes[2].auth: `auth: admin` needs a token issuer: declare the "
+        "top-level `auth` (issuer, jwks, roles)"
+    ]
+    data = _minimal()
+    data["auth"] = {"issuer": "catalgo", "jwks": "/api/items/keys", "roles": ["customer"]}
+    data["services"]["cart"]["routes"][0]["roles"] = ["vendor"]
+    assert _issues(data) == [
+        "auth.issuer: unknown service 'catalgo' (did you mean 'catalog'?)",
+        "services.catalog.routes[2].auth: role 'admin' is not among the declared roles (customer)",
+        "services.cart.routes[0].roles: role 'vendor' is not among the declared roles (customer)",
+    ]
+
+
+def test_the_issuer_serves_its_keys_on_a_public_get_route():
+    data = _minimal()
+    data["auth"] = {"issuer": "catalog", "jwks": "/api/items/keys", "roles": ["customer", "admin"]}
+    assert _issues(data) == [
+        "auth.jwks: service 'catalog' has no public GET route at '/api/items/keys' to serve its keys"
+    ]
+    data["services"]["catalog"]["routes"].append(
+        {"method": "GET", "path": "/api/items/keys", "auth": "public", "handler": "keys"}
+    )
+    assert _issues(data) == []
+    data["auth"] = {"jwks": "/api/items/keys", "roles": ["customer", "admin"]}
+    assert _issues(data) == [
+        "auth.jwks: without `issuer`, `jwks` is the full URL of the identity provider's keys"
+    ]

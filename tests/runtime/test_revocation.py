@@ -101,3 +101,20 @@ async def test_the_gateway_cache_does_not_outlive_a_revocation(issuer: TokenIssu
     with pytest.raises(Problem) as refused:
         await cached.verify(token)
     assert refused.value.status == 401
+
+
+async def test_a_token_role_must_be_one_the_platform_declares() -> None:
+    from runtime.auth import TokenIssuer, TokenVerifier, generate_private_key_pem, static_jwks
+    from runtime.errors import Problem
+
+    issuer = TokenIssuer(generate_private_key_pem(), issuer="p", audience="p")
+    strict = TokenVerifier(
+        static_jwks(issuer.jwks()), issuer="p", audience="p", roles=("member", "admin")
+    )
+    assert (await strict.verify(issuer.issue("u1", "member"))).role == "member"
+    with pytest.raises(Problem) as refused:
+        await strict.verify(issuer.issue("u1", "vendor"))
+    assert refused.value.status == 401
+    # Without declared roles any role is taken: the platform's own names, not a fixed list.
+    loose = TokenVerifier(static_jwks(issuer.jwks()), issuer="p", audience="p")
+    assert (await loose.verify(issuer.issue("u1", "gardener"))).role == "gardener"

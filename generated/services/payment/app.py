@@ -17,11 +17,22 @@ PORT = 3005
 DATABASE = "cloudretail_payments"
 # The spec's gateway body limit; MAX_BODY_BYTES in the environment overrides it.
 MAX_BODY_BYTES = 1048576
+# The `iss` and `aud` of the platform's tokens, and the roles they may carry (spec: `auth`).
+TOKEN_ISSUER = "cloudretail"
+TOKEN_ROLES = ("customer", "admin", "vendor")
 
 
 def settings_from_env() -> ServiceSettings:
     """Settings from the environment; by default a SQLite file named after the database."""
-    return load_settings(SERVICE, PORT, DATABASE, max_body_bytes=MAX_BODY_BYTES)
+    return load_settings(
+        SERVICE,
+        PORT,
+        DATABASE,
+        max_body_bytes=MAX_BODY_BYTES,
+        jwt_issuer=TOKEN_ISSUER,
+        jwt_audience=TOKEN_ISSUER,
+        token_roles=TOKEN_ROLES,
+    )
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
