@@ -265,7 +265,9 @@ def _stack_table(processes: list[tuple[str, str]], states: dict[str, str]) -> st
 def up(
     spec: SpecOption = DEFAULT_SPEC,
     data_dir: DataDirOption = Path(".cloudretail"),
-    demo: Annotated[bool, typer.Option(help="Load a demo catalog and a demo customer.")] = False,
+    demo: Annotated[
+        bool, typer.Option(help="Send the project's demo data (demo.yaml beside the spec).")
+    ] = False,
     detach: Annotated[bool, typer.Option(help="Return once everything is ready.")] = False,
     database_url_template: Annotated[
         str | None,
@@ -297,6 +299,15 @@ def up(
     if unknown:
         typer.echo(f"error: --only names unknown services: {', '.join(unknown)}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT)
+    demo_data = None
+    if demo:
+        from runtime.demo import DemoError, read_demo
+
+        try:
+            demo_data = read_demo(spec.parent / "demo.yaml")
+        except DemoError as error:
+            typer.echo(f"error: --demo: {error}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
     options = StackOptions(data_dir, database_url_template, redis_url, kafka_bootstrap, names)
     plan = stack_plan(platform, options, Path("generated").resolve())
     running = stack.read_state(data_dir)
@@ -335,15 +346,25 @@ def up(
             f"  admin:   {keep['admin_email']} / {keep['admin_password']}"
             + (note if keep["admin_password_generated"] else "")
         )
-        if demo:
-            from runtime.demo import load_demo
+        if demo_data is not None:
+            from runtime.demo import DemoError, load_demo
 
-            loaded = asyncio.run(
-                load_demo(str(plan["gateway"]), keep["admin_email"], keep["admin_password"])
-            )
+            try:
+                loaded = asyncio.run(
+                    load_demo(
+                        str(plan["gateway"]),
+                        demo_data,
+                        keep["admin_email"],
+                        keep["admin_password"],
+                        source=str(spec.parent / "demo.yaml"),
+                    )
+                )
+            except DemoError as error:
+                typer.echo(f"  demo:    not loaded: {error}", err=True)
+                return
             typer.echo(
-                f"  demo:    {loaded.products} products ({loaded.created} new) in 4 categories; "
-                f"customer {loaded.customer_email} / {loaded.customer_password}"
+                f"  demo:    {loaded.sent} requests ({loaded.created} created, "
+                f"{loaded.existing} there already)" + (f"; {loaded.show}" if loaded.show else "")
             )
 
     if detach:

@@ -1,110 +1,137 @@
-"""Demo data for `cloudretail up --demo`, loaded through the gateway like any client would:
-a catalog of 24 products in 4 categories, with stock, and a demo customer. Loading twice
-changes nothing (products are found by SKU, the customer by email)."""
+"""Demo data for `cloudretail up --demo`: the project's `demo.yaml` (beside its spec), sent
+through the gateway in order, as any client would send it.
+
+The file says how the platform's admin logs in and which requests to make, each anonymous
+or as that admin. A request answered 409 is taken as "already there" and skipped with the
+requests under its `then`, so loading twice changes nothing. `{field}` in a `then` request's
+path is that field of its parent's answer (the id of what it created, say).
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import httpx
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-DEMO_CUSTOMER: dict[str, str | bool] = {
-    "email": "demo@cloudretail.example",
-    "password": "demo-shopper-2026",
-    "first_name": "Demo",
-    "last_name": "Shopper",
-    "gdpr_consent": True,
-}
+_FIELD = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
 
-CATALOG: dict[str, list[tuple[str, str, str]]] = {
-    "electronics": [
-        ("Noise-cancelling headphones", "199.00", "EL-HEAD-01"),
-        ("Mechanical keyboard", "89.50", "EL-KEYB-01"),
-        ("27-inch monitor", "249.99", "EL-MONI-01"),
-        ("USB-C charger 65W", "39.90", "EL-CHRG-01"),
-        ("Wireless mouse", "24.99", "EL-MOUS-01"),
-        ("Portable SSD 1TB", "109.00", "EL-SSD-01"),
-    ],
-    "home": [
-        ("Cast-iron skillet", "34.95", "HO-SKIL-01"),
-        ("French press", "27.00", "HO-PRES-01"),
-        ("Linen duvet cover", "79.00", "HO-DUVE-01"),
-        ("Desk lamp", "45.50", "HO-LAMP-01"),
-        ("Chef's knife", "59.00", "HO-KNIF-01"),
-        ("Ceramic mug set", "22.00", "HO-MUGS-01"),
-    ],
-    "books": [
-        ("Designing Data-Intensive Applications", "42.00", "BK-DDIA-01"),
-        ("The Pragmatic Programmer", "38.50", "BK-PRAG-01"),
-        ("Release It!", "35.00", "BK-RELE-01"),
-        ("Site Reliability Engineering", "44.00", "BK-SRE-01"),
-        ("Refactoring", "41.00", "BK-REFA-01"),
-        ("Building Microservices", "46.00", "BK-MICR-01"),
-    ],
-    "outdoor": [
-        ("Trail running shoes", "129.00", "OU-SHOE-01"),
-        ("Two-person tent", "189.00", "OU-TENT-01"),
-        ("Insulated bottle", "29.95", "OU-BOTT-01"),
-        ("Headlamp", "34.00", "OU-HEAD-01"),
-        ("Daypack 24L", "74.00", "OU-PACK-01"),
-        ("Camping stove", "64.50", "OU-STOV-01"),
-    ],
-}
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DemoLogin(_Strict):
+    """How the admin gets a token: `{admin_email}` and `{admin_password}` in the body are
+    the stack's admin credentials; `token` names the answer's field that holds it."""
+
+    path: str = Field(pattern=r"^/")
+    body: dict[str, Any]
+    token: str = "access_token"
+
+
+class DemoRequest(_Strict):
+    as_: Literal["admin", "anonymous"] = Field(default="anonymous", alias="as")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: str = Field(pattern=r"^/")
+    body: Any = None
+    then: tuple[DemoRequest, ...] = ()
+
+
+class DemoFile(_Strict):
+    login: DemoLogin | None = None
+    requests: tuple[DemoRequest, ...] = Field(min_length=1)
+    # Printed after loading, e.g. the demo account's credentials.
+    show: str = ""
+
+
+class DemoError(Exception):
+    """Bad demo data or an answer that is neither success nor 409; names which and where."""
 
 
 @dataclass(frozen=True)
-class DemoData:
-    products: int
+class DemoResult:
+    sent: int
     created: int
-    customer_email: str
-    customer_password: str
+    existing: int
+    show: str
 
 
-async def _admin_token(client: httpx.AsyncClient, email: str, password: str) -> str:
-    response = await client.post("/api/users/login", json={"email": email, "password": password})
-    if response.status_code != 200:
-        raise RuntimeError(f"admin login failed ({response.status_code}): {response.text}")
-    token: str = response.json()["access_token"]
-    return token
+def read_demo(path: Path) -> DemoFile:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise DemoError(f"{path}: cannot read it: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise DemoError(f"{path}: not valid YAML: {error}") from None
+    try:
+        return DemoFile.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top)"
+        count = error.error_count()
+        more = f" (and {count - 1} more problems)" if count > 1 else ""
+        raise DemoError(f"{path}: {where}: {first['msg']}{more}") from None
 
 
-async def load_demo(gateway: str, admin_email: str, admin_password: str) -> DemoData:
+def _fill(template: str, values: dict[str, Any], where: str) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise DemoError(f"{where}: the answer it follows has no field '{name}'")
+        return str(values[name])
+
+    return _FIELD.sub(value, template)
+
+
+async def load_demo(
+    gateway: str, demo: DemoFile, admin_email: str, admin_password: str, *, source: str = "demo"
+) -> DemoResult:
     async with httpx.AsyncClient(base_url=gateway, timeout=15.0) as client:
-        token = await _admin_token(client, admin_email, admin_password)
-        admin = {"Authorization": f"Bearer {token}"}
-        existing: dict[str, Any] = {}
-        listed = await client.get("/api/products", params={"limit": 100})
-        listed.raise_for_status()
-        for item in listed.json()["items"]:
-            existing[item["sku"]] = item
-        created = 0
-        for stock, (category, products) in enumerate(sorted(CATALOG.items())):
-            for index, (name, price, sku) in enumerate(products):
-                product = existing.get(sku)
-                if product is None:
-                    body = {
-                        "name": name,
-                        "price": price,
-                        "sku": sku,
-                        "category": category,
-                        "description": f"{name}, from the CloudRetail demo catalog.",
-                    }
-                    response = await client.post("/api/products", json=body, headers=admin)
-                    response.raise_for_status()
-                    product = response.json()
-                    created += 1
-                    level = {
-                        "quantity": 10 + 7 * index + 3 * stock,
-                        "warehouse_location": f"{category[:2].upper()}-{index + 1:02d}",
-                        "reorder_level": 5,
-                    }
-                    stocked = await client.put(
-                        f"/api/inventory/{product['id']}", json=level, headers=admin
-                    )
-                    stocked.raise_for_status()
-        registered = await client.post("/api/users/register", json=DEMO_CUSTOMER)
-        if registered.status_code not in (201, 409):
-            registered.raise_for_status()
-    total = sum(len(products) for products in CATALOG.values())
-    return DemoData(total, created, str(DEMO_CUSTOMER["email"]), str(DEMO_CUSTOMER["password"]))
+        admin: dict[str, str] = {}
+        if demo.login is not None:
+            credentials = {"admin_email": admin_email, "admin_password": admin_password}
+            body = {
+                key: _fill(value, credentials, f"{source}: login.body.{key}")
+                if isinstance(value, str)
+                else value
+                for key, value in demo.login.body.items()
+            }
+            answer = await client.post(demo.login.path, json=body)
+            if answer.status_code != 200:
+                raise DemoError(
+                    f"{source}: login: the admin login answered {answer.status_code}: "
+                    f"{answer.text[:300]}"
+                )
+            admin = {"Authorization": f"Bearer {answer.json()[demo.login.token]}"}
+        counts = {"sent": 0, "created": 0, "existing": 0}
+
+        async def send(requests: tuple[DemoRequest, ...], values: dict[str, Any], at: str) -> None:
+            for index, request in enumerate(requests):
+                where = f"{source}: {at}[{index}] {request.method} {request.path}"
+                if request.as_ == "admin" and not admin:
+                    raise DemoError(f"{where}: sent as admin, but the file has no `login`")
+                answer = await client.request(
+                    request.method,
+                    _fill(request.path, values, where),
+                    json=request.body,
+                    headers=admin if request.as_ == "admin" else None,
+                )
+                counts["sent"] += 1
+                if answer.status_code == 409:
+                    counts["existing"] += 1
+                    continue
+                if not answer.is_success:
+                    raise DemoError(f"{where}: answered {answer.status_code}: {answer.text[:300]}")
+                counts["created"] += answer.status_code == 201
+                fields = answer.json() if answer.content else {}
+                await send(
+                    request.then, fields if isinstance(fields, dict) else {}, f"{at}[{index}].then"
+                )
+
+        await send(demo.requests, {}, "requests")
+    return DemoResult(counts["sent"], counts["created"], counts["existing"], demo.show)
