@@ -7,8 +7,10 @@ import keyword
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from generator.auth_rules import AUTH_RULES, auth_rule
 from generator.crud_events import crud_events
 from generator.errors import SpecIssue
+from generator.kinds import KINDS, OPTION_GROUPS, kind_of
 from generator.loader import Document, PathKey, dotted
 from generator.model import singular
 from generator.spec import ColumnSpec, RouteSpec, ScalingSpec, Spec
@@ -68,7 +70,7 @@ class _Checker:
         ]
         if auth is None:
             for path, rule, _ in routes:
-                if rule in {"authenticated", "admin"}:
+                if auth_rule(rule).token == "user":
                     self.error(
                         (*path, "auth"),
                         f"`auth: {rule}` needs a token issuer: declare the top-level `auth` "
@@ -89,7 +91,9 @@ class _Checker:
                 f"unknown service '{auth.issuer}'{suggest(auth.issuer, self.spec.services)}",
             )
         elif not any(
-            route.method == "GET" and route.path == auth.jwks and route.auth == "public"
+            route.method == "GET"
+            and route.path == auth.jwks
+            and auth_rule(route.auth).token is None
             for route in issuer.routes
         ):
             self.error(
@@ -99,11 +103,13 @@ class _Checker:
             )
         declared = set(auth.roles)
         for path, rule, roles in routes:
-            wanted = ["admin"] if rule == "admin" else (roles or [])
-            for role in wanted:
+            # The roles a rule implies, else those the route names (which only a rule that
+            # takes them may: that is reported on its own).
+            implied = auth_rule(rule).roles
+            for role in implied or roles or []:
                 if role not in declared:
                     self.error(
-                        (*path, "auth" if rule == "admin" else "roles"),
+                        (*path, "auth" if implied else "roles"),
                         f"role '{role}' is not among the declared roles "
                         f"({', '.join(auth.roles)}){suggest(role, declared)}",
                     )
@@ -340,8 +346,8 @@ class _Checker:
                 first = seen[signature]
                 self.error(path, f"duplicate route {route.method} {route.path} (first at {first})")
             seen.setdefault(signature, dotted(path))
-            if route.roles is not None and route.auth != "authenticated":
-                self.error((*path, "roles"), "`roles` only applies to `auth: authenticated`")
+            if route.roles is not None and not auth_rule(route.auth).takes_roles:
+                self.error((*path, "roles"), _roles_apply())
 
     def check_table(self, path: PathKey, table: str, columns: dict[str, ColumnSpec]) -> None:
         keys = [column for column, spec in columns.items() if spec.primary_key]
@@ -375,14 +381,14 @@ class _Checker:
                 path, f"duplicate route {route.method} {route.path} (first at {seen[signature]})"
             )
         seen.setdefault(signature, dotted(path))
-        if route.auth != "service" and not (
+        if auth_rule(route.auth).via_gateway and not (
             route.path == svc.prefix or route.path.startswith(svc.prefix + "/")
         ):
             self.error(
                 (*path, "path"), f"path '{route.path}' is outside the service prefix '{svc.prefix}'"
             )
-        if route.roles is not None and route.auth != "authenticated":
-            self.error((*path, "roles"), "`roles` only applies to `auth: authenticated`")
+        if route.roles is not None and not auth_rule(route.auth).takes_roles:
+            self.error((*path, "roles"), _roles_apply())
         if (route.handler is None) == (route.crud is None):
             self.error(path, "a route names exactly one of `handler` or `crud`")
         if route.crud is not None:
@@ -490,61 +496,61 @@ class _Checker:
             yield ("services", name, "scaling"), svc.scaling
 
 
-_DEFAULT_KINDS: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "text": (str,),
-    "enum": (str,),
-    "integer": (int,),
-    "bigint": (int,),
-    "decimal": (int, float),
-    "boolean": (bool,),
-}
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeio" else "a"
+
+
+def _ticked(names: list[str] | tuple[str, ...], joiner: str) -> str:
+    return joiner.join(f"`{name}`" for name in names)
 
 
 def _column_problems(spec: ColumnSpec) -> Iterator[str]:
-    kind = spec.type
-    if kind in {"string", "enum"} and spec.length is None:
-        yield f"a `{kind}` column needs `length`"
-    if kind not in {"string", "enum"} and spec.length is not None:
-        yield f"`length` does not apply to a `{kind}` column"
-    if kind == "decimal" and (spec.precision is None or spec.scale is None):
-        yield "a `decimal` column needs `precision` and `scale`"
-    if kind != "decimal" and (spec.precision is not None or spec.scale is not None):
-        yield f"`precision`/`scale` do not apply to a `{kind}` column"
-    if (
-        kind == "decimal"
-        and spec.precision is not None
-        and spec.scale is not None
-        and spec.scale > spec.precision
-    ):
-        yield "`scale` cannot exceed `precision`"
-    if kind == "enum" and not spec.values:
-        yield "an `enum` column needs `values`"
-    if kind != "enum" and spec.values is not None:
-        yield f"`values` does not apply to a `{kind}` column"
-    if spec.check is not None and kind not in {"integer", "bigint", "decimal"}:
-        yield f"`check` applies to numeric columns, not `{kind}`"
-    if spec.on_update is not None and kind != "timestamp":
-        yield "`on_update: now` applies to `timestamp` columns"
+    name = spec.type
+    kind = kind_of(name)
+    for group in OPTION_GROUPS:
+        given = [getattr(spec, option) for option in group]
+        if group[0] in kind.options:
+            if any(value is None or value == [] for value in given):
+                yield f"{_article(name)} `{name}` column needs {_ticked(group, ' and ')}"
+        elif any(value is not None for value in given):
+            verb = "does" if len(group) == 1 else "do"
+            yield f"{_ticked(group, '/')} {verb} not apply to a `{name}` column"
+        if (
+            group == ("precision", "scale")
+            and "precision" in kind.options
+            and spec.precision is not None
+            and spec.scale is not None
+            and spec.scale > spec.precision
+        ):
+            yield "`scale` cannot exceed `precision`"
+    if spec.check is not None and not kind.checkable:
+        yield f"`check` applies to numeric columns, not `{name}`"
+    if spec.on_update is not None and not kind.on_update:
+        updating = [other for other, k in KINDS.items() if k.on_update]
+        yield f"`on_update: now` applies to {_ticked(updating, ' or ')} columns"
     default = spec.default
     if default is None:
         return
-    if kind == "timestamp":
-        if default != "now":
-            yield "a `timestamp` default can only be `now`"
-    elif kind == "uuid":
-        if default != "gen_random_uuid":
-            yield "a `uuid` default can only be `gen_random_uuid`"
-    elif kind == "json":
-        yield "a `json` column takes no default"
-    else:
-        allowed = _DEFAULT_KINDS[kind]
-        if (isinstance(default, bool) and bool not in allowed) or not isinstance(default, allowed):
-            yield f"default {default!r} does not fit a `{kind}` column"
-        elif kind == "enum" and spec.values and default not in spec.values:
-            yield f"default '{default}' is not one of {', '.join(spec.values)}"
-        elif isinstance(default, str) and spec.length is not None and len(default) > spec.length:
-            yield f"default '{default}' is longer than length {spec.length}"
+    allowed = kind.literal_defaults
+    if isinstance(default, str) and default in kind.functions:
+        return
+    if not allowed:
+        if kind.functions:
+            words = _ticked(list(kind.functions), " or ")
+            yield f"a `{name}` default can only be {words}"
+        else:
+            yield f"a `{name}` column takes no default"
+    elif (isinstance(default, bool) and bool not in allowed) or not isinstance(default, allowed):
+        yield f"default {default!r} does not fit a `{name}` column"
+    elif "values" in kind.options and spec.values and default not in spec.values:
+        yield f"default '{default}' is not one of {', '.join(spec.values)}"
+    elif isinstance(default, str) and spec.length is not None and len(default) > spec.length:
+        yield f"default '{default}' is longer than length {spec.length}"
+
+
+def _roles_apply() -> str:
+    takes = [f"auth: {name}" for name, rule in AUTH_RULES.items() if rule.takes_roles]
+    return f"`roles` only applies to {_ticked(takes, ' or ')}"
 
 
 def check_spec(spec: Spec, document: Document) -> list[SpecIssue]:

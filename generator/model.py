@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from generator.auth_rules import AuthRule, auth_rule
+from generator.kinds import ColumnKind, kind_of
 from generator.spec import (
     ColumnSpec,
     GatewayRouteSpec,
@@ -101,9 +103,13 @@ class Column:
     description: str
 
     @property
+    def kind(self) -> ColumnKind:
+        return kind_of(self.type)
+
+    @property
     def generated(self) -> bool:
         """Filled by the database or the model (ids, timestamps), never by a client."""
-        return self.default in ("now", "gen_random_uuid") or self.on_update_now
+        return self.default in self.kind.functions or self.on_update_now
 
     @property
     def sql_constraints(self) -> str:
@@ -123,17 +129,7 @@ class Column:
 
     @property
     def sql_default(self) -> str | None:
-        if self.default is None:
-            return None
-        if self.default == "now" and self.type == "timestamp":
-            return "NOW()"
-        if self.default == "gen_random_uuid" and self.type == "uuid":
-            return "gen_random_uuid()"
-        if isinstance(self.default, bool):
-            return "true" if self.default else "false"
-        if isinstance(self.default, str):
-            return "'" + self.default.replace("'", "''") + "'"
-        return str(self.default)
+        return self.kind.docs_default(self.default)
 
     @property
     def check_sql(self) -> str | None:
@@ -197,8 +193,17 @@ class Route:
     errors: tuple[int, ...] = ()
 
     @property
+    def rule(self) -> AuthRule:
+        return auth_rule(self.auth)
+
+    @property
     def via_gateway(self) -> bool:
-        return self.auth != "service"
+        return self.rule.via_gateway
+
+    @property
+    def gateway_auth(self) -> str | None:
+        """The rule as the gateway's route table names it."""
+        return self.rule.gateway
 
     @property
     def problems(self) -> tuple[int, ...]:
@@ -213,9 +218,9 @@ class Route:
         found = {422, 503, *self.errors}
         if self.method in {"POST", "PUT", "PATCH"}:
             found |= {400, 413, 415}
-        if self.auth != "public":
+        if self.rule.token is not None:
             found.add(401)
-        if self.roles or self.auth == "service":
+        if self.roles or self.rule.token == "service":
             found.add(403)
         if "{" in self.path:
             found.add(404)
@@ -487,43 +492,13 @@ class Platform:
 
 # -- building ------------------------------------------------------------------------------
 
-_SQL_TYPES = {
-    "uuid": "UUID",
-    "text": "TEXT",
-    "integer": "INTEGER",
-    "bigint": "BIGINT",
-    "boolean": "BOOLEAN",
-    "timestamp": "TIMESTAMP",
-    "json": "JSONB",
-}
-PYTHON_TYPES = {  # spec type -> Python annotation (columns and event payload fields)
-    "uuid": "uuid.UUID",
-    "string": "str",
-    "text": "str",
-    "enum": "str",
-    "integer": "int",
-    "bigint": "int",
-    "decimal": "Decimal",
-    "boolean": "bool",
-    "timestamp": "datetime",
-    "json": "Any",
-}
-
-
-def _sql_type(spec: ColumnSpec) -> str:
-    if spec.type in {"string", "enum"}:
-        return f"VARCHAR({spec.length})"
-    if spec.type == "decimal":
-        return f"DECIMAL({spec.precision}, {spec.scale})"
-    return _SQL_TYPES[spec.type]
-
 
 def _column(name: str, spec: ColumnSpec) -> Column:
     return Column(
         name=name,
         type=spec.type,
-        sql_type=_sql_type(spec),
-        python_type=PYTHON_TYPES[spec.type],
+        sql_type=kind_of(spec.type).sql_type(spec),
+        python_type=kind_of(spec.type).python,
         nullable=spec.nullable and not spec.primary_key,
         primary_key=spec.primary_key,
         unique=spec.unique,
@@ -575,7 +550,7 @@ def _system_tables(*names: str) -> tuple[Table, ...]:
 def _route(service: str, spec: RouteSpec | GatewayRouteSpec, index: int) -> Route:
     own = spec if isinstance(spec, RouteSpec) else None
     table, _, operation = (own.crud or "").partition(".") if own else ("", "", "")
-    roles: tuple[str, ...] = ("admin",) if spec.auth == "admin" else tuple(spec.roles or ())
+    roles = auth_rule(spec.auth).route_roles(spec.roles)
     return Route(
         method=spec.method,
         path=spec.path,

@@ -11,6 +11,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
+from generator.auth_rules import rule_names
+from generator.choices import Matching, OneOf
+from generator.kinds import KINDS
+
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=63)]
 ServiceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9]*$", max_length=30)]
 TopicName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9.-]*[a-z0-9]$", max_length=200)]
@@ -24,15 +28,21 @@ SuccessStatus = Annotated[int, Field(ge=200, le=299)]
 ErrorStatus = Annotated[int, Field(ge=400, le=599)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Percent = int
-ColumnType = Literal[
-    "uuid", "string", "text", "integer", "bigint", "decimal", "boolean", "timestamp", "json", "enum"
-]
-PayloadType = Annotated[
-    str,
-    StringConstraints(
-        pattern=r"^(uuid|string|text|integer|decimal|boolean|timestamp|json)( \| null)?$"
-    ),
-]
+# A column's `type:` is a kind of generator/kinds.py, a route's `auth:` a rule of
+# generator/auth_rules.py (the gateway's only those it routes): checked against the
+# registries when a spec is validated.
+ColumnType = Annotated[str, OneOf(lambda: list(KINDS))]
+AuthName = Annotated[str, OneOf(rule_names)]
+GatewayAuthName = Annotated[str, OneOf(lambda: rule_names(via_gateway=True))]
+
+
+def _payload_pattern() -> str:
+    """An event payload field's type: a kind events may carry, maybe `| null`."""
+    kinds = "|".join(name for name, kind in KINDS.items() if kind.payload)
+    return rf"^({kinds})( \| null)?$"
+
+
+PayloadType = Annotated[str, Matching(_payload_pattern)]
 
 
 class Strict(BaseModel):
@@ -127,7 +137,7 @@ class GatewayRouteSpec(Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     path: UrlPath
     upstream: str
-    auth: Literal["public", "authenticated", "admin"]
+    auth: GatewayAuthName
     roles: list[Identifier] | None = None
     description: str = ""
 
@@ -220,7 +230,7 @@ class ServiceEventsSpec(Strict):
 class RouteSpec(Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     path: UrlPath
-    auth: Literal["public", "authenticated", "admin", "service"]
+    auth: AuthName
     roles: list[Identifier] | None = None
     name: Identifier | None = None
     handler: Identifier | None = None

@@ -10,42 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from generator.model import Column, Table
 
 
 def column_type(column: Column) -> sa.types.TypeEngine[Any]:
-    kind = column.type
-    if kind in {"string", "enum"}:
-        return sa.String(column.length)
-    if kind == "decimal":
-        return sa.Numeric(column.precision, column.scale)
-    if kind == "json":
-        return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-    simple: dict[str, sa.types.TypeEngine[Any]] = {
-        "uuid": sa.Uuid(),
-        "text": sa.Text(),
-        "integer": sa.Integer(),
-        "bigint": sa.BigInteger(),
-        "boolean": sa.Boolean(),
-        "timestamp": sa.DateTime(timezone=True),
-    }
-    return simple[kind]
+    return column.kind.schema_type(column)
 
 
 def server_default(column: Column) -> str | sa.TextClause | None:
     """The DEFAULT clause, portable between SQLite and PostgreSQL (ids are made in Python)."""
-    default = column.default
-    if default is None or default == "gen_random_uuid":
+    found = column.kind.server_default(column.default)
+    if found is None:
         return None
-    if default == "now":
-        return sa.text("CURRENT_TIMESTAMP")
-    if isinstance(default, bool):
-        return sa.text("true" if default else "false")
-    if isinstance(default, int | float):
-        return sa.text(str(default))
-    return str(default)
+    text, is_sql = found
+    return sa.text(text) if is_sql else text
 
 
 def check_name(table: Table, column: Column) -> str:

@@ -21,8 +21,6 @@ REDIS_HOST = "redis"
 # Where the token issuer's private key is mounted (from a Secret, as a file).
 JWT_KEY_DIR = "/etc/cloudretail/jwt"
 JWT_KEY_FILE = "private.pem"
-# Auth levels that need the caller's token verified (with the token issuer's JWKS).
-_TOKEN_AUTH = frozenset({"authenticated", "admin"})
 
 
 @dataclass(frozen=True)
@@ -202,7 +200,7 @@ def build(platform: Platform) -> Deployment:
     # Who serves which routes that need a verified token (the gateway checks them too).
     needs_token: set[str] = {gateway.deployable.name}
     for route in gateway.routes:
-        if route.auth in _TOKEN_AUTH:
+        if route.rule.token == "user":
             needs_token.add(by_port[gateway.upstream(route.service).port].name)
     auth = platform.auth
     issuer = platform.service(auth.issuer) if auth is not None and auth.issuer else None
@@ -210,7 +208,7 @@ def build(platform: Platform) -> Deployment:
     jwks_url = auth.jwks_url(issuer_name or "") if auth is not None else None
     if auth is not None:
         for other in platform.services:
-            if any(r.auth in _TOKEN_AUTH for r in other.routes):
+            if any(r.rule.token == "user" for r in other.routes):
                 needs_token.add(other.deployable.name)
 
     processes: list[Process] = [

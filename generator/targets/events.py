@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from generator.model import PYTHON_TYPES, Event, Platform
+from generator.kinds import kind_of
+from generator.model import Event, Platform
 from generator.pycode import Imports
 from generator.render import OutputFile
-
-_IMPORTS: dict[str, tuple[str, ...]] = {
-    "uuid.UUID": ("uuid",),
-    "Decimal": ("decimal", "Decimal"),
-    "datetime": ("datetime", "datetime"),
-    "Any": ("typing", "Any"),
-}
 
 
 @dataclass(frozen=True)
@@ -24,9 +18,9 @@ class EventCode:
 
 def _fields(event: Event) -> tuple[str, ...]:
     return tuple(
-        f"{field.name}: {PYTHON_TYPES[field.type]} | None = None"
+        f"{field.name}: {kind_of(field.type).python} | None = None"
         if field.optional
-        else f"{field.name}: {PYTHON_TYPES[field.type]}"
+        else f"{field.name}: {kind_of(field.type).python}"
         for field in event.payload
     )
 
@@ -36,7 +30,7 @@ def files(platform: Platform) -> list[OutputFile]:
     imports.add("runtime.events.registry", "EventRegistry", "EventType")
     for event in platform.events:
         for field in event.payload:
-            needed = _IMPORTS.get(PYTHON_TYPES[field.type])
+            needed = kind_of(field.type).python_import
             if needed:
                 imports.add(*needed)
     events = tuple(EventCode(event, _fields(event)) for event in platform.events)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from generator.crud_events import CrudEvent, FieldSource, crud_events
 from generator.handlers import event_handler_name
-from generator.model import PYTHON_TYPES, Column, Platform, Route, Saga, Service, Table, pascal
+from generator.kinds import KINDS
+from generator.model import Column, Platform, Route, Saga, Service, Table, pascal
 from generator.pycode import Imports, call, pytuple
 from generator.render import OutputFile, pystr
 from generator.sqlschema import check_name, unique_name
@@ -21,25 +22,6 @@ PAGE_LIMIT_DEFAULT = 20
 PAGE_LIMIT_MAX = 100
 # OFFSET is a BIGINT on every backend; a larger one must be a 422, not a driver overflow.
 BIGINT_MAX = 2**63 - 1
-# Ranges of the integer column types: values outside are a 422, not a driver overflow.
-_INTEGER_RANGES = {"integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
-
-# What each Python type needs imported, as (module, name) or (module,) for `import module`.
-_TYPE_IMPORTS: dict[str, tuple[str, ...]] = {
-    "uuid.UUID": ("uuid",),
-    "Decimal": ("decimal", "Decimal"),
-    "datetime": ("datetime", "datetime"),
-    "Any": ("typing", "Any"),
-}
-_SA_TYPES = {
-    "uuid": "sa.Uuid",
-    "text": "sa.Text",
-    "integer": "sa.Integer",
-    "bigint": "sa.BigInteger",
-    "boolean": "sa.Boolean",
-    "timestamp": "UTCDateTime",
-    "json": "JSONType",
-}
 _CHECK_OPERATORS = {">=": "ge", ">": "gt", "<=": "le", "<": "lt"}
 
 
@@ -124,52 +106,25 @@ class ServiceCode:
 # -- columns -------------------------------------------------------------------------------
 
 
-def _add_type(imports: Imports, python_type: str) -> None:
-    needed = _TYPE_IMPORTS.get(python_type)
-    if needed:
-        imports.add(*needed)
-
-
-def _sa_type(column: Column) -> str:
-    if column.type in {"string", "enum"}:
-        return f"sa.String({column.length})"
-    if column.type == "decimal":
-        return f"DecimalType({column.precision}, {column.scale})"
-    return _SA_TYPES[column.type]
-
-
-def _decimal(value: object) -> str:
-    return f'Decimal("{value}")'
+def _add_type(imports: Imports, column: Column) -> None:
+    if column.kind.python_import:
+        imports.add(*column.kind.python_import)
 
 
 def _server_default(column: Column) -> str | None:
-    default = column.default
-    if default is None or default == "gen_random_uuid":
+    found = column.kind.server_default(column.default)
+    if found is None:
         return None
-    if default == "now":
-        return 'sa.text("CURRENT_TIMESTAMP")'
-    if isinstance(default, bool):
-        return f'sa.text("{"true" if default else "false"}")'
-    if isinstance(default, int | float):
-        return f'sa.text("{default}")'
-    return pystr(str(default))
+    text, is_sql = found
+    return f"sa.text({pystr(text)})" if is_sql else pystr(text)
 
 
 def _python_default(column: Column) -> str | None:
-    default = column.default
-    if default is None:
-        return None
-    if default == "gen_random_uuid":
-        return "uuid.uuid4"
-    if default == "now":
-        return "utc_now"
-    if column.type == "decimal":
-        return _decimal(default)
-    return pystr(default) if isinstance(default, str) else repr(default)
+    return column.kind.python_default(column.default)
 
 
 def _model_line(column: Column) -> str:
-    args = [_sa_type(column)]
+    args = [column.kind.model_expr(column)]
     if column.primary_key:
         args.append("primary_key=True")
     elif not column.nullable:
@@ -181,8 +136,8 @@ def _model_line(column: Column) -> str:
     if server_default is not None:
         args.append(f"server_default={server_default}")
     if column.on_update_now:
-        args.append("onupdate=utc_now")
-    mapped = PYTHON_TYPES[column.type] + (" | None" if column.nullable else "")
+        args.append(f"onupdate={column.kind.functions['now'].python}")
+    mapped = column.kind.python + (" | None" if column.nullable else "")
     return call(f"{column.name}: Mapped[{mapped}] = mapped_column(", args, indent=4)
 
 
@@ -192,33 +147,19 @@ def enum_alias(table: Table, column: Column) -> str:
 
 
 def _schema_type(column: Column, table: Table) -> str:
-    if column.type == "enum":
+    if "values" in column.kind.options:
         return enum_alias(table, column)
-    return PYTHON_TYPES[column.type]
-
-
-def _type_bounds(column: Column) -> list[str]:
-    """What the column's type itself can hold: its length, digits or integer range."""
-    if column.type == "string" and column.length:
-        return [f"max_length={column.length}"]
-    if column.type == "decimal":
-        return [
-            f"max_digits={column.precision}",
-            f"decimal_places={column.scale}",
-            f"json_schema_extra=decimal_pattern({column.precision}, {column.scale})",
-        ]
-    if column.type in _INTEGER_RANGES:
-        low, high = _INTEGER_RANGES[column.type]
-        return [f"ge={low}", f"le={high}"]
-    return []
+    return column.kind.python
 
 
 def _constraints(column: Column) -> list[str]:
-    found = _type_bounds(column)
+    # What the column's type itself can hold (its length, digits or integer range), then
+    # its CHECK.
+    found = column.kind.bounds(column)
     if column.check is not None:
         match = re.fullmatch(r"(>=|<=|>|<)\s*(-?[0-9.]+)", column.check)
         if match:
-            bound = _decimal(match.group(2)) if column.type == "decimal" else match.group(2)
+            bound = column.kind.number(match.group(2))
             keyword = _CHECK_OPERATORS[match.group(1)]
             # The CHECK's bound takes the place of the type's on its side (ge=0, not ge=-2**31).
             side = ("ge=", "gt=") if keyword in {"ge", "gt"} else ("le=", "lt=")
@@ -311,10 +252,10 @@ def _filter_code(table: Table, name: str, op: str, columns: tuple[str, ...]) -> 
         targets += "," if len(columns) == 1 else ""
         return FilterCode(name, f"{name}: str | None = None", f"crud.search(({targets}), {name})")
     column = next(c for c in table.columns if c.name == columns[0])
-    python_type = PYTHON_TYPES[column.type]
+    python_type = column.kind.python
     # Bounded like the column, so a value it cannot hold is a 422 naming the parameter
     # instead of a driver error; a string longer than the column just matches nothing.
-    bounds = [] if column.type in {"string", "enum"} else _type_bounds(column)
+    bounds = column.kind.bounds(column, length=False)
     annotation = f"{python_type} | None"
     if bounds:
         query = f"Query({', '.join(bounds)})"
@@ -349,7 +290,7 @@ def _table_code(table: Table, *, listed: bool = False) -> TableCode:
     aliases = [
         call(f"{enum_alias(table, c)} = Literal[", [pystr(v) for v in c.values], indent=0, tail="]")
         for c in table.columns
-        if c.type == "enum"
+        if "values" in c.kind.options
     ]
     if table.sort or listed:
         values = [pystr(value) for value in sort_values]
@@ -365,7 +306,7 @@ def _table_code(table: Table, *, listed: bool = False) -> TableCode:
         where_line=call("where = crud.where(", [f.condition for f in filters], indent=4),
         not_null_line=not_null_line,
         default_order=table.sort[0] if table.sort else table.primary_key.name,
-        key_type=PYTHON_TYPES[table.primary_key.type],
+        key_type=table.primary_key.kind.python,
         cache_ttl=table.cache_ttl_seconds,
     )
 
@@ -478,11 +419,9 @@ def _route_code(
     decorator_args.append(f"responses=problems({', '.join(map(str, route.problems))})")
     if route.body is not None:
         decorator_args.append(f"openapi_extra=request_body(handlers.{route.body})")
-    if route.auth == "service":
-        decorator_args.append("dependencies=[Depends(require_service)]")
-    elif route.auth != "public":
-        roles = ", ".join(pystr(role) for role in route.roles)
-        decorator_args.append(f"dependencies=[Depends(require({roles}))]")
+    dependency = route.rule.dependency_expr(route.roles)
+    if dependency is not None:
+        decorator_args.append(f"dependencies=[{dependency}]")
     decorator = call(f"@router.{route.method.lower()}(", decorator_args, indent=0)
     publish: tuple[str, ...] = ()
     if table is not None:
@@ -516,16 +455,16 @@ def _model_imports(tables: tuple[Table, ...]) -> str:
         .add("sqlalchemy as sa")
         .add("sqlalchemy.orm", "DeclarativeBase", "Mapped", "mapped_column")
     )
-    runtime = {"decimal": "DecimalType", "json": "JSONType", "timestamp": "UTCDateTime"}
     for table in tables:
         for column in table.columns:
-            _add_type(imports, PYTHON_TYPES[column.type])
-            if column.type in runtime:
-                imports.add("runtime.types", runtime[column.type])
-            if column.default == "now" or column.on_update_now:
-                imports.add("runtime.types", "utc_now")
-            if column.default == "gen_random_uuid":
-                imports.add("uuid")
+            kind = column.kind
+            _add_type(imports, column)
+            if kind.runtime_type is not None:
+                imports.add("runtime.types", kind.runtime_type)
+            if isinstance(column.default, str) and column.default in kind.functions:
+                imports.add(*kind.functions[column.default].imports)
+            if column.on_update_now:
+                imports.add(*kind.functions["now"].imports)
     return imports.lines()
 
 
@@ -541,7 +480,7 @@ def _schema_imports(service: Service, tables: tuple[TableCode, ...]) -> str:
     )
     for table in tables:
         for column in table.table.columns:
-            _add_type(imports, PYTHON_TYPES[column.type])
+            _add_type(imports, column)
     if "Field(" in text:
         imports.add("pydantic", "Field")
     if "decimal_pattern(" in text:
@@ -559,6 +498,8 @@ def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
     text = "\n".join(param for route in routes for param in route.params)
     text += "\n".join(route.returns + route.decorator for route in routes)
     for route in routes:
+        if route.route.rule.dependency_import:
+            imports.add(*route.route.rule.dependency_import)
         if route.kind == "handler":
             if route.route.body is not None:
                 imports.add("runtime.openapi", "request_body")
@@ -586,17 +527,15 @@ def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
         (r"\bRequest\b", "fastapi", "Request"),
         (r"\bResponse\b", "fastapi", "Response"),
         (r"\bDepends\(", "fastapi", "Depends"),
-        (r"\brequire\(", "runtime.auth", "require"),
-        (r"\brequire_service\b", "runtime.auth", "require_service"),
         (r"\bSessionDep\b", "runtime.deps", "SessionDep"),
         (r"\bCacheDep\b", "runtime.deps", "CacheDep"),
         (r"\bdecimal_pattern\(", "runtime.schemas", "decimal_pattern"),
-        (r"\buuid\.UUID\b", "uuid", None),
-        (r"\bDecimal\b", "decimal", "Decimal"),
-        (r"\bdatetime\b", "datetime", "datetime"),
     ):
         if re.search(pattern, text):
-            imports.add(module, *((name,) if name else ()))
+            imports.add(module, name)
+    for kind in KINDS.values():  # key and filter types
+        if kind.python_import and re.search(rf"\b{re.escape(kind.python)}\b", text):
+            imports.add(*kind.python_import)
     if any(route.kind == "delete" for route in routes):
         imports.add("fastapi", "Response")
     if any(route.publish for route in routes):

@@ -14,7 +14,15 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_ROUTES_PATH = Path("generated/gateway/routes.yaml")
 AuthRule = Literal["public", "authenticated", "admin"]
@@ -44,6 +52,9 @@ class UpstreamSpec(_Frozen):
 
 
 class RouteSpec(_Frozen):
+    """One route. `roles` (empty: any) are those its token may carry. The generator writes
+    them for every rule (`admin` routes say `roles: [admin]`): no rule fills them in here."""
+
     method: str
     path: str
     upstream: str
@@ -54,6 +65,13 @@ class RouteSpec(_Frozen):
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
+
+    @model_validator(mode="after")
+    def _admin_names_its_role(self) -> RouteSpec:
+        # An `admin` route without `roles: [admin]` would let any valid token through.
+        if self.auth == "admin" and self.roles != ("admin",):
+            raise ValueError(f"{self.method} {self.path}: an admin route has roles [admin]")
+        return self
 
 
 class TokenSpec(_Frozen):

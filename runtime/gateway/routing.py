@@ -24,10 +24,7 @@ class Route:
 
     @classmethod
     def from_spec(cls, spec: RouteSpec) -> Route:
-        roles = frozenset(spec.roles)
-        if spec.auth == "admin":
-            roles = frozenset({"admin"})
-        return cls(spec.method, spec.path, spec.upstream, spec.auth, roles)
+        return cls(spec.method, spec.path, spec.upstream, spec.auth, frozenset(spec.roles))
 
 
 # The routes of one path, by method.
