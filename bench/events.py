@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.db import Database  # noqa: E402
 from runtime.events.broker import EmbeddedBroker  # noqa: E402
-from runtime.events.bus import KafkaProducer, KafkaSource  # noqa: E402
 from runtime.events.consumer import EventConsumer, EventContext  # noqa: E402
+from runtime.events.kafka import KafkaProducer, KafkaSource  # noqa: E402
 from runtime.events.outbox import OutboxRelay, publish  # noqa: E402
 from runtime.events.registry import EventRegistry, EventType  # noqa: E402
 from runtime.events.tables import create_event_tables  # noqa: E402

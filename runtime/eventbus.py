@@ -32,9 +32,10 @@ from runtime.auth import require, require_service
 from runtime.config import ServiceSettings
 from runtime.db import Database
 from runtime.errors import Problem
-from runtime.events.bus import KafkaProducer, KafkaSource, Message
 from runtime.events.envelope import EnvelopeError, Event
+from runtime.events.kafka import KafkaProducer, KafkaSource
 from runtime.events.registry import EventRegistry, EventValidationError
+from runtime.events.transport import Message
 from runtime.openapi import problems, request_body
 from runtime.service_events import kafka_source
 from runtime.types import UTCDateTime

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 
 from runtime.config import ServiceSettings
 from runtime.db import Database
-from runtime.events.bus import KafkaProducer, KafkaSource
 from runtime.events.consumer import EventConsumer, Handler, consumer_topics
+from runtime.events.kafka import KafkaProducer, KafkaSource
 from runtime.events.outbox import OutboxRelay
 from runtime.events.registry import EventRegistry
 

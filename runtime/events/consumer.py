@@ -30,12 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from runtime.correlation import correlation_id_var
 from runtime.db import Database
-from runtime.events.bus import BrokerUnavailable, CommitFailed, Message, Producer, Source
 from runtime.events.envelope import EnvelopeError, Event
 from runtime.events.outbox import publish
 from runtime.events.registry import EventRegistry, EventValidationError
 from runtime.events.tables import processed_events
 from runtime.events.topics import dlq_topic
+from runtime.events.transport import BrokerUnavailable, CommitFailed, Message, Producer, Source
 
 logger = logging.getLogger(__name__)
 

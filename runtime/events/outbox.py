@@ -25,10 +25,10 @@ from sqlalchemy.orm import Session
 
 from runtime.correlation import get_correlation_id, new_correlation_id
 from runtime.db import Database
-from runtime.events.bus import BrokerUnavailable, OutgoingMessage, Producer
 from runtime.events.envelope import Event, EventMetadata
 from runtime.events.registry import EventRegistry, EventValidationError
 from runtime.events.tables import outbox
+from runtime.events.transport import BrokerUnavailable, OutgoingMessage, Producer
 
 logger = logging.getLogger(__name__)
 

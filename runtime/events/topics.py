@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, for_code
 
-from runtime.events.bus import BrokerUnavailable
+from runtime.events.transport import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -16,20 +16,15 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, Uuid, func, ins
 
 from runtime.db import Database
 from runtime.events.broker import EmbeddedBroker
-from runtime.events.bus import (
-    KafkaProducer,
-    KafkaSource,
-    MemoryBus,
-    Message,
-    Producer,
-    Source,
-)
 from runtime.events.consumer import EventConsumer, EventContext, Handler, consumer_topics
 from runtime.events.envelope import Event
+from runtime.events.kafka import KafkaProducer, KafkaSource
+from runtime.events.memory import MemoryBus
 from runtime.events.outbox import OutboxRelay, publish
 from runtime.events.registry import EventRegistry, EventType
 from runtime.events.tables import create_event_tables, outbox, processed_events
 from runtime.events.topics import TopicSpec, apply_topics, dlq_topic
+from runtime.events.transport import Message, Producer, Source
 
 PARTITIONS = 3
 

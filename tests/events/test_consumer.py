@@ -9,9 +9,9 @@ from sqlalchemy import insert
 from sqlalchemy.exc import OperationalError
 
 from runtime.correlation import get_correlation_id
-from runtime.events.bus import MemoryBus
 from runtime.events.consumer import EventConsumer, EventContext, Outcome
 from runtime.events.envelope import Event, EventMetadata
+from runtime.events.memory import MemoryBus
 from runtime.events.registry import EventRegistry, EventValidationError
 from runtime.events.topics import dlq_topic
 from tests.events.conftest import DatabaseFactory

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.events.bus import BrokerUnavailable, CommitFailed, MemoryBus, partition_for
+from runtime.events.memory import MemoryBus, partition_for
+from runtime.events.transport import BrokerUnavailable, CommitFailed
 
 
 async def test_one_key_always_lands_in_one_partition() -> None:

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 
 from runtime.db import Database
-from runtime.events.bus import BrokerUnavailable, MemoryBus
 from runtime.events.envelope import Event
+from runtime.events.memory import MemoryBus
 from runtime.events.outbox import (
     ADVISORY_LOCK_KEY,
     MAX_EVENT_BYTES,
@@ -22,6 +22,7 @@ from runtime.events.outbox import (
     purge_sent,
 )
 from runtime.events.registry import EventRegistry, EventValidationError
+from runtime.events.transport import BrokerUnavailable
 from tests.events.conftest import DatabaseFactory
 from tests.events.support import MemoryHarness, Service, eventually, make_registry, order
 

@@ -22,8 +22,8 @@ import generated.eventbus.app as bus_app
 from runtime.auth import TokenIssuer, TokenVerifier, static_jwks
 from runtime.config import ServiceSettings
 from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError, free_port
-from runtime.events.bus import KafkaProducer
 from runtime.events.envelope import Event, EventMetadata
+from runtime.events.kafka import KafkaProducer
 from runtime.events.topics import TopicSpec, apply_topics
 from runtime.migrate import upgrade
 from tests.servers import REDIS_TEST_URL, run_in_own_loop, unreachable

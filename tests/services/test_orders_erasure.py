@@ -18,9 +18,9 @@ import pytest
 from generated.events import REGISTRY
 from generated.services.order.models import Order, OrderEvent
 from runtime.auth import TokenIssuer
-from runtime.events.bus import MemoryBus
 from runtime.events.consumer import EventConsumer, Handler, consumer_topics
 from runtime.events.envelope import Event, EventMetadata
+from runtime.events.memory import MemoryBus
 from tests.services.commerce import (
     Shop,
     capture_event_handlers,

@@ -1,113 +1,30 @@
-"""Transport: the producer and consumer interfaces, over Kafka (aiokafka) or in memory.
+"""The Kafka transport: `Producer` and `Source` over aiokafka's public API.
 
-Both implementations behave alike: keyed messages land in a partition chosen by the key, a
-consumer group reads each partition in order from its committed offset, and what a member read
-but did not commit is read again by whoever owns the partition next. `MemoryBus` lets the unit
-tests of one service run that behaviour without a broker.
+The one reach past it, a forced metadata refresh of a producer, is `_refresh_producer_metadata`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.client import AIOKafkaClient
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, UnknownError
-from aiokafka.protocol.metadata import MetadataRequest
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.events.transport import (
+    BrokerUnavailable,
+    CommitFailed,
+    Header,
+    Message,
+    OutgoingMessage,
+    TopicPartitionKey,
+)
+
 logger = logging.getLogger(__name__)
-
-Header = tuple[str, bytes]
-TopicPartitionKey = tuple[str, int]
-
-
-class BrokerUnavailable(ConnectionError):
-    """The broker did not take a message: unreachable, timed out, or it refused the request."""
-
-
-class CommitFailed(RuntimeError):
-    """Offsets were not committed, typically because a rebalance moved the partition away.
-
-    Harmless for correctness: the next owner reads the messages again and the consumer's
-    `processed_events` table makes the repeat a no-op.
-    """
-
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: tuple[Header, ...] = ()
-
-
-@dataclass(frozen=True)
-class Message:
-    """A message as read from a partition."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: tuple[Header, ...] = ()
-    timestamp_ms: int | None = None
-
-
-class Producer(Protocol):
-    """Sends messages with acks from all in-sync replicas; every send waits for its ack."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[Header] = ()
-    ) -> None:
-        """Send one message and wait for its ack; raises `BrokerUnavailable` when not acked."""
-        ...
-
-    async def send_batch(
-        self, messages: Sequence[OutgoingMessage]
-    ) -> list[BrokerUnavailable | None]:
-        """Send in order, wait for every ack; per message None (acked) or the failure."""
-        ...
-
-    async def ping(self) -> bool:
-        """True when the broker answers now; never raises."""
-        ...
-
-
-class Source(Protocol):
-    """One member of a consumer group, reading its assigned partitions."""
-
-    @property
-    def group_id(self) -> str: ...
-
-    @property
-    def topics(self) -> tuple[str, ...]: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None:
-        """Leave the group without committing anything."""
-        ...
-
-    async def fetch(self, timeout: float, max_records: int) -> list[Message]:
-        """Up to `max_records` messages, waiting at most `timeout` seconds for the first."""
-        ...
-
-    async def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
-        """Commit, per partition, the offset of the next message to read."""
-        ...
 
 
 class KafkaSettings(BaseSettings):
@@ -214,7 +131,11 @@ class KafkaProducer:
         try:
             producer = await self._started()
             if self.refresh_metadata:
-                await self._refresh_metadata(producer, {message.topic for message in messages})
+                topics = {message.topic for message in messages}
+                if not await _refresh_producer_metadata(producer, topics):
+                    raise BrokerUnavailable(
+                        f"Kafka at {self.bootstrap_servers} did not answer metadata"
+                    )
         except BrokerUnavailable as error:
             return [error] * len(messages)
 
@@ -239,13 +160,6 @@ class KafkaProducer:
                 outcomes[index] = self._unavailable(result)
         return outcomes
 
-    async def _refresh_metadata(self, producer: Any, topics: set[str]) -> None:
-        client = producer.client
-        for topic in topics:
-            await client.add_topic(topic)
-        if not await client.force_metadata_update():
-            raise BrokerUnavailable(f"Kafka at {self.bootstrap_servers} did not answer metadata")
-
     def _unavailable(self, error: BaseException) -> BrokerUnavailable:
         unavailable = BrokerUnavailable(
             f"Kafka at {self.bootstrap_servers} did not ack: {_describe(error)}" + self._hint(error)
@@ -266,7 +180,7 @@ class KafkaProducer:
         try:
             producer = await self._started()
             timeout = self.request_timeout_ms / 1000
-            return bool(await asyncio.wait_for(producer.client.force_metadata_update(), timeout))
+            return await asyncio.wait_for(_refresh_producer_metadata(producer), timeout)
         except Exception:
             return False
 
@@ -326,7 +240,7 @@ class KafkaSource:
         self.check_cluster_id = check_cluster_id
         self.restarts = 0
         self._consumer: Any = None
-        self._probe: Any = None
+        self._admin: AIOKafkaAdminClient | None = None
         self._cluster_id: str | None = None
 
     @property
@@ -344,12 +258,12 @@ class KafkaSource:
         try:
             await consumer.start()
             if self.check_cluster_id:
-                self._probe = AIOKafkaClient(bootstrap_servers=self.bootstrap_servers)
-                await self._probe.bootstrap()
+                self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+                await self._admin.start()
                 self._cluster_id = await self._read_cluster_id()
         except Exception as error:
             await _stop_quietly(consumer)
-            await self._close_probe()
+            await self._close_admin()
             raise BrokerUnavailable(
                 f"cannot reach Kafka at {self.bootstrap_servers}: {_describe(error)}"
             ) from error
@@ -359,19 +273,22 @@ class KafkaSource:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await _stop_quietly(consumer)
-        await self._close_probe()
+        await self._close_admin()
 
-    async def _close_probe(self) -> None:
-        probe, self._probe = self._probe, None
-        if probe is not None:
+    async def _close_admin(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
             try:
-                await probe.close()
+                await admin.close()
             except Exception as error:
                 logger.warning("kafka client did not close cleanly", extra={"error": repr(error)})
 
     async def _read_cluster_id(self) -> str | None:
-        response = await self._probe.send(self._probe.get_random_node(), MetadataRequest([]))
-        cluster_id = getattr(response, "cluster_id", None)
+        if self._admin is None:
+            raise RuntimeError("KafkaSource reads the cluster id only while started")
+        # DescribeCluster is answered from a metadata request (all topics, none created).
+        cluster = await self._admin.describe_cluster()
+        cluster_id = cluster.get("cluster_id")
         return cluster_id if isinstance(cluster_id, str) else None
 
     async def fetch(self, timeout: float, max_records: int) -> list[Message]:
@@ -436,218 +353,18 @@ async def _stop_quietly(client: Any) -> None:
         logger.warning("kafka client did not stop cleanly", extra={"error": _describe(error)})
 
 
-def partition_for(key: bytes | None, partitions: int, counter: int) -> int:
-    """Stable across processes (unlike hash()); keyless messages spread round-robin."""
-    if key is None:
-        return counter % partitions
-    return zlib.crc32(key) % partitions
+async def _refresh_producer_metadata(
+    producer: AIOKafkaProducer, topics: Iterable[str] = ()
+) -> bool:
+    """Re-read the cluster metadata of `producer` now, for `topics` too; False if unanswered.
 
-
-@dataclass
-class _Group:
-    members: list[MemorySource] = field(default_factory=list)
-    committed: dict[TopicPartitionKey, int] = field(default_factory=dict)
-    generation: int = 0
-
-
-class MemoryBus:
-    """Topics, partitions and consumer groups in one process, for unit tests.
-
-    Set `available = False` to simulate a broker outage: sends raise `BrokerUnavailable`,
-    fetches return nothing and commits fail, as with an unreachable Kafka.
+    aiokafka has no public producer method for this: `partitions_for` answers from the cached
+    metadata and `metadata_max_age_ms` only refreshes on a timer, while a restarted embedded
+    broker must be asked before each batch (see `KafkaProducer`). So this reaches the
+    producer's `client` attribute (`AIOKafkaClient`, exported by aiokafka, no private names);
+    it is the only place that does.
     """
-
-    def __init__(self, *, partitions: int = 3) -> None:
-        self.default_partitions = partitions
-        self.available = True
-        self._logs: dict[str, list[list[Message]]] = {}
-        self._groups: dict[str, _Group] = {}
-        self._keyless = 0
-        # Replaced on every append: waiters hold the current one, so none misses a wake-up.
-        self._arrived = asyncio.Event()
-
-    def create_topic(self, name: str, partitions: int | None = None) -> None:
-        if name not in self._logs:
-            count = partitions or self.default_partitions
-            self._logs[name] = [[] for _ in range(count)]
-            self._rebalance_subscribers(name)
-
-    def topics(self) -> dict[str, int]:
-        return {name: len(parts) for name, parts in self._logs.items()}
-
-    def messages(self, topic: str) -> list[Message]:
-        """Every message of a topic, partition by partition, for assertions."""
-        return [message for part in self._logs.get(topic, []) for message in part]
-
-    def committed(self, group_id: str, topic: str, partition: int) -> int | None:
-        group = self._groups.get(group_id)
-        return None if group is None else group.committed.get((topic, partition))
-
-    def producer(self) -> MemoryProducer:
-        return MemoryProducer(self)
-
-    def source(self, group_id: str, topics: Iterable[str]) -> MemorySource:
-        return MemorySource(self, group_id, topics)
-
-    def _append(self, outgoing: OutgoingMessage) -> Message:
-        self.create_topic(outgoing.topic)
-        parts = self._logs[outgoing.topic]
-        self._keyless += outgoing.key is None
-        index = partition_for(outgoing.key, len(parts), self._keyless)
-        message = Message(
-            topic=outgoing.topic,
-            partition=index,
-            offset=len(parts[index]),
-            key=outgoing.key,
-            value=outgoing.value,
-            headers=outgoing.headers,
-            timestamp_ms=int(time.time() * 1000),
-        )
-        parts[index].append(message)
-        arrived, self._arrived = self._arrived, asyncio.Event()
-        arrived.set()
-        return message
-
-    def _join(self, member: MemorySource) -> None:
-        group = self._groups.setdefault(member.group_id, _Group())
-        if member not in group.members:
-            group.members.append(member)
-            group.generation += 1
-
-    def _leave(self, member: MemorySource) -> None:
-        group = self._groups.get(member.group_id)
-        if group is not None and member in group.members:
-            group.members.remove(member)
-            group.generation += 1
-
-    def _rebalance_subscribers(self, topic: str) -> None:
-        # A new topic changes the assignment of every group reading it, as in Kafka.
-        for group in self._groups.values():
-            if any(topic in member.topics for member in group.members):
-                group.generation += 1
-
-    def _assignment(self, member: MemorySource) -> list[TopicPartitionKey]:
-        group = self._groups[member.group_id]
-        assigned: list[TopicPartitionKey] = []
-        for topic in member.topics:
-            readers = [other for other in group.members if topic in other.topics]
-            for part in range(len(self._logs.get(topic, []))):
-                if readers[part % len(readers)] is member:
-                    assigned.append((topic, part))
-        return assigned
-
-
-class MemoryProducer:
-    """`Producer` on a `MemoryBus`."""
-
-    def __init__(self, bus: MemoryBus) -> None:
-        self.bus = bus
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[Header] = ()
-    ) -> None:
-        [outcome] = await self.send_batch([OutgoingMessage(topic, key, value, tuple(headers))])
-        if outcome is not None:
-            raise outcome
-
-    async def send_batch(
-        self, messages: Sequence[OutgoingMessage]
-    ) -> list[BrokerUnavailable | None]:
-        # Yield once, as a network send would: code that forgets to await shows up here too.
-        await asyncio.sleep(0)
-        if not self.bus.available:
-            return [BrokerUnavailable("memory bus is unavailable")] * len(messages)
-        for message in messages:
-            self.bus._append(message)
-        return [None] * len(messages)
-
-    async def ping(self) -> bool:
-        return self.bus.available
-
-
-class MemorySource:
-    """`Source` on a `MemoryBus`: a group member with Kafka's offset and rebalance rules."""
-
-    def __init__(self, bus: MemoryBus, group_id: str, topics: Iterable[str]) -> None:
-        self.bus = bus
-        self._group_id = group_id
-        self._topics = tuple(sorted(set(topics)))
-        self._positions: dict[TopicPartitionKey, int] = {}
-        self._generation = -1
-        self._joined = False
-
-    @property
-    def group_id(self) -> str:
-        return self._group_id
-
-    @property
-    def topics(self) -> tuple[str, ...]:
-        return self._topics
-
-    async def start(self) -> None:
-        if self._joined:
-            return
-        # As a Kafka consumer cannot join its group while the broker is unreachable.
-        if not self.bus.available:
-            raise BrokerUnavailable("memory bus is unavailable")
-        self.bus._join(self)
-        self._joined = True
-
-    async def stop(self) -> None:
-        self.bus._leave(self)
-        self._joined = False
-
-    async def fetch(self, timeout: float, max_records: int) -> list[Message]:
-        if not self._joined:
-            raise RuntimeError("MemorySource.fetch before start()")
-        deadline = time.monotonic() + timeout
-        while True:
-            arrived = self.bus._arrived
-            if self.bus.available:
-                batch = self._take(max_records)
-                if batch:
-                    return batch
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            # Also re-checked on a timer: a rebalance or the end of an outage sends no signal.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived.wait(), min(remaining, 0.05))
-
-    def _take(self, max_records: int) -> list[Message]:
-        group = self.bus._groups[self._group_id]
-        if self._generation != group.generation:
-            # After a rebalance every member restarts from the committed offsets.
-            self._positions.clear()
-            self._generation = group.generation
-        taken: list[Message] = []
-        for topic, part in self.bus._assignment(self):
-            position = self._positions.get((topic, part))
-            if position is None:
-                position = group.committed.get((topic, part), 0)
-            log = self.bus._logs[topic][part]
-            chunk = log[position : position + (max_records - len(taken))]
-            taken.extend(chunk)
-            self._positions[(topic, part)] = position + len(chunk)
-            if len(taken) >= max_records:
-                break
-        return taken
-
-    async def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
-        await asyncio.sleep(0)
-        if not self.bus.available:
-            raise CommitFailed("memory bus is unavailable")
-        group = self.bus._groups.get(self._group_id)
-        if group is None or self not in group.members or self._generation != group.generation:
-            raise CommitFailed(f"group {self._group_id!r} rebalanced; offsets not committed")
-        assigned = set(self.bus._assignment(self))
-        for key, offset in offsets.items():
-            if key not in assigned:
-                raise CommitFailed(f"partition {key} is not assigned to this member")
-            group.committed[key] = offset
+    client = producer.client
+    for topic in topics:
+        await client.add_topic(topic)
+    return bool(await client.force_metadata_update())
