@@ -18,6 +18,7 @@ from generator.errors import (
     SpecError,
     SpecIssue,
 )
+from generator.formatting import format_python
 from generator.handlers import (
     HandlerChange,
     missing_handlers,
@@ -186,7 +187,7 @@ def check_platform(spec_path: Path, out_dir: Path, *, handlers_dir: Path | None 
 def render(platform: Platform, existing: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every generated file's text, keyed by its path inside the output folder. `existing`:
     the generated files already there (from `read_owned`), which migrations build on."""
-    return render_files(all_files(platform, existing or {}), platform.source)
+    return format_python(render_files(all_files(platform, existing or {}), platform.source))
 
 
 @dataclass(frozen=True)
