@@ -1,34 +1,11 @@
-"""Pieces of generated Python: import blocks sorted as ruff expects, calls that fit 100 columns."""
+"""Pieces of generated Python. Layout is ruff's business (generator/formatting.py sorts
+imports, drops unused ones and formats every generated file), so these only say what."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 from generator.render import pystr
-
-FIRST_PARTY = frozenset({"generated", "handlers", "runtime"})
-
-
-def _section(module: str) -> int:
-    top = module.split(".")[0]
-    if top == "__future__":
-        return 0
-    if top in sys.stdlib_module_names:
-        return 1
-    if top in FIRST_PARTY:
-        return 3
-    return 2
-
-
-def _name_key(name: str) -> tuple[int, str]:
-    # isort's order-by-type: CONSTANTS, then Classes, then functions and modules.
-    bare = name.split(" as ")[0]
-    if bare.isupper() and len(bare) > 1:
-        return (0, bare)
-    if bare[:1].isupper():
-        return (1, bare)
-    return (2, bare)
 
 
 @dataclass
@@ -43,38 +20,22 @@ class Imports:
             self.straight.add(module)
         return self
 
-    def lines(self, width: int = 100) -> str:
-        """The import block: sections separated by one blank line."""
-        sections: dict[int, list[str]] = {}
-        for module in sorted(self.straight, key=lambda m: m.split(" as ")[0].lower()):
-            sections.setdefault(_section(module), []).append(f"import {module}")
-        for module in sorted(self.names, key=str.lower):
-            names = sorted(self.names[module], key=_name_key)
-            line = f"from {module} import {', '.join(names)}"
-            if len(line) > width:
-                inner = "".join(f"    {name},\n" for name in names)
-                line = f"from {module} import (\n{inner})"
-            sections.setdefault(_section(module), []).append(line)
-        blocks = []
-        for key in sorted(sections):
-            straight = [line for line in sections[key] if line.startswith("import ")]
-            froms = [line for line in sections[key] if line.startswith("from ")]
-            blocks.append("\n".join(straight + froms))
-        return "\n\n".join(blocks)
+    def lines(self) -> str:
+        """One line per module, in a fixed order; ruff sorts them into sections."""
+        straight = [f"import {module}" for module in sorted(self.straight)]
+        froms = [
+            f"from {module} import {', '.join(sorted(names))}"
+            for module, names in sorted(self.names.items())
+        ]
+        return "\n".join(straight + froms)
 
 
 def call(
     head: str, args: list[str] | tuple[str, ...], *, indent: int, tail: str = ")", reserve: int = 0
 ) -> str:
-    """`head(arg, ...)` on one line when it fits in 100 columns (less `reserve` for what
-    follows it, e.g. a comma), else one argument per line with a trailing comma (which
-    ruff's formatter keeps exploded, so output is stable)."""
-    pad = " " * indent
-    one_line = f"{pad}{head}{', '.join(args)}{tail}"
-    if len(one_line) + reserve <= 100:
-        return one_line
-    inner = "".join(f"{pad}    {arg},\n" for arg in args)
-    return f"{pad}{head}\n{inner}{pad}{tail}"
+    """`head(arg, ...)` at `indent`; ruff splits it when it is too long."""
+    del reserve  # what follows the call is ruff's to fit
+    return f"{' ' * indent}{head}{', '.join(args)}{tail}"
 
 
 def pytuple(values: tuple[str, ...] | None) -> str:

@@ -33,9 +33,6 @@ class AuditLog(Base):
     user_id: Mapped[str | None] = mapped_column(sa.String(255))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     recorded_at: Mapped[datetime] = mapped_column(
-        UTCDateTime,
-        nullable=False,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, nullable=False, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )
     envelope: Mapped[str] = mapped_column(sa.Text, nullable=False)

@@ -32,25 +32,16 @@ class Inventory(Base):
     reserved: Mapped[int | None] = mapped_column(sa.Integer, default=0, server_default=sa.text("0"))
     warehouse_location: Mapped[str | None] = mapped_column(sa.String(100))
     reorder_level: Mapped[int | None] = mapped_column(
-        sa.Integer,
-        default=10,
-        server_default=sa.text("10"),
+        sa.Integer, default=10, server_default=sa.text("10")
     )
     reorder_quantity: Mapped[int | None] = mapped_column(
-        sa.Integer,
-        default=100,
-        server_default=sa.text("100"),
+        sa.Integer, default=100, server_default=sa.text("100")
     )
     created_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )
     updated_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
-        onupdate=utc_now,
+        UTCDateTime, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP"), onupdate=utc_now
     )
 
 
@@ -71,15 +62,10 @@ class InventoryReservation(Base):
     quantity: Mapped[int] = mapped_column(sa.Integer, nullable=False)
     status: Mapped[str] = mapped_column(sa.String(20), nullable=False)
     created_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )
     updated_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
-        onupdate=utc_now,
+        UTCDateTime, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP"), onupdate=utc_now
     )
 
 
@@ -97,17 +83,11 @@ class Outbox(Base):
     event_type: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     payload: Mapped[str] = mapped_column(sa.Text, nullable=False)
     created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime,
-        nullable=False,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, nullable=False, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(
-        sa.Integer,
-        nullable=False,
-        default=0,
-        server_default=sa.text("0"),
+        sa.Integer, nullable=False, default=0, server_default=sa.text("0")
     )
     last_error: Mapped[str | None] = mapped_column(sa.Text)
 
@@ -118,8 +98,5 @@ class ProcessedEvent(Base):
     event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     event_type: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     processed_at: Mapped[datetime] = mapped_column(
-        UTCDateTime,
-        nullable=False,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, nullable=False, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )

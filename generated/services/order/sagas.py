@@ -14,9 +14,7 @@ PLACE_ORDER = SagaDefinition(
             "reserve_stock",
             Call("inventory", "POST", "/internal/inventory/reservations"),
             compensate=Call(
-                "inventory",
-                "POST",
-                "/internal/inventory/reservations/{order_id}/release",
+                "inventory", "POST", "/internal/inventory/reservations/{order_id}/release"
             ),
         ),
         Step(

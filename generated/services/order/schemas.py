@@ -24,10 +24,7 @@ class OrderCreate(BaseModel):
     user_id: uuid.UUID
     items: Any
     total_amount: Decimal = Field(
-        max_digits=10,
-        decimal_places=2,
-        json_schema_extra=decimal_pattern(10, 2),
-        ge=Decimal("0"),
+        max_digits=10, decimal_places=2, json_schema_extra=decimal_pattern(10, 2), ge=Decimal("0")
     )
     status: OrderStatus | None = None
     shipping_address: Any

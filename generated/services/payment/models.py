@@ -45,15 +45,10 @@ class Payment(Base):
     failure_reason: Mapped[str | None] = mapped_column(sa.String(255))
     refund_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )
     updated_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
-        onupdate=utc_now,
+        UTCDateTime, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP"), onupdate=utc_now
     )
 
 
@@ -71,17 +66,11 @@ class Outbox(Base):
     event_type: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     payload: Mapped[str] = mapped_column(sa.Text, nullable=False)
     created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime,
-        nullable=False,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, nullable=False, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(
-        sa.Integer,
-        nullable=False,
-        default=0,
-        server_default=sa.text("0"),
+        sa.Integer, nullable=False, default=0, server_default=sa.text("0")
     )
     last_error: Mapped[str | None] = mapped_column(sa.Text)
 
@@ -92,8 +81,5 @@ class ProcessedEvent(Base):
     event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     event_type: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     processed_at: Mapped[datetime] = mapped_column(
-        UTCDateTime,
-        nullable=False,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, nullable=False, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )

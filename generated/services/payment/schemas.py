@@ -23,10 +23,7 @@ class PaymentCreate(BaseModel):
     order_id: uuid.UUID
     user_id: uuid.UUID
     amount: Decimal = Field(
-        max_digits=10,
-        decimal_places=2,
-        json_schema_extra=decimal_pattern(10, 2),
-        ge=Decimal("0"),
+        max_digits=10, decimal_places=2, json_schema_extra=decimal_pattern(10, 2), ge=Decimal("0")
     )
     currency: str | None = Field(default="USD", max_length=3)
     status: PaymentStatus | None = None

@@ -36,20 +36,13 @@ class Product(Base):
     sku: Mapped[str] = mapped_column(sa.String(100), nullable=False)
     image_url: Mapped[str | None] = mapped_column(sa.String(500))
     is_active: Mapped[bool | None] = mapped_column(
-        sa.Boolean,
-        default=True,
-        server_default=sa.text("true"),
+        sa.Boolean, default=True, server_default=sa.text("true")
     )
     created_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )
     updated_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
-        onupdate=utc_now,
+        UTCDateTime, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP"), onupdate=utc_now
     )
 
 
@@ -67,16 +60,10 @@ class Outbox(Base):
     event_type: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     payload: Mapped[str] = mapped_column(sa.Text, nullable=False)
     created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime,
-        nullable=False,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, nullable=False, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(
-        sa.Integer,
-        nullable=False,
-        default=0,
-        server_default=sa.text("0"),
+        sa.Integer, nullable=False, default=0, server_default=sa.text("0")
     )
     last_error: Mapped[str | None] = mapped_column(sa.Text)

@@ -28,10 +28,7 @@ router = APIRouter()
 
 
 @router.get(
-    "/api/products",
-    response_model=ProductPage,
-    tags=["products"],
-    responses=problems(422, 503),
+    "/api/products", response_model=ProductPage, tags=["products"], responses=problems(422, 503)
 )
 async def list_products(
     request: Request,

@@ -23,10 +23,7 @@ class ProductCreate(BaseModel):
     name: str = Field(max_length=255)
     description: str | None = None
     price: Decimal = Field(
-        max_digits=10,
-        decimal_places=2,
-        json_schema_extra=decimal_pattern(10, 2),
-        ge=Decimal("0"),
+        max_digits=10, decimal_places=2, json_schema_extra=decimal_pattern(10, 2), ge=Decimal("0")
     )
     category: str | None = Field(default=None, max_length=100)
     sku: str = Field(max_length=100)

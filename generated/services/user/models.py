@@ -33,33 +33,21 @@ class User(Base):
     last_name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
     role: Mapped[str | None] = mapped_column(sa.String(20))
     is_active: Mapped[bool | None] = mapped_column(
-        sa.Boolean,
-        default=True,
-        server_default=sa.text("true"),
+        sa.Boolean, default=True, server_default=sa.text("true")
     )
     gdpr_consent: Mapped[bool] = mapped_column(
-        sa.Boolean,
-        nullable=False,
-        default=False,
-        server_default=sa.text("false"),
+        sa.Boolean, nullable=False, default=False, server_default=sa.text("false")
     )
     gdpr_consent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     two_factor_enabled: Mapped[bool | None] = mapped_column(
-        sa.Boolean,
-        default=False,
-        server_default=sa.text("false"),
+        sa.Boolean, default=False, server_default=sa.text("false")
     )
     two_factor_secret: Mapped[str | None] = mapped_column(sa.String(255))
     created_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )
     updated_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
-        onupdate=utc_now,
+        UTCDateTime, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP"), onupdate=utc_now
     )
 
 
@@ -86,16 +74,10 @@ class Outbox(Base):
     event_type: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     payload: Mapped[str] = mapped_column(sa.Text, nullable=False)
     created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime,
-        nullable=False,
-        default=utc_now,
-        server_default=sa.text("CURRENT_TIMESTAMP"),
+        UTCDateTime, nullable=False, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(
-        sa.Integer,
-        nullable=False,
-        default=0,
-        server_default=sa.text("0"),
+        sa.Integer, nullable=False, default=0, server_default=sa.text("0")
     )
     last_error: Mapped[str | None] = mapped_column(sa.Text)
