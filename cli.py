@@ -20,6 +20,7 @@ from generator import (
     generate,
     load_platform,
 )
+from generator.handlers import project_handlers
 from generator.model import Platform
 from generator.validation import suggest
 
@@ -88,9 +89,7 @@ HandlersOption = Annotated[
 @app.command()
 def validate(
     spec: SpecArgument = DEFAULT_SPEC,
-    handlers: Annotated[
-        Path, typer.Option("--handlers", help="Folder of hand-written handlers.")
-    ] = Path("handlers"),
+    handlers: HandlersOption = None,
     out: Annotated[
         Path, typer.Option("--out", help="Output folder whose migration revisions to check.")
     ] = Path("generated"),
@@ -99,7 +98,7 @@ def validate(
     spec's tables are checked against the revisions already in the output folder, as
     `generate` does: a change that loses data must be allowed in the spec."""
     try:
-        platform = check_platform(spec, out, handlers_dir=handlers)
+        platform = check_platform(spec, out, handlers_dir=handlers or project_handlers(spec))
     except CloudRetailError as error:
         raise _fail(error) from None
     typer.echo(_summary(platform))

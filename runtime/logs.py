@@ -25,7 +25,8 @@ _SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi")
 _QUIET_PATHS = ("/health/", "/metrics")
 
 
-def _timestamp(created: float) -> str:
+def log_timestamp(created: float) -> str:
+    """A log line's time: UTC, milliseconds, `Z` (the gateway's access log uses it too)."""
     moment = datetime.fromtimestamp(created, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -39,7 +40,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
-            "timestamp": _timestamp(record.created),
+            "timestamp": log_timestamp(record.created),
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,

@@ -22,7 +22,7 @@ from runtime.gateway.breaker import BreakerState
 from runtime.gateway.ratelimit import RateLimiter
 from runtime.gateway.registry import Registry, UpstreamInstance
 from runtime.jsonenc import dumps
-from runtime.logs import _timestamp  # the services' timestamp format, kept in one place
+from runtime.logs import log_timestamp
 from runtime.metrics import UNMATCHED_ROUTE, Metrics
 
 access_logger = logging.getLogger("cloudretail.access")
@@ -167,7 +167,7 @@ class AccessLog:
         if millisecond != self._stamp_ms:
             # Formatting a datetime costs more than the rest of the line; requests in the
             # same millisecond share one.
-            self._stamp_ms, self._stamp = millisecond, _timestamp(now)
+            self._stamp_ms, self._stamp = millisecond, log_timestamp(now)
         line = dumps(
             {
                 "timestamp": self._stamp,

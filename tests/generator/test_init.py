@@ -42,3 +42,18 @@ def test_init_refuses_a_bad_name_and_a_full_folder(tmp_path: Path):
     assert refused.exit_code == 2
     assert "not empty" in refused.stderr
     assert (full / "keep.txt").read_text() == "mine"
+
+
+def test_validate_finds_the_projects_handlers_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`validate` looks for handlers where `generate` writes them (handlers/ beside spec/),
+    not in whatever folder it is run from."""
+    assert runner.invoke(app, ["init", str(tmp_path / "acme"), "--name", "acme"]).exit_code == 0
+    monkeypatch.chdir(tmp_path / "acme")
+    generate(Path("spec/cloudretail.yaml"), Path("generated"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(
+        app, ["validate", "acme/spec/cloudretail.yaml", "--out", "acme/generated"]
+    )
+    assert result.exit_code == 0, result.output
