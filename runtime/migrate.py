@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -19,16 +22,57 @@ def alembic_config(ini: Path, database_url: str) -> Config:
     return config
 
 
+def _loaded_from(module: object, root: Path) -> bool:
+    location = getattr(module, "__file__", None)
+    if location is None:  # a namespace package: where its portions are
+        return any(Path(p).resolve().parent == root for p in getattr(module, "__path__", ()))
+    return Path(location).resolve().is_relative_to(root)
+
+
+@contextlib.contextmanager
+def project_imports(ini: Path) -> Iterator[None]:
+    """While migrating, `import generated...` (and the `handlers` it imports) finds the
+    project that holds `ini`, whoever runs it: the project's folder (the one above the
+    package `ini` is in) comes first on sys.path, and any package of the same name already
+    imported from elsewhere (another project, or the copy an installed CloudRetail ships)
+    is set aside until the migration ends. Without this, the `cloudretail` command and
+    other processes not started in the project's folder imported someone else's code."""
+    root = ini.resolve().parent
+    while (root / "__init__.py").exists():
+        root = root.parent
+    names = {path.name for path in root.iterdir() if (path / "__init__.py").exists()}
+    set_aside = {
+        name: module
+        for name, module in list(sys.modules.items())
+        if name.partition(".")[0] in names and not _loaded_from(module, root)
+    }
+    for name in set_aside:
+        del sys.modules[name]
+    swapped = {name.partition(".")[0] for name in set_aside}
+    path = list(sys.path)
+    sys.path.insert(0, str(root))
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+        if swapped:
+            for name in [n for n in sys.modules if n.partition(".")[0] in swapped]:
+                del sys.modules[name]
+            sys.modules.update(set_aside)
+
+
 def upgrade(ini: Path, database_url: str, revision: str = "head") -> None:
     """Bring the database to `revision`, creating a SQLite file's folder when needed."""
     url = normalize_database_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(ini, database_url), revision)
+    with project_imports(ini):
+        command.upgrade(alembic_config(ini, database_url), revision)
 
 
 def downgrade(ini: Path, database_url: str, revision: str = "-1") -> None:
-    command.downgrade(alembic_config(ini, database_url), revision)
+    with project_imports(ini):
+        command.downgrade(alembic_config(ini, database_url), revision)
 
 
 class MigrationError(RuntimeError):
