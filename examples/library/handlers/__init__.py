@@ -1,0 +1,1 @@
+"""Hand-written logic of the library platform, one module per service."""
