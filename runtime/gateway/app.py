@@ -166,7 +166,13 @@ class Gateway:
         self.body_limit = route_file.body_limit_bytes
         self.cors = CorsPolicy.of(route_file.cors_origins)
         self.metrics = GatewayMetrics(self.registry, metrics, limiter=limiter)
-        self.openapi = OpenApiAggregator(self.registry, self.table, ttl=config.openapi_ttl)
+        token = config.routes_file.token
+        self.openapi = OpenApiAggregator(
+            self.registry,
+            self.table,
+            ttl=config.openapi_ttl,
+            title=f"{token.issuer} API" if token else "API",  # the platform's name
+        )
         self.started_at = time.monotonic()
         self._started = False
         self._own_endpoints: dict[str, Callable[[Send, Headers], Awaitable[int]]] = {

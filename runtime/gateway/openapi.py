@@ -36,7 +36,7 @@ class OpenApiAggregator:
         *,
         ttl: float = 60.0,
         timeout: float = 3.0,
-        title: str = "CloudRetail API",
+        title: str = "API",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
