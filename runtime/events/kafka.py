@@ -16,9 +16,9 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, Un
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.events.transport import (
+    BatchSender,
     BrokerUnavailable,
     CommitFailed,
-    Header,
     Message,
     OutgoingMessage,
     TopicPartitionKey,
@@ -45,7 +45,7 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-class KafkaProducer:
+class KafkaProducer(BatchSender):
     """`Producer` over aiokafka, started lazily so a broker that is down at boot fails no one.
 
     `refresh_metadata` (default: when not idempotent, i.e. the embedded broker) re-reads the
@@ -115,13 +115,6 @@ class KafkaProducer:
             producer, self._producer = self._producer, None
         if producer is not None:
             await _stop_quietly(producer)
-
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[Header] = ()
-    ) -> None:
-        [outcome] = await self.send_batch([OutgoingMessage(topic, key, value, tuple(headers))])
-        if outcome is not None:
-            raise outcome
 
     async def send_batch(
         self, messages: Sequence[OutgoingMessage]

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from runtime.events.transport import (
+    BatchSender,
     BrokerUnavailable,
     CommitFailed,
-    Header,
     Message,
     OutgoingMessage,
     TopicPartitionKey,
@@ -124,7 +124,7 @@ class MemoryBus:
         return assigned
 
 
-class MemoryProducer:
+class MemoryProducer(BatchSender):
     """`Producer` on a `MemoryBus`."""
 
     def __init__(self, bus: MemoryBus) -> None:
@@ -135,13 +135,6 @@ class MemoryProducer:
 
     async def stop(self) -> None:
         return None
-
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[Header] = ()
-    ) -> None:
-        [outcome] = await self.send_batch([OutgoingMessage(topic, key, value, tuple(headers))])
-        if outcome is not None:
-            raise outcome
 
     async def send_batch(
         self, messages: Sequence[OutgoingMessage]

@@ -74,6 +74,22 @@ class Producer(Protocol):
         ...
 
 
+class BatchSender:
+    """`send` for a producer that implements `send_batch`: a batch of one."""
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[Header] = ()
+    ) -> None:
+        [outcome] = await self.send_batch([OutgoingMessage(topic, key, value, tuple(headers))])
+        if outcome is not None:
+            raise outcome
+
+    async def send_batch(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> list[BrokerUnavailable | None]:
+        raise NotImplementedError
+
+
 class Source(Protocol):
     """One member of a consumer group, reading its assigned partitions."""
 
