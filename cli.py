@@ -217,22 +217,15 @@ def topics_apply(
 ) -> None:
     """Create missing topics (and their .dlq), raise partitions and align configs where the
     broker allows it, report drift where it does not; never delete. Safe to run again."""
-    from runtime.events.topics import TopicSpec, apply_topics
+    from generator.stack import planned_topics
+    from runtime.events.topics import apply_topics
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connect noise; we report
     try:
         platform = load_platform(spec)
     except CloudRetailError as error:
         raise _fail(error) from None
-    wanted = [
-        TopicSpec(
-            topic.name,
-            topic.partitions,
-            topic.replication,
-            {"retention.ms": str(topic.retention_ms), "cleanup.policy": topic.cleanup_policy},
-        )
-        for topic in platform.topics
-    ]
+    wanted = [topic.spec() for topic in planned_topics(platform)]
     try:
         report = asyncio.run(apply_topics(bootstrap, wanted))
     except Exception as error:  # the broker's client raises many kinds; all mean "unreachable"
@@ -334,12 +327,12 @@ def up(
         "JWT_PRIVATE_KEY_FILE": str(key_file),
     }
 
-    urls = [(str(p["name"]), f"http://127.0.0.1:{p['port']}") for p in plan["processes"]]
+    urls = [(p.name, f"http://127.0.0.1:{p.port}") for p in plan.processes]
 
     def welcome(states: dict[str, str]) -> None:
         typer.echo("")
         typer.echo(_stack_table(urls, states))
-        typer.echo(f"\n  gateway: {plan['gateway']}   logs: {data_dir}/logs/")
+        typer.echo(f"\n  gateway: {plan.gateway}   logs: {data_dir}/logs/")
         note = " (generated; kept in " + str(data_dir / "secrets.json") + ")"
         typer.echo(
             f"  admin:   {keep['admin_email']} / {keep['admin_password']}"
@@ -351,7 +344,7 @@ def up(
             try:
                 loaded = asyncio.run(
                     load_demo(
-                        str(plan["gateway"]),
+                        plan.gateway,
                         demo_data,
                         keep["admin_email"],
                         keep["admin_password"],

@@ -1,13 +1,20 @@
 """From the model to what `cloudretail up` runs: processes, their environment, databases,
-topics. The supervisor (`runtime/stack.py`) gets this as plain data and knows no spec."""
+topics. The supervisor (`runtime/stack.py`) gets this as a typed `StackPlan` and knows no
+spec."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from generator.model import Platform
+from runtime.stackplan import (
+    BrokerAddress,
+    PlannedDatabase,
+    PlannedProcess,
+    PlannedTopic,
+    StackPlan,
+)
 
 LOCALHOST = "127.0.0.1"
 EMBEDDED_BROKER_PORT = 9092
@@ -32,8 +39,24 @@ def database_url(options: StackOptions, database: str) -> str:
     return f"sqlite+aiosqlite:///{(options.data_dir / 'data' / f'{database}.db').resolve()}"
 
 
-def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str, Any]:
-    """The stack as JSON-ready data (the supervisor may run in another process)."""
+def planned_topics(platform: Platform) -> tuple[PlannedTopic, ...]:
+    """The spec's topics with the settings Kafka takes (`up` and `cloudretail topics`)."""
+    return tuple(
+        PlannedTopic(
+            name=topic.name,
+            partitions=topic.partitions,
+            replication=topic.replication,
+            config={
+                "retention.ms": str(topic.retention_ms),
+                "cleanup.policy": topic.cleanup_policy,
+            },
+        )
+        for topic in platform.topics
+    )
+
+
+def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPlan:
+    """The stack (the supervisor may run in another process: it serializes as JSON)."""
     bootstrap = options.kafka_bootstrap or f"{LOCALHOST}:{EMBEDDED_BROKER_PORT}"
     common = {
         "HOST": LOCALHOST,
@@ -47,8 +70,8 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str
         common["REDIS_URL"] = options.redis_url
     if platform.auth is not None:
         common["JWKS_URL"] = platform.auth.jwks_url(LOCALHOST)
-    processes: list[dict[str, object]] = []
-    databases: list[dict[str, str]] = []
+    processes: list[PlannedProcess] = []
+    databases: list[PlannedDatabase] = []
     for service in platform.services:
         env = {
             **common,
@@ -59,42 +82,44 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str
         for callee in service.calls:
             env[f"{callee.upper()}_URL"] = f"http://{LOCALHOST}:{platform.service(callee).port}"
         processes.append(
-            {
-                "name": service.name,
-                "kind": "service",
-                "command": ["-m", f"generated.services.{service.name}"],
-                "port": service.port,
-                "env": env,
-                "docs": f"http://{LOCALHOST}:{service.port}/docs",
-            }
+            PlannedProcess(
+                name=service.name,
+                kind="service",
+                command=("-m", f"generated.services.{service.name}"),
+                port=service.port,
+                env=env,
+                docs=f"http://{LOCALHOST}:{service.port}/docs",
+            )
         )
         if service.tables:
             databases.append(
-                {
-                    "name": service.name,
-                    "ini": str(generated / "services" / service.name / "alembic.ini"),
-                    "url": env["DATABASE_URL"],
-                }
+                PlannedDatabase(
+                    name=service.name,
+                    ini=str(generated / "services" / service.name / "alembic.ini"),
+                    url=env["DATABASE_URL"],
+                )
             )
     bus = platform.event_bus
     bus_url = database_url(options, bus.database)
     processes.append(
-        {
-            "name": "eventbus",
-            "kind": "event-bus",
-            "command": ["-m", "generated.eventbus"],
-            "port": bus.deployable.port,
-            "env": {
+        PlannedProcess(
+            name="eventbus",
+            kind="event-bus",
+            command=("-m", "generated.eventbus"),
+            port=bus.deployable.port,
+            env={
                 **common,
                 "PORT": str(bus.deployable.port),
                 "DATABASE_URL": bus_url,
                 "SHUTDOWN_DRAIN": SHUTDOWN_DRAIN,
             },
-            "docs": f"http://{LOCALHOST}:{bus.deployable.port}/docs",
-        }
+            docs=f"http://{LOCALHOST}:{bus.deployable.port}/docs",
+        )
     )
     databases.append(
-        {"name": "eventbus", "ini": str(generated / "eventbus" / "alembic.ini"), "url": bus_url}
+        PlannedDatabase(
+            name="eventbus", ini=str(generated / "eventbus" / "alembic.ini"), url=bus_url
+        )
     )
     gateway = platform.gateway
     # Locally, probe upstreams every second, so the gateway is ready soon after they are.
@@ -102,10 +127,10 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str
     for upstream in gateway.upstreams:
         gateway_env[upstream.env] = f"http://{LOCALHOST}:{upstream.port}"
     processes.append(
-        {
-            "name": "gateway",
-            "kind": "gateway",
-            "command": [
+        PlannedProcess(
+            name="gateway",
+            kind="gateway",
+            command=(
                 "-m",
                 "runtime.gateway",
                 "--routes",
@@ -114,35 +139,28 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> dict[str
                 LOCALHOST,
                 "--port",
                 str(gateway.deployable.port),
-            ],
-            "port": gateway.deployable.port,
-            "env": gateway_env,
-            "docs": f"http://{LOCALHOST}:{gateway.deployable.port}/openapi.json",
-        }
+            ),
+            port=gateway.deployable.port,
+            env=gateway_env,
+            docs=f"http://{LOCALHOST}:{gateway.deployable.port}/openapi.json",
+        )
     )
     if options.only:
         wanted = set(options.only) | {"gateway"}
-        processes = [p for p in processes if p["name"] in wanted]
-        databases = [d for d in databases if d["name"] in wanted]
-    topics = [
-        {
-            "name": topic.name,
-            "partitions": topic.partitions,
-            "config": {
-                "retention.ms": str(topic.retention_ms),
-                "cleanup.policy": topic.cleanup_policy,
-            },
-        }
-        for topic in platform.topics
-    ]
-    return {
-        "data_dir": str(options.data_dir.resolve()),
-        "broker": None if options.kafka_bootstrap else {"host": LOCALHOST, "port": 9092},
-        "bootstrap": bootstrap,
-        "redis_url": options.redis_url,
-        "processes": processes,
-        "databases": databases,
-        "topics": topics,
-        "gateway": f"http://{LOCALHOST}:{gateway.deployable.port}",
-        "token_issuer": platform.auth.issuer if platform.auth else None,
-    }
+        processes = [p for p in processes if p.name in wanted]
+        databases = [d for d in databases if d.name in wanted]
+    return StackPlan(
+        data_dir=str(options.data_dir.resolve()),
+        broker=(
+            None
+            if options.kafka_bootstrap
+            else BrokerAddress(host=LOCALHOST, port=EMBEDDED_BROKER_PORT)
+        ),
+        bootstrap=bootstrap,
+        redis_url=options.redis_url,
+        processes=tuple(processes),
+        databases=tuple(databases),
+        topics=planned_topics(platform),
+        gateway=f"http://{LOCALHOST}:{gateway.deployable.port}",
+        token_issuer=platform.auth.issuer if platform.auth else None,
+    )

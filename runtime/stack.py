@@ -32,6 +32,7 @@ import httpx
 from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError, port_holder
 from runtime.events.topics import TopicSpec, apply_topics
 from runtime.migrate import MigrationError, migrate
+from runtime.stackplan import StackPlan
 
 STOP_TIMEOUT = 8.0
 # Who stops first: the edge, so no new work arrives; then the services, whose consumers and
@@ -84,11 +85,11 @@ def stack_secrets(data_dir: Path) -> dict[str, str]:
 # -- preparing: ports, broker, topics, databases -----------------------------------------------
 
 
-def check_ports(plan: dict[str, Any]) -> None:
+def check_ports(plan: StackPlan) -> None:
     taken = []
-    ports = [(p["name"], p["port"]) for p in plan["processes"]]
-    if plan["broker"]:
-        ports.append(("embedded Kafka broker", plan["broker"]["port"]))
+    ports = [(p.name, p.port) for p in plan.processes]
+    if plan.broker:
+        ports.append(("embedded Kafka broker", plan.broker.port))
     for name, port in ports:
         holder = port_holder("127.0.0.1", int(port))
         if holder is not None:
@@ -100,12 +101,12 @@ def check_ports(plan: dict[str, Any]) -> None:
         )
 
 
-def reset_data(plan: dict[str, Any]) -> None:
+def reset_data(plan: StackPlan) -> None:
     """Start empty: SQLite files are removed, PostgreSQL databases dropped."""
-    data = Path(plan["data_dir"]) / "data"
+    data = Path(plan.data_dir) / "data"
     shutil.rmtree(data, ignore_errors=True)
-    for database in plan["databases"]:
-        url = database["url"]
+    for database in plan.databases:
+        url = database.url
         if url.startswith(("postgresql", "postgres")):
             asyncio.run(_drop_postgres(url))
 
@@ -124,20 +125,19 @@ async def _drop_postgres(url: str) -> None:
         await connection.close()
 
 
-def migrate_all(plan: dict[str, Any], say: Callable[[str], None]) -> None:
-    for database in plan["databases"]:
-        say(f"migrating {database['name']} ...")
+def migrate_all(plan: StackPlan, say: Callable[[str], None]) -> None:
+    for database in plan.databases:
+        say(f"migrating {database.name} ...")
         try:
-            head = migrate(Path(database["ini"]), database["url"])
+            head = migrate(Path(database.ini), database.url)
         except MigrationError as error:
-            raise StackError(f"{database['name']}: {error}") from None
-        say(f"migrated {database['name']} to {head}")
+            raise StackError(f"{database.name}: {error}") from None
+        say(f"migrated {database.name} to {head}")
 
 
-def topic_specs(plan: dict[str, Any]) -> list[TopicSpec]:
-    return [
-        TopicSpec(t["name"], int(t["partitions"]), 1, dict(t["config"])) for t in plan["topics"]
-    ]
+def topic_specs(plan: StackPlan) -> list[TopicSpec]:
+    """The plan's topics as one local broker takes them (replication 1)."""
+    return [topic.spec(replication=1) for topic in plan.topics]
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -184,29 +184,29 @@ def _pretty(line: str) -> str:
 class Supervisor:
     def __init__(
         self,
-        plan: dict[str, Any],
+        plan: StackPlan,
         *,
         console: bool,
         extra_env: dict[str, str],
     ) -> None:
         self.plan = plan
         self.console = console
-        self.data_dir = Path(plan["data_dir"])
+        self.data_dir = Path(plan.data_dir)
         self.logs = self.data_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        width = max(len(p["name"]) for p in plan["processes"])
+        width = max(len(p.name) for p in plan.processes)
         self.width = max(width, len("supervisor"))
         self.children = [
             Child(
-                name=p["name"],
-                command=[sys.executable, *p["command"]],
-                env={**os.environ, **p["env"], **extra_env},
-                port=int(p["port"]),
+                name=p.name,
+                command=[sys.executable, *p.command],
+                env={**os.environ, **p.env, **extra_env},
+                port=p.port,
                 color=COLORS[index % len(COLORS)],
-                log_path=self.logs / f"{p['name']}.log",
-                kind=str(p.get("kind", "service")),
+                log_path=self.logs / f"{p.name}.log",
+                kind=p.kind,
             )
-            for index, p in enumerate(plan["processes"])
+            for index, p in enumerate(plan.processes)
         ]
         self.broker: EmbeddedBroker | None = None
         self.stopping = asyncio.Event()
@@ -221,20 +221,18 @@ class Supervisor:
             _print(f"\x1b[1m{prefix}\x1b[0m | {text}")
 
     async def start_broker(self) -> None:
-        broker = self.plan["broker"]
+        broker = self.plan.broker
         if not broker:
             return
-        self.broker = EmbeddedBroker(
-            broker["host"], int(broker["port"]), log_path=self.logs / "broker.log"
-        )
-        self.say(f"starting the embedded Kafka broker on {broker['host']}:{broker['port']}")
+        self.broker = EmbeddedBroker(broker.host, broker.port, log_path=self.logs / "broker.log")
+        self.say(f"starting the embedded Kafka broker on {broker.host}:{broker.port}")
         try:
             await self.broker.start()
         except EmbeddedBrokerError as error:
             raise StackError(str(error)) from None
 
     async def create_topics(self) -> None:
-        report = await apply_topics(self.plan["bootstrap"], topic_specs(self.plan))
+        report = await apply_topics(self.plan.bootstrap, topic_specs(self.plan))
         if report.created:
             self.say(f"created topics: {', '.join(report.created)}")
         for note in report.not_applied + report.drift:
@@ -354,7 +352,7 @@ class Supervisor:
         state = {
             "status": status,
             "supervisor": os.getpid(),
-            "gateway": self.plan["gateway"],
+            "gateway": self.plan.gateway,
             "broker": self.broker.pid if self.broker else None,
             "failed": failed or [],
             "processes": {
@@ -374,7 +372,7 @@ class Supervisor:
 
 
 async def run_stack(
-    plan: dict[str, Any],
+    plan: StackPlan,
     *,
     console: bool,
     extra_env: dict[str, str],
@@ -452,11 +450,12 @@ def alive(pid: int | None) -> bool:
     return True
 
 
-def spawn_detached(data_dir: Path, plan: dict[str, Any], extra_env: dict[str, str]) -> int:
+def spawn_detached(data_dir: Path, plan: StackPlan, extra_env: dict[str, str]) -> int:
     """Start the supervisor in its own session; return its pid."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(exist_ok=True)
-    (data_dir / PLAN_FILE).write_text(json.dumps({"plan": plan, "env": extra_env}))
+    saved = {"plan": plan.model_dump(mode="json"), "env": extra_env}
+    (data_dir / PLAN_FILE).write_text(json.dumps(saved))
     with contextlib.suppress(FileNotFoundError):
         (data_dir / STATE_FILE).unlink()
     log = open(data_dir / "logs" / "supervisor.out", "ab")  # noqa: SIM115 - handed to the child
@@ -532,7 +531,8 @@ async def health(state: dict[str, Any]) -> dict[str, str]:
 def _main(plan_file: str) -> int:
     saved = json.loads(Path(plan_file).read_text())
     try:
-        return asyncio.run(run_stack(saved["plan"], console=False, extra_env=saved["env"]))
+        plan = StackPlan.model_validate(saved["plan"])
+        return asyncio.run(run_stack(plan, console=False, extra_env=saved["env"]))
     except StackError:
         return 2
 

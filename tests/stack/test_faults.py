@@ -35,6 +35,7 @@ import pytest
 
 from runtime.events.broker import EmbeddedBroker
 from runtime.stack import topic_specs
+from runtime.stackplan import StackPlan
 from tests.servers import run_in_own_loop
 from tests.stack.conftest import (
     ROOT,
@@ -136,7 +137,10 @@ def test_broker_down_for_ten_seconds(stack: Stack) -> None:
     customers = [stack.customer()[1] for _ in range(4)]
     state = stack.state()
     replacement = EmbeddedBroker(
-        "127.0.0.1", 9092, topics=topic_specs(_plan(stack)), log_path=stack.data_dir / "b2.log"
+        "127.0.0.1",
+        9092,
+        topics=topic_specs(StackPlan.model_validate(_plan(stack))),
+        log_path=stack.data_dir / "b2.log",
     )
     REPLACEMENTS.append(replacement)
     with OrderStream(stack, product_id, customers) as stream:

@@ -1,0 +1,54 @@
+"""What `cloudretail up` runs, as typed data: the generator plans it from the spec, the
+supervisor (possibly another process, reading `stack.json`) runs it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from runtime.events.topics import TopicSpec
+
+
+class _Plan(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerAddress(_Plan):
+    host: str
+    port: int
+
+
+class PlannedProcess(_Plan):
+    name: str
+    kind: str  # service | event-bus | gateway: the order they stop in
+    command: tuple[str, ...]  # arguments after the Python interpreter
+    port: int
+    env: dict[str, str]
+    docs: str
+
+
+class PlannedDatabase(_Plan):
+    name: str
+    ini: str
+    url: str
+
+
+class PlannedTopic(_Plan):
+    name: str
+    partitions: int
+    replication: int  # the spec's; one local broker takes 1
+    config: dict[str, str]
+
+    def spec(self, *, replication: int | None = None) -> TopicSpec:
+        return TopicSpec(self.name, self.partitions, replication or self.replication, self.config)
+
+
+class StackPlan(_Plan):
+    data_dir: str
+    broker: BrokerAddress | None  # None: an outside Kafka at `bootstrap`
+    bootstrap: str
+    redis_url: str | None
+    processes: tuple[PlannedProcess, ...]
+    databases: tuple[PlannedDatabase, ...]
+    topics: tuple[PlannedTopic, ...]
+    gateway: str
+    token_issuer: str | None
