@@ -33,7 +33,7 @@ from runtime.events.consumer import EventContext
 from runtime.events.envelope import Event
 from runtime.handlers import Context, created
 from runtime.http import ServiceCallError, ServiceClients
-from runtime.saga import SagaRunner
+from runtime.saga import SagaRunner, start_sagas, stop_sagas
 
 # Before shipping, once placed; a pending order belongs to its saga until it settles.
 MAX_OFFSET = 2**63 - 1
@@ -449,20 +449,11 @@ async def on_inventory_reserved(ctx: EventContext) -> None:
 
 
 async def startup(app: FastAPI) -> None:
-    clients = ServiceClients(app.state.settings)
-    app.state.service_clients = clients
-    runner = SagaRunner(
-        app.state.database,
-        clients,
-        {PLACE_ORDER.name: PLACE_ORDER.bind(on_completed=placed, on_failed=not_placed)},
-    )
-    app.state.sagas = runner
-    await runner.start()
+    await start_sagas(app, PLACE_ORDER.bind(on_completed=placed, on_failed=not_placed))
 
 
 async def shutdown(app: FastAPI) -> None:
-    await app.state.sagas.stop()
-    await app.state.service_clients.close()
+    await stop_sagas(app)
 
 
 def _without(value: Any, user_id: str) -> Any:

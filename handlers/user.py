@@ -30,7 +30,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -52,7 +51,7 @@ from runtime.auth import (
     RevocationList,
     TokenIssuer,
     TokenVerifier,
-    generate_private_key_pem,
+    signing_key,
     static_jwks,
 )
 from runtime.cache import Cache, CacheUnavailableError
@@ -66,7 +65,6 @@ _hasher = PasswordHasher()
 # Checked when the email is unknown, so "no such user" and "wrong password" take as long.
 _DUMMY_HASH = _hasher.hash("placeholder password that matches nothing")
 _BAD_CREDENTIALS = "the email or the password is wrong"
-DEV_KEY_NAME = "jwt-signing-key.pem"
 
 T = TypeVar("T")
 
@@ -591,23 +589,6 @@ async def revocations(ctx: Context) -> Any:
 
 
 # -- start-up ------------------------------------------------------------------------------
-
-
-def signing_key(settings: ServiceSettings) -> str:
-    """The PEM that signs tokens: configured, or (development only) made once and kept."""
-    if settings.jwt_private_key is not None:
-        return settings.jwt_private_key.get_secret_value()
-    if settings.jwt_private_key_file:
-        return Path(settings.jwt_private_key_file).read_text()
-    if settings.is_production:
-        raise RuntimeError("set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE: production signs tokens")
-    path = Path(os.environ.get("CLOUDRETAIL_DATA_DIR", ".cloudretail")) / "keys" / DEV_KEY_NAME
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(generate_private_key_pem())
-        path.chmod(0o600)
-        logger.warning("made a development signing key", extra={"path": str(path)})
-    return path.read_text()
 
 
 async def _ensure_admin(app: FastAPI) -> None:

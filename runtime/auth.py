@@ -23,12 +23,14 @@ import hmac
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import jwt
@@ -38,6 +40,9 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from runtime.errors import Problem
+
+if TYPE_CHECKING:
+    from runtime.config import ServiceSettings
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +76,27 @@ def generate_private_key_pem() -> str:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
+
+
+DEV_KEY_NAME = "jwt-signing-key.pem"
+
+
+def signing_key(settings: ServiceSettings) -> str:
+    """The PEM a token issuer signs with: JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE, or in
+    development one made once under CLOUDRETAIL_DATA_DIR/keys/ and kept."""
+    if settings.jwt_private_key is not None:
+        return settings.jwt_private_key.get_secret_value()
+    if settings.jwt_private_key_file:
+        return Path(settings.jwt_private_key_file).read_text()
+    if settings.is_production:
+        raise RuntimeError("set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE: production signs tokens")
+    path = Path(os.environ.get("CLOUDRETAIL_DATA_DIR", ".cloudretail")) / "keys" / DEV_KEY_NAME
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(generate_private_key_pem())
+        path.chmod(0o600)
+        logger.warning("made a development signing key", extra={"path": str(path)})
+    return path.read_text()
 
 
 def _private_key(pem: str) -> rsa.RSAPrivateKey:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,6 +27,9 @@ from runtime.db import Database
 from runtime.http import ServiceCallError, ServiceClients
 from runtime.jsonenc import dumps
 from runtime.types import UTCDateTime
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 logger = logging.getLogger(__name__)
 
@@ -323,3 +326,20 @@ class SagaRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+async def start_sagas(app: FastAPI, *definitions: SagaDefinition) -> SagaRunner:
+    """Run a service's sagas: a runner, and the clients it calls other services with, on
+    `app.state.sagas` and `app.state.service_clients`, recovering abandoned sagas until
+    `stop_sagas`. Call it from the handlers' `startup`, with each saga bound to its hooks."""
+    clients = ServiceClients(app.state.settings)
+    app.state.service_clients = clients
+    runner = SagaRunner(app.state.database, clients, {saga.name: saga for saga in definitions})
+    app.state.sagas = runner
+    await runner.start()
+    return runner
+
+
+async def stop_sagas(app: FastAPI) -> None:
+    await app.state.sagas.stop()
+    await app.state.service_clients.close()

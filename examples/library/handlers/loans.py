@@ -25,8 +25,7 @@ from generated.services.loans.sagas import BORROW
 from runtime.auth import Principal
 from runtime.errors import Problem
 from runtime.handlers import Context, created
-from runtime.http import ServiceClients
-from runtime.saga import SagaRunner
+from runtime.saga import SagaRunner, start_sagas, stop_sagas
 
 LOAN_PERIOD = timedelta(days=21)
 STAFF = ("librarian", "admin")
@@ -184,17 +183,8 @@ async def overdue(ctx: Context) -> Any:
 
 
 async def startup(app: FastAPI) -> None:
-    clients = ServiceClients(app.state.settings)
-    app.state.service_clients = clients
-    runner = SagaRunner(
-        app.state.database,
-        clients,
-        {BORROW.name: BORROW.bind(on_completed=started, on_failed=refused)},
-    )
-    app.state.sagas = runner
-    await runner.start()
+    await start_sagas(app, BORROW.bind(on_completed=started, on_failed=refused))
 
 
 async def shutdown(app: FastAPI) -> None:
-    await app.state.sagas.stop()
-    await app.state.service_clients.close()
+    await stop_sagas(app)

@@ -11,8 +11,6 @@ sets), created at start-up when absent and never made from an existing account.
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -27,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from generated.services.members.events import publish
 from generated.services.members.models import Member
 from generated.services.members.schemas import MemberRead
-from runtime.auth import TokenIssuer, TokenVerifier, generate_private_key_pem, static_jwks
+from runtime.auth import TokenIssuer, TokenVerifier, signing_key, static_jwks
 from runtime.config import ServiceSettings
 from runtime.errors import Problem
 from runtime.handlers import Context, created
@@ -37,7 +35,6 @@ logger = logging.getLogger(__name__)
 _hasher = PasswordHasher()
 # Checked when the email is unknown, so "no such member" and "wrong password" take as long.
 _DUMMY_HASH = _hasher.hash("a password that matches no account")
-DEV_KEY_NAME = "jwt-signing-key.pem"
 
 
 class Registration(BaseModel):
@@ -165,23 +162,6 @@ async def revocations(ctx: Context) -> Any:
 
 
 # -- start-up ------------------------------------------------------------------------------
-
-
-def signing_key(settings: ServiceSettings) -> str:
-    """The PEM that signs tokens: configured, or (development only) made once and kept."""
-    if settings.jwt_private_key is not None:
-        return settings.jwt_private_key.get_secret_value()
-    if settings.jwt_private_key_file:
-        return Path(settings.jwt_private_key_file).read_text()
-    if settings.is_production:
-        raise RuntimeError("set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE: production signs tokens")
-    path = Path(os.environ.get("CLOUDRETAIL_DATA_DIR", ".cloudretail")) / "keys" / DEV_KEY_NAME
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(generate_private_key_pem())
-        path.chmod(0o600)
-        logger.warning("made a development signing key", extra={"path": str(path)})
-    return path.read_text()
 
 
 async def _ensure_admin(app: FastAPI) -> None:
