@@ -240,19 +240,6 @@ DataDirOption = Annotated[
 ]
 
 
-def _stack_table(processes: list[tuple[str, str]], states: dict[str, str]) -> str:
-    """`processes`: (name, base url) pairs."""
-    rows = [("service", "url", "state", "docs")]
-    for name, url in processes:
-        docs = f"{url}/openapi.json" if name == "gateway" else f"{url}/docs"
-        rows.append((name, url, states.get(name, "?"), docs))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(
-        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in rows
-    )
-
-
 @app.command()
 def up(
     spec: SpecOption = DEFAULT_SPEC,
@@ -274,115 +261,34 @@ def up(
 ) -> None:
     """Run the whole platform on this machine: broker, topics, migrations, every service,
     the event bus and the gateway, each in its own process on its spec port."""
-    from generator.stack import StackOptions
-    from generator.stack import plan as stack_plan
-    from runtime import stack
+    from generator.stack import StackOptions, plan_stack
+    from runtime.demo import DemoError, read_demo
+    from runtime.launch import LaunchError, launch
 
+    names = tuple(name.strip() for name in (only or "").split(",") if name.strip())
+    options = StackOptions(data_dir, database_url_template, redis_url, kafka_bootstrap, names)
+    demo_file = spec.parent / "demo.yaml"
     try:
-        platform = load_platform(spec)
+        plan = plan_stack(spec, options)
+        demo_data = read_demo(demo_file) if demo else None
+        code = launch(
+            plan,
+            data_dir,
+            detach=detach,
+            reset=reset,
+            demo=demo_data,
+            demo_source=str(demo_file),
+            say=typer.echo,
+            warn=lambda text: typer.echo(text, err=True),
+        )
     except CloudRetailError as error:
         raise _fail(error) from None
-    if not (Path("generated") / ".cloudretail-manifest").exists():
-        typer.echo("error: generated/ is missing; run `cloudretail generate` first", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT)
-    names = tuple(name.strip() for name in (only or "").split(",") if name.strip())
-    known = [s.name for s in platform.services] + ["eventbus", "gateway"]
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        typer.echo(f"error: --only names unknown services: {', '.join(unknown)}", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT)
-    demo_data = None
-    if demo:
-        from runtime.demo import DemoError, read_demo
-
-        try:
-            demo_data = read_demo(spec.parent / "demo.yaml")
-        except DemoError as error:
-            typer.echo(f"error: --demo: {error}", err=True)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-    options = StackOptions(data_dir, database_url_template, redis_url, kafka_bootstrap, names)
-    plan = stack_plan(platform, options, Path("generated").resolve())
-    running = stack.read_state(data_dir)
-    if running and stack.alive(running.get("supervisor")):
-        typer.echo(
-            f"error: a stack is already running from {data_dir} (pid {running['supervisor']}); "
-            "see `cloudretail status`, stop it with `cloudretail down`",
-            err=True,
-        )
-        raise typer.Exit(EXIT_BAD_INPUT)
-    if reset:
-        stack.reset_data(plan)
-    keep = stack.stack_secrets(data_dir)
-    key_file = data_dir.resolve() / "keys" / "jwt-signing-key.pem"
-    if not key_file.exists():
-        from runtime.auth import generate_private_key_pem
-
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(generate_private_key_pem())
-        key_file.chmod(0o600)
-    extra_env = {
-        "SERVICE_TOKEN": keep["service_token"],
-        "CLOUDRETAIL_ADMIN_EMAIL": keep["admin_email"],
-        "CLOUDRETAIL_ADMIN_PASSWORD": keep["admin_password"],
-        "JWT_PRIVATE_KEY_FILE": str(key_file),
-    }
-
-    urls = [(p.name, f"http://127.0.0.1:{p.port}") for p in plan.processes]
-
-    def welcome(states: dict[str, str]) -> None:
-        typer.echo("")
-        typer.echo(_stack_table(urls, states))
-        typer.echo(f"\n  gateway: {plan.gateway}   logs: {data_dir}/logs/")
-        note = " (generated; kept in " + str(data_dir / "secrets.json") + ")"
-        typer.echo(
-            f"  admin:   {keep['admin_email']} / {keep['admin_password']}"
-            + (note if keep["admin_password_generated"] else "")
-        )
-        if demo_data is not None:
-            from runtime.demo import DemoError, load_demo
-
-            try:
-                loaded = asyncio.run(
-                    load_demo(
-                        plan.gateway,
-                        demo_data,
-                        keep["admin_email"],
-                        keep["admin_password"],
-                        source=str(spec.parent / "demo.yaml"),
-                    )
-                )
-            except DemoError as error:
-                typer.echo(f"  demo:    not loaded: {error}", err=True)
-                return
-            typer.echo(
-                f"  demo:    {loaded.sent} requests ({loaded.created} created, "
-                f"{loaded.existing} there already)" + (f"; {loaded.show}" if loaded.show else "")
-            )
-
-    if detach:
-        pid = stack.spawn_detached(data_dir, plan, extra_env)
-        typer.echo(f"starting the stack in the background (supervisor pid {pid}) ...")
-        state = stack.wait_detached(data_dir, pid)
-        if state["status"] != "ready":
-            typer.echo(
-                f"error: the stack did not start: {', '.join(state.get('failed', []))}", err=True
-            )
-            typer.echo(f"see {data_dir}/logs/supervisor.log", err=True)
-            stack.stop_detached(data_dir)
-            raise typer.Exit(1)
-        welcome(asyncio.run(stack.health(state)))
-        typer.echo("  stop it with `cloudretail down`")
-        return
-
-    async def ready(supervisor: stack.Supervisor) -> None:
-        await asyncio.to_thread(welcome, {c.name: "ready" for c in supervisor.children})
-        typer.echo("  press Ctrl-C to stop")
-
-    try:
-        code = asyncio.run(stack.run_stack(plan, console=True, extra_env=extra_env, on_ready=ready))
-    except stack.StackError as error:
-        typer.echo(f"error: {error}", err=True)
+    except DemoError as error:
+        typer.echo(f"error: --demo: {error}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    except LaunchError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(error.code) from None
     raise typer.Exit(code)
 
 
@@ -390,6 +296,7 @@ def up(
 def status(data_dir: DataDirOption = Path(".cloudretail")) -> None:
     """Each process of a detached stack and its health."""
     from runtime import stack
+    from runtime.launch import stack_table
 
     state = stack.read_state(data_dir)
     if state is None or not stack.alive(state.get("supervisor")):
@@ -397,7 +304,7 @@ def status(data_dir: DataDirOption = Path(".cloudretail")) -> None:
         raise typer.Exit(1)
     typer.echo(f"stack {state['status']} (supervisor pid {state['supervisor']})")
     urls = [(name, str(info["url"])) for name, info in state["processes"].items()]
-    typer.echo(_stack_table(urls, asyncio.run(stack.health(state))))
+    typer.echo(stack_table(urls, asyncio.run(stack.health(state))))
 
 
 @app.command()

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from generator import load_platform
+from generator.errors import CloudRetailError
 from generator.model import Platform
 from runtime.stackplan import (
     BrokerAddress,
@@ -164,3 +166,19 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
         gateway=f"http://{LOCALHOST}:{gateway.deployable.port}",
         token_issuer=platform.auth.issuer if platform.auth else None,
     )
+
+
+class StackPlanError(CloudRetailError):
+    """`up` cannot plan the stack: generated/ is missing, or `--only` names no service."""
+
+
+def plan_stack(spec: Path, options: StackOptions, generated: Path = Path("generated")) -> StackPlan:
+    """What `cloudretail up` runs for the spec, once the spec and `generated/` allow it."""
+    platform = load_platform(spec)
+    if not (generated / ".cloudretail-manifest").exists():
+        raise StackPlanError(f"{generated}/ is missing; run `cloudretail generate` first")
+    known = [s.name for s in platform.services] + ["eventbus", "gateway"]
+    unknown = [name for name in options.only if name not in known]
+    if unknown:
+        raise StackPlanError(f"--only names unknown services: {', '.join(unknown)}")
+    return plan(platform, options, generated.resolve())

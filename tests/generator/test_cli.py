@@ -86,3 +86,24 @@ def test_schema_is_json(in_root: Path):
     assert result.exit_code == 0
     schema = json.loads(result.stdout)
     assert schema["title"] == "Spec"
+
+
+def test_up_refuses_before_starting_anything(in_root: Path, tmp_path: Path):
+    """Unknown --only names, a missing demo file and a stack already running from the data
+    folder are each one clear line and exit 2; nothing is started."""
+    import json
+    import os
+
+    data = tmp_path / "data"
+    only = runner.invoke(app, ["up", "--data-dir", str(data), "--only", "nope"])
+    assert only.exit_code == 2 and "--only names unknown services: nope" in only.stderr
+    spec = tmp_path / "spec" / "cloudretail.yaml"
+    spec.parent.mkdir()
+    spec.write_text((in_root / "spec" / "cloudretail.yaml").read_text())
+    no_demo = runner.invoke(app, ["up", "--spec", str(spec), "--data-dir", str(data), "--demo"])
+    assert no_demo.exit_code == 2 and "--demo:" in no_demo.stderr and "demo.yaml" in no_demo.stderr
+    data.mkdir()
+    (data / "state.json").write_text(json.dumps({"supervisor": os.getpid(), "status": "ready"}))
+    running = runner.invoke(app, ["up", "--data-dir", str(data)])
+    assert running.exit_code == 2 and "a stack is already running" in running.stderr
+    assert not (data / "secrets.json").exists()  # refused before it touched the data folder
