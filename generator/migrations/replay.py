@@ -127,7 +127,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _load_revision(filename: str, text: str) -> _Revision:
-    namespace: dict[str, Any] = {"__name__": "cloudretail_revision", "__file__": filename}
+    namespace: dict[str, Any] = {"__name__": "revision_file", "__file__": filename}
     try:
         exec(compile(text, filename, "exec"), namespace)
     except (Exception, SystemExit) as exc:

@@ -114,7 +114,7 @@ def test_a_type_a_revision_defines_is_named_when_a_new_revision_needs_it(project
     assert_refused(result)
     assert result.stderr.startswith(
         f"{revision}: a new revision cannot name the type Money() it uses "
-        "(cloudretail_revision.Money); use SQLAlchemy or dialect types only"
+        "(revision_file.Money); use SQLAlchemy or dialect types only"
     ), result.stderr
     assert snapshot(project) == before
 
