@@ -47,13 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from generated.services.user.events import publish
 from generated.services.user.models import TokenRevocation, User
 from generated.services.user.schemas import UserRead
-from runtime.auth import (
-    RevocationList,
-    TokenIssuer,
-    TokenVerifier,
-    signing_key,
-    static_jwks,
-)
+from runtime.auth import RevocationList, start_issuing, token_issuer
 from runtime.cache import Cache, CacheUnavailableError
 from runtime.config import ServiceSettings
 from runtime.errors import Problem
@@ -377,7 +371,7 @@ async def _revoke_tokens(ctx: Context, user_id: Any) -> None:
     """Void every token issued to the account until now (the caller's included): verifiers
     learn it from /.well-known/revocations.json within seconds."""
     now = datetime.now(UTC)
-    ttl = timedelta(seconds=_issuer(ctx).ttl)
+    ttl = timedelta(seconds=token_issuer(ctx.request.app).ttl)
     await ctx.session.merge(TokenRevocation(subject=user_id, not_before=now, expires_at=now + ttl))
 
 
@@ -386,13 +380,6 @@ async def _revoked_since(session: AsyncSession) -> dict[str, float]:
         sa.select(TokenRevocation).where(TokenRevocation.expires_at > datetime.now(UTC))
     )
     return {str(row.subject): row.not_before.timestamp() for row in rows}
-
-
-def _issuer(ctx: Context) -> TokenIssuer:
-    issuer = getattr(ctx.request.app.state, "token_issuer", None)
-    if not isinstance(issuer, TokenIssuer):
-        raise Problem(503, detail="the token signing key is not loaded")
-    return issuer
 
 
 # -- routes --------------------------------------------------------------------------------
@@ -423,7 +410,7 @@ async def login(ctx: Context) -> Any:
     except CacheUnavailableError:
         # Fail closed: without the counters there is no limit on guessing.
         raise _counters_down() from None
-    issuer = _issuer(ctx)
+    issuer = token_issuer(ctx.request.app)
     token = issuer.issue(str(user.id), user.role or "customer", email=user.email)
     await publish(
         ctx.session,
@@ -578,7 +565,7 @@ async def enable_2fa(ctx: Context) -> Any:
 
 async def jwks(ctx: Context) -> Any:
     """GET /api/users/.well-known/jwks.json (public): the keys that verify our tokens."""
-    return _issuer(ctx).jwks()
+    return token_issuer(ctx.request.app).jwks()
 
 
 async def revocations(ctx: Context) -> Any:
@@ -649,25 +636,10 @@ async def _ensure_admin(app: FastAPI) -> None:
 
 
 async def startup(app: FastAPI) -> None:
-    settings: ServiceSettings = app.state.settings
-    issuer = TokenIssuer(
-        signing_key(settings),
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        ttl=settings.access_token_ttl,
-    )
-    app.state.token_issuer = issuer
-    if app.state.token_verifier is None:
-        # The user service trusts its own keys; no need to fetch its own JWKS over HTTP.
-        async def revoked() -> dict[str, float]:
-            async with app.state.database.session() as session:
-                return await _revoked_since(session)
+    # The user service keeps the revocations; it reads them from its own database.
+    async def revoked() -> dict[str, float]:
+        async with app.state.database.session() as session:
+            return await _revoked_since(session)
 
-        app.state.token_verifier = TokenVerifier(
-            static_jwks(issuer.jwks()),
-            issuer=issuer.issuer,
-            audience=issuer.audience,
-            revocations=RevocationList(revoked, interval=1.0),
-            roles=app.state.settings.token_roles,
-        )
+    start_issuing(app, revocations=RevocationList(revoked, interval=1.0))
     await _ensure_admin(app)

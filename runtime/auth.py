@@ -36,7 +36,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import Depends, Request, Security
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from runtime.errors import Problem
@@ -92,11 +92,17 @@ def signing_key(settings: ServiceSettings) -> str:
         raise RuntimeError("set JWT_PRIVATE_KEY or JWT_PRIVATE_KEY_FILE: production signs tokens")
     path = Path(os.environ.get("CLOUDRETAIL_DATA_DIR", ".cloudretail")) / "keys" / DEV_KEY_NAME
     if not path.exists():
+        logger.warning("made a development signing key", extra={"path": str(path)})
+    return kept_private_key(path).read_text()
+
+
+def kept_private_key(path: Path) -> Path:
+    """`path`, holding a private key PEM: made (readable by its owner only) if missing."""
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(generate_private_key_pem())
         path.chmod(0o600)
-        logger.warning("made a development signing key", extra={"path": str(path)})
-    return path.read_text()
+    return path
 
 
 def _private_key(pem: str) -> rsa.RSAPrivateKey:
@@ -417,3 +423,35 @@ async def require_service(request: Request) -> None:
             title="Service token required",
             detail=f"this route is for other services; send {SERVICE_TOKEN_HEADER}",
         )
+
+
+def start_issuing(app: FastAPI, *, revocations: RevocationList | None = None) -> TokenIssuer:
+    """Make the service the platform's token issuer: its signing key loaded into
+    `app.state.token_issuer` and, unless a verifier is set already, its own keys trusted
+    directly (no JWKS over HTTP), with `revocations` when it keeps any. Call it from the
+    handlers' `startup`."""
+    settings: ServiceSettings = app.state.settings
+    issuer = TokenIssuer(
+        signing_key(settings),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl=settings.access_token_ttl,
+    )
+    app.state.token_issuer = issuer
+    if app.state.token_verifier is None:
+        app.state.token_verifier = TokenVerifier(
+            static_jwks(issuer.jwks()),
+            issuer=issuer.issuer,
+            audience=issuer.audience,
+            revocations=revocations,
+            roles=settings.token_roles,
+        )
+    return issuer
+
+
+def token_issuer(app: FastAPI) -> TokenIssuer:
+    """The issuer `start_issuing` loaded; a 503 problem while there is none."""
+    issuer = getattr(app.state, "token_issuer", None)
+    if not isinstance(issuer, TokenIssuer):
+        raise Problem(503, detail="the token signing key is not loaded")
+    return issuer

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runtime import stack
-from runtime.auth import DEV_KEY_NAME, generate_private_key_pem
+from runtime.auth import DEV_KEY_NAME, kept_private_key
 from runtime.demo import DemoError, DemoFile, load_demo
 from runtime.stackplan import StackPlan
 
@@ -38,16 +38,6 @@ def stack_table(processes: list[tuple[str, str]], states: dict[str, str]) -> str
     )
 
 
-def _signing_key_file(data_dir: Path) -> Path:
-    """The stack's token signing key, made once and kept with its data."""
-    key_file = data_dir.resolve() / "keys" / DEV_KEY_NAME
-    if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(generate_private_key_pem())
-        key_file.chmod(0o600)
-    return key_file
-
-
 def launch(
     plan: StackPlan,
     data_dir: Path,
@@ -73,7 +63,8 @@ def launch(
         "SERVICE_TOKEN": keep["service_token"],
         "CLOUDRETAIL_ADMIN_EMAIL": keep["admin_email"],
         "CLOUDRETAIL_ADMIN_PASSWORD": keep["admin_password"],
-        "JWT_PRIVATE_KEY_FILE": str(_signing_key_file(data_dir)),
+        # The stack's signing key, made once and kept with its data.
+        "JWT_PRIVATE_KEY_FILE": str(kept_private_key(data_dir.resolve() / "keys" / DEV_KEY_NAME)),
     }
     urls = [(p.name, f"http://127.0.0.1:{p.port}") for p in plan.processes]
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from generated.services.members.events import publish
 from generated.services.members.models import Member
 from generated.services.members.schemas import MemberRead
-from runtime.auth import TokenIssuer, TokenVerifier, signing_key, static_jwks
+from runtime.auth import start_issuing, token_issuer
 from runtime.config import ServiceSettings
 from runtime.errors import Problem
 from runtime.handlers import Context, created
@@ -100,13 +100,6 @@ async def _insert(
     return member
 
 
-def _issuer(ctx: Context) -> TokenIssuer:
-    issuer = getattr(ctx.request.app.state, "token_issuer", None)
-    if not isinstance(issuer, TokenIssuer):
-        raise Problem(503, detail="the token signing key is not loaded")
-    return issuer
-
-
 # -- routes --------------------------------------------------------------------------------
 
 
@@ -137,7 +130,7 @@ async def login(ctx: Context) -> Any:
     hashed = member.password if member is not None else _DUMMY_HASH
     if not await _verify(hashed, body.password) or member is None:
         raise Problem(401, title="Invalid credentials", detail="the email or password is wrong")
-    issuer = _issuer(ctx)
+    issuer = token_issuer(ctx.request.app)
     token = issuer.issue(str(member.id), member.role, email=member.email, name=member.name)
     return {"access_token": token, "token_type": "bearer", "expires_in": issuer.ttl}
 
@@ -152,7 +145,7 @@ async def me(ctx: Context) -> Any:
 
 async def jwks(ctx: Context) -> Any:
     """GET /api/members/.well-known/jwks.json (public): the keys that verify our tokens."""
-    return _issuer(ctx).jwks()
+    return token_issuer(ctx.request.app).jwks()
 
 
 async def revocations(ctx: Context) -> Any:
@@ -195,20 +188,5 @@ async def _ensure_admin(app: FastAPI) -> None:
 
 
 async def startup(app: FastAPI) -> None:
-    settings: ServiceSettings = app.state.settings
-    issuer = TokenIssuer(
-        signing_key(settings),
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        ttl=settings.access_token_ttl,
-    )
-    app.state.token_issuer = issuer
-    if app.state.token_verifier is None:
-        # The issuer trusts its own key; no need to fetch its own JWKS over HTTP.
-        app.state.token_verifier = TokenVerifier(
-            static_jwks(issuer.jwks()),
-            issuer=issuer.issuer,
-            audience=issuer.audience,
-            roles=settings.token_roles,
-        )
+    start_issuing(app)
     await _ensure_admin(app)
