@@ -152,6 +152,7 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
         processes = [p for p in processes if p.name in wanted]
         databases = [d for d in databases if d.name in wanted]
     return StackPlan(
+        platform=platform.name,
         data_dir=str(options.data_dir.resolve()),
         broker=(
             None

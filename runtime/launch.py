@@ -58,7 +58,7 @@ def launch(
         )
     if reset:
         stack.reset_data(plan)
-    keep = stack.stack_secrets(data_dir)
+    keep = stack.stack_secrets(data_dir, plan.platform)
     extra_env = {
         "SERVICE_TOKEN": keep["service_token"],
         "CLOUDRETAIL_ADMIN_EMAIL": keep["admin_email"],

@@ -58,9 +58,10 @@ def _print(text: str, stream: TextIO | None = None) -> None:
 # -- secrets the stack keeps between runs ---------------------------------------------------
 
 
-def stack_secrets(data_dir: Path) -> dict[str, str]:
+def stack_secrets(data_dir: Path, platform: str) -> dict[str, str]:
     """The service token and the admin's credentials (from the environment, else made once
-    and kept in the data dir with owner-only permissions)."""
+    and kept in the data dir with owner-only permissions); the admin's default address is
+    named for the platform."""
     path = data_dir / "secrets.json"
     kept: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     changed = False
@@ -72,7 +73,7 @@ def stack_secrets(data_dir: Path) -> dict[str, str]:
         data_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(kept, indent=2))
         path.chmod(0o600)
-    email = os.environ.get("CLOUDRETAIL_ADMIN_EMAIL") or "admin@cloudretail.example"
+    email = os.environ.get("CLOUDRETAIL_ADMIN_EMAIL") or f"admin@{platform}.example"
     password = os.environ.get("CLOUDRETAIL_ADMIN_PASSWORD") or kept["admin_password"]
     return {
         "service_token": kept["service_token"],

@@ -43,6 +43,7 @@ class PlannedTopic(_Plan):
 
 
 class StackPlan(_Plan):
+    platform: str  # the spec's platform name: default names derive from it
     data_dir: str
     broker: BrokerAddress | None  # None: an outside Kafka at `bootstrap`
     bootstrap: str
