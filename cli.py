@@ -22,7 +22,6 @@ from generator import (
 )
 from generator.handlers import project_handlers
 from generator.model import Platform
-from generator.validation import suggest
 
 app = typer.Typer(
     name="cloudretail",
@@ -166,42 +165,29 @@ def migrate(
     ] = None,
 ) -> None:
     """Upgrade each service's database to the newest revision (creating it when missing)."""
+    from generator.stack import plan_migrations
     from runtime.config import default_database_url
     from runtime.migrate import MigrationError
     from runtime.migrate import migrate as upgrade_database
 
+    env_url = os.environ.get("DATABASE_URL")
     try:
-        platform = load_platform(spec)
+        planned = plan_migrations(
+            spec,
+            tuple(services or ()),
+            out,
+            database_url_template,
+            lambda database: env_url or default_database_url(database),
+        )
     except CloudRetailError as error:
         raise _fail(error) from None
-    known = [service.name for service in platform.services if service.tables]
-    chosen = services or known
-    unknown = [name for name in chosen if name not in known]
-    if unknown:
-        hints = "".join(suggest(name, known) for name in unknown)
-        typer.echo(
-            f"error: unknown service {', '.join(unknown)}{hints}; services with tables: "
-            + ", ".join(known),
-            err=True,
-        )
-        raise typer.Exit(EXIT_BAD_INPUT)
-    env_url = os.environ.get("DATABASE_URL")
-    for name in chosen:
-        service = platform.service(name)
-        if database_url_template:
-            url = database_url_template.format(database=service.database)
-        else:
-            url = env_url or default_database_url(service.database)
-        ini = out / "services" / name / "alembic.ini"
-        if not ini.exists():
-            typer.echo(f"error: {ini} is missing; run `cloudretail generate` first", err=True)
-            raise typer.Exit(EXIT_BAD_INPUT)
+    for target in planned:
         try:
-            head = upgrade_database(ini, url)
+            head = upgrade_database(target.ini, target.url)
         except MigrationError as error:
-            typer.echo(f"error: {name}: {error}", err=True)
+            typer.echo(f"error: {target.service}: {error}", err=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
-        typer.echo(f"  {name:<10} {service.database:<24} at {head}")
+        typer.echo(f"  {target.service:<10} {target.database:<24} at {head}")
 
 
 topics_app = typer.Typer(help="Kafka topics of the spec.", no_args_is_help=True)

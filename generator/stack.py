@@ -4,12 +4,14 @@ spec."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from generator import load_platform
 from generator.errors import CloudRetailError
 from generator.model import Platform
+from generator.validation import suggest
 from runtime.stackplan import (
     BrokerAddress,
     PlannedDatabase,
@@ -183,3 +185,45 @@ def plan_stack(spec: Path, options: StackOptions, generated: Path = Path("genera
     if unknown:
         raise StackPlanError(f"--only names unknown services: {', '.join(unknown)}")
     return plan(platform, options, generated.resolve())
+
+
+@dataclass(frozen=True)
+class PlannedMigration:
+    service: str
+    database: str
+    ini: Path
+    url: str
+
+
+def plan_migrations(
+    spec: Path,
+    services: tuple[str, ...],
+    generated: Path,
+    database_url_template: str | None,
+    fallback_url: Callable[[str], str],
+) -> tuple[PlannedMigration, ...]:
+    """What `cloudretail migrate` upgrades: each chosen service with tables (all when none
+    are named), its alembic.ini and its database's URL (from the template, else
+    `fallback_url(database)`)."""
+    platform = load_platform(spec)
+    known = [service.name for service in platform.services if service.tables]
+    unknown = [name for name in services if name not in known]
+    if unknown:
+        hints = "".join(suggest(name, known) for name in unknown)
+        raise StackPlanError(
+            f"unknown service {', '.join(unknown)}{hints}; services with tables: "
+            + ", ".join(known)
+        )
+    planned = []
+    for name in services or known:
+        database = platform.service(name).database
+        ini = generated / "services" / name / "alembic.ini"
+        if not ini.exists():
+            raise StackPlanError(f"{ini} is missing; run `cloudretail generate` first")
+        url = (
+            database_url_template.format(database=database)
+            if database_url_template
+            else fallback_url(database)
+        )
+        planned.append(PlannedMigration(service=name, database=database, ini=ini, url=url))
+    return tuple(planned)
