@@ -118,3 +118,48 @@ async def test_a_token_role_must_be_one_the_platform_declares() -> None:
     # Without declared roles any role is taken: the platform's own names, not a fixed list.
     loose = TokenVerifier(static_jwks(issuer.jwks()), issuer="p", audience="p")
     assert (await loose.verify(issuer.issue("u1", "gardener"))).role == "gardener"
+
+
+async def test_fetching_the_lists_loads_the_ca_bundle_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every refresh used to build a new TLS context (tens of ms of CPU each, every 2 s in
+    every process); the trust store is now loaded once per process."""
+    import http.server
+    import json
+    import ssl
+    import threading
+
+    from runtime import auth
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"revoked": [{"sub": SUBJECT, "not_before": 5}], "keys": []})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    built = []
+    real = ssl.create_default_context
+
+    def counting(*args: object, **kwargs: object) -> ssl.SSLContext:
+        built.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    if hasattr(auth, "_trust"):
+        auth._trust.cache_clear()  # a fresh process: nothing loaded yet
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        revocations = auth.http_revocations_fetcher(auth.revocations_url_for(url))
+        jwks = auth.http_jwks_fetcher(url)
+        for _ in range(5):
+            assert await revocations() == {SUBJECT: 5.0}
+            assert (await jwks())["keys"] == []
+    finally:
+        server.shutdown()
+    assert len(built) <= 1
