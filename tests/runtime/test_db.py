@@ -93,6 +93,46 @@ async def test_ping_on_postgres(postgres_url: str) -> None:
         await database.dispose()
 
 
+async def test_a_pooled_connection_is_tested_only_after_it_rested(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy pool reuses connections untested (pool_pre_ping cost three round trips on every
+    checkout); one that rested, and died meanwhile, is replaced before the request sees it."""
+    import runtime.db
+
+    database = Database(postgres_url, pool_size=1, max_overflow=0)
+    pings = []
+    dialect = database.engine.sync_engine.dialect
+    real_ping = dialect.do_ping
+
+    def counting_ping(dbapi_connection: Any) -> bool:
+        pings.append(1)
+        return real_ping(dbapi_connection)
+
+    monkeypatch.setattr(dialect, "do_ping", counting_ping)
+    try:
+        for _ in range(20):
+            async with database.engine.connect() as connection:
+                pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert pings == []  # back-to-back checkouts: never tested
+        # The server drops the pooled connection while it rests.
+        async with database.engine.connect() as connection:
+            pass
+        other = Database(postgres_url)
+        try:
+            async with other.engine.connect() as connection:
+                await connection.execute(text(f"SELECT pg_terminate_backend({pid})"))
+        finally:
+            await other.dispose()
+        monkeypatch.setattr(runtime.db, "PING_AFTER_IDLE", 0.0)
+        await asyncio.sleep(0.05)
+        async with database.engine.connect() as connection:
+            fresh = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert pings == [1] and fresh != pid
+    finally:
+        await database.dispose()
+
+
 async def test_pool_stats_on_an_in_memory_static_pool() -> None:
     database = Database("sqlite+aiosqlite:///:memory:")
     try:
