@@ -133,6 +133,26 @@ async def test_a_pooled_connection_is_tested_only_after_it_rested(
         await database.dispose()
 
 
+async def test_bursts_reuse_pooled_connections(postgres_url: str) -> None:
+    """Ten bursts of eight concurrent transactions: the pool opens eight connections and
+    keeps them (a pool of 5 with overflow 10 closed three after each burst and opened
+    three for the next)."""
+    database = Database(postgres_url)
+    backends: set[int] = set()
+
+    async def transaction() -> None:
+        async with database.engine.connect() as connection:
+            result = await connection.execute(text("SELECT pg_backend_pid(), pg_sleep(0.005)"))
+            backends.add(result.scalar_one())
+
+    try:
+        for _ in range(10):
+            await asyncio.gather(*(transaction() for _ in range(8)))
+    finally:
+        await database.dispose()
+    assert len(backends) <= 8
+
+
 async def test_pool_stats_on_an_in_memory_static_pool() -> None:
     database = Database("sqlite+aiosqlite:///:memory:")
     try:
