@@ -25,7 +25,8 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 from redis.asyncio import Redis
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from runtime.app import create_service_app
 from runtime.auth import require, require_service
@@ -78,7 +79,8 @@ class EventQuery:
 
 
 class EventStore(Protocol):
-    async def add(self, event: Event, topic: str) -> None: ...
+    async def add(self, events: Sequence[tuple[Event, str]]) -> None:
+        """Keep each (event, topic); an event already kept is kept once."""
 
     async def get(self, event_id: str) -> dict[str, Any] | None: ...
 
@@ -87,6 +89,15 @@ class EventStore(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+def _insert_new(dialect: str) -> sa.Insert:
+    """An INSERT into the audit log that skips event ids it holds already."""
+    if dialect == "postgresql":
+        return postgresql_insert(audit_log).on_conflict_do_nothing(index_elements=["event_id"])
+    if dialect == "sqlite":
+        return sqlite_insert(audit_log).on_conflict_do_nothing(index_elements=["event_id"])
+    raise ValueError(f"the event bus keeps its audit log in PostgreSQL or SQLite, not {dialect}")
 
 
 def _millis(moment: datetime) -> int:
@@ -105,8 +116,9 @@ class MemoryEventStore:
         self.max_events = max_events
         self._events: dict[str, tuple[int, dict[str, Any]]] = {}
 
-    async def add(self, event: Event, topic: str) -> None:
-        self._events[str(event.id)] = (_millis(event.timestamp), _wire(event, topic))
+    async def add(self, events: Sequence[tuple[Event, str]]) -> None:
+        for event, topic in events:
+            self._events[str(event.id)] = (_millis(event.timestamp), _wire(event, topic))
         if len(self._events) > self.max_events:
             oldest = sorted(self._events, key=lambda key: self._events[key][0])
             for key in oldest[: len(self._events) - self.max_events]:
@@ -158,14 +170,18 @@ class RedisEventStore:
             self._key("index", "service", str(meta.get("service"))),
         ]
 
-    async def add(self, event: Event, topic: str) -> None:
-        wire = _wire(event, topic)
-        score = _millis(event.timestamp)
+    async def add(self, events: Sequence[tuple[Event, str]]) -> None:
+        """One round trip for the lot: each event's JSON with a TTL, its id in each index."""
         ttl = max(1, int(self.retention))
+        indexes: dict[str, dict[str, int]] = {}
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self._key("event", str(event.id)), json.dumps(wire), ex=ttl)
-            for index in self._indexes(wire):
-                pipe.zadd(index, {str(event.id): score})
+            for event, topic in events:
+                wire = _wire(event, topic)
+                pipe.set(self._key("event", str(event.id)), json.dumps(wire), ex=ttl)
+                for index in self._indexes(wire):
+                    indexes.setdefault(index, {})[str(event.id)] = _millis(event.timestamp)
+            for index, members in indexes.items():
+                pipe.zadd(index, members)
                 pipe.expire(index, ttl)
             await pipe.execute()
 
@@ -249,39 +265,44 @@ class EventBus:
     async def healthy(self) -> bool:
         return self._healthy and await self.store.ping()
 
-    async def record(self, message: Message) -> None:
-        try:
-            event = Event.from_bytes(message.value)
-        except EnvelopeError as error:
-            logger.warning(
-                "not an event; skipped",
-                extra={"topic": message.topic, "offset": message.offset, "error": str(error)},
-            )
+    async def record(self, messages: Sequence[Message]) -> None:
+        """Keep a fetched batch: the audit log in one statement and one transaction (an
+        event it has already is left as it is), then the store, then live subscribers."""
+        kept: list[tuple[Event, str]] = []
+        for message in messages:
+            try:
+                kept.append((Event.from_bytes(message.value), message.topic))
+            except EnvelopeError as error:
+                logger.warning(
+                    "not an event; skipped",
+                    extra={"topic": message.topic, "offset": message.offset, "error": str(error)},
+                )
+        if not kept:
             return
         assert self.database is not None
-        meta = event.metadata
+        recorded_at = datetime.now(UTC)
+        rows = [
+            {
+                "event_id": event.id,
+                "event_type": event.type,
+                "topic": topic,
+                "service": event.metadata.service,
+                "correlation_id": event.metadata.correlation_id,
+                "causation_id": event.metadata.causation_id,
+                "user_id": event.metadata.user_id,
+                "occurred_at": event.timestamp,
+                "recorded_at": recorded_at,
+                "envelope": event.to_bytes().decode(),
+            }
+            for event, topic in kept
+        ]
         async with self.database.session() as session:
-            try:
-                async with session.begin_nested():
-                    await session.execute(
-                        audit_log.insert().values(
-                            event_id=event.id,
-                            event_type=event.type,
-                            topic=message.topic,
-                            service=meta.service,
-                            correlation_id=meta.correlation_id,
-                            causation_id=meta.causation_id,
-                            user_id=meta.user_id,
-                            occurred_at=event.timestamp,
-                            recorded_at=datetime.now(UTC),
-                            envelope=event.to_bytes().decode(),
-                        )
-                    )
-            except IntegrityError:
-                pass  # redelivered: the audit log has it already
-        await self.store.add(event, message.topic)
-        self.subscribers.publish(_wire(event, message.topic))
-        self.consumed += 1
+            # A redelivered event is in the log already: ON CONFLICT leaves it as it is.
+            await session.execute(_insert_new(session.get_bind().dialect.name), rows)
+        await self.store.add(kept)
+        for event, topic in kept:
+            self.subscribers.publish(_wire(event, topic))
+        self.consumed += len(kept)
 
     async def _consume(self, source: KafkaSource) -> None:
         # Joining the consumer group takes seconds; the service is ready before it finishes.
@@ -297,11 +318,9 @@ class EventBus:
         while True:
             try:
                 messages = await source.fetch(timeout=0.5, max_records=200)
-                offsets: dict[tuple[str, int], int] = {}
-                for message in messages:
-                    await self.record(message)
-                    offsets[(message.topic, message.partition)] = message.offset + 1
-                if offsets:
+                if messages:
+                    await self.record(messages)
+                    offsets = {(m.topic, m.partition): m.offset + 1 for m in messages}
                     await source.commit(offsets)
                 self._healthy = True
             except asyncio.CancelledError:
