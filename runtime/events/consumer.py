@@ -5,8 +5,11 @@ it and is skipped) and run the handler, whose own events go to the outbox in tha
 transaction. Only after that commit is the Kafka offset committed, so a crash in between
 means a redelivery, which the claim turns into a no-op: effectively exactly once.
 
+A fetched batch is first tried in one transaction (each event claimed and handled in
+order, as above, one commit for all); if anything in it fails, nothing of it is kept and
+its messages are handled one at a time, each in its own transaction, as follows.
 A handler that keeps failing is retried with exponential backoff, then its message goes to
-`<topic>.dlq` and the partition moves on. Messages are handled one at a time, in order.
+`<topic>.dlq` and the partition moves on. Messages are handled in order.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -98,6 +102,15 @@ class ConsumerStats:
     dead_lettered: int = 0
     retries: int = 0
     commit_failures: int = 0
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Why a batch was not applied: the event whose handler failed (None: no handler's
+    fault) and the error."""
+
+    event_id: uuid.UUID | None
+    error: str
 
 
 class _Interrupted(Exception):
@@ -228,11 +241,17 @@ class EventConsumer:
                 continue
             last_contact = loop.time()
             done: dict[tuple[str, int], int] = {}
+            failure: _Failure | None = None
+            if len(messages) > 1:
+                failure = await self._apply_batch(messages)
+                if failure is None:
+                    await self._commit({(m.topic, m.partition): m.offset + 1 for m in messages})
+                    continue
             for message in messages:
                 if self._stopping:
                     break
                 try:
-                    await self.process(message)
+                    await self.process(message, failed_once=failure)
                 except _Interrupted:
                     break
                 done[(message.topic, message.partition)] = message.offset + 1
@@ -251,8 +270,10 @@ class EventConsumer:
                 extra={"service": self.service, "error": str(error)},
             )
 
-    async def process(self, message: Message) -> Outcome:
-        """Handle one message completely (apply, skip or dead-letter); offsets are the caller's."""
+    async def process(self, message: Message, *, failed_once: _Failure | None = None) -> Outcome:
+        """Handle one message completely (apply, skip or dead-letter); offsets are the caller's.
+        `failed_once`: a handler failure in a batch, which counts as this event's first attempt
+        if it is this event's."""
         try:
             event = Event.from_bytes(message.value)
         except EnvelopeError as error:
@@ -270,6 +291,13 @@ class EventConsumer:
             return Outcome.DEAD_LETTERED
 
         attempt = 0
+        if failed_once is not None and failed_once.event_id == event.id:
+            attempt = 1
+            if attempt >= self.max_attempts:
+                await self._dead_letter(message, failed_once.error, attempt, event=event)
+                return Outcome.DEAD_LETTERED
+            self.stats.retries += 1
+            await self._pause(min(self.backoff_base, self.backoff_max), interruptible=True)
         infrastructure_delay = 0.0
         while True:
             attempt += 1
@@ -314,21 +342,62 @@ class EventConsumer:
             self.stats.duplicates += 1
             return Outcome.DUPLICATE
 
+    async def _apply_batch(self, messages: list[Message]) -> _Failure | None:
+        """Apply the batch in one transaction. On any failure nothing of it is kept and the
+        caller takes its messages one by one; the answer then names the event whose handler
+        failed, if one did (None: the batch was applied)."""
+        work: list[tuple[Event, BaseModel, Handler]] = []
+        skipped = 0
+        for message in messages:
+            try:
+                event = Event.from_bytes(message.value)
+                handler = self.handlers.get(event.type)
+                if handler is None:
+                    skipped += 1
+                    continue
+                work.append((event, self.registry.parse(event.type, event.data), handler))
+            except (EnvelopeError, EventValidationError):
+                return _Failure(None, "a message in the batch is not a valid event")
+        applied = 0
+        current: Event | None = None
+        try:
+            async with self.database.sessionmaker() as session, session.begin():
+                for current, payload, handler in work:
+                    if await self._handle(session, current, payload, handler):
+                        applied += 1
+                current = None  # a failing commit is no handler's fault
+        except Exception as error:
+            blamed = None if current is None or _is_infrastructure(error) else current.id
+            logger.info(
+                "a batch of events failed as a whole; applying them one by one",
+                extra={"service": self.service, "error": f"{type(error).__name__}: {error}"},
+            )
+            return _Failure(blamed, f"{type(error).__name__}: {error}")
+        self._healthy = True
+        self.stats.applied += applied
+        self.stats.duplicates += len(work) - applied
+        self.stats.skipped += skipped
+        return None
+
+    async def _handle(
+        self, session: AsyncSession, event: Event, payload: BaseModel, handler: Handler
+    ) -> bool:
+        """Claim and handle one event in the caller's transaction; False: seen before."""
+        if not await _claim(session, event):
+            return False
+        # Logs and calls made by the handler carry the originating request's id.
+        token = correlation_id_var.set(event.metadata.correlation_id)
+        try:
+            await handler(
+                EventContext(event, payload, session, registry=self.registry, service=self.service)
+            )
+        finally:
+            correlation_id_var.reset(token)
+        return True
+
     async def _apply(self, event: Event, payload: BaseModel, handler: Handler) -> bool:
         async with self.database.sessionmaker() as session, session.begin():
-            if not await _claim(session, event):
-                return False
-            # Logs and calls made by the handler carry the originating request's id.
-            token = correlation_id_var.set(event.metadata.correlation_id)
-            try:
-                await handler(
-                    EventContext(
-                        event, payload, session, registry=self.registry, service=self.service
-                    )
-                )
-            finally:
-                correlation_id_var.reset(token)
-        return True
+            return await self._handle(session, event, payload, handler)
 
     async def _dead_letter(
         self, message: Message, error: str, attempts: int, *, event: Event | None = None

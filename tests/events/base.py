@@ -168,14 +168,19 @@ class EventFlowCases:
         crashing = shipping.consumer({"order.placed": hangs_on_third})
         await crashing.start()
         await asyncio.wait_for(entered.wait(), 15)
-        # Two events committed in the database, the third is mid-transaction: the offset must
-        # not cover the third.
-        assert len(await shipping.applied_rows()) == 2
+        # The third is mid-transaction: the events before it are committed in the database
+        # (each in its own transaction) or not at all (in one batch with the third); the
+        # offset must not cover any event the database does not have.
+        kept = len(await shipping.applied_rows())
+        assert kept in (0, 1, 2)
         committed = await harness.committed(shipping.name, topic, partition)
-        assert committed is None or committed <= first.offset + 2
+        assert committed is None or committed <= first.offset + kept
 
         await crashing.stop(timeout=0.1)  # cancels the handler: its transaction rolls back
-        assert len(await shipping.applied_rows()) == 2
+        assert len(await shipping.applied_rows()) == kept
+        committed = await harness.committed(shipping.name, topic, partition)
+        assert committed is None or committed <= first.offset + kept
+        redelivered_applied = kept - (0 if committed is None else committed - first.offset)
 
         survivor = shipping.consumer({"order.placed": record})
         await survivor.start()
@@ -189,8 +194,8 @@ class EventFlowCases:
         assert [row.event_id for row in rows] == [event.id for event in events]
         assert await shipping.processed_count() == 5
         # The redelivered, already-applied events were recognised, not applied again.
-        assert survivor.stats.applied == 3
-        assert survivor.stats.duplicates == 2
+        assert survivor.stats.applied == 5 - kept
+        assert survivor.stats.duplicates == redelivered_applied
 
     async def test_causation_and_correlation_flow_into_events_a_handler_publishes(
         self, services: ServiceFactory, registry: EventRegistry, harness: BusHarness

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import insert
 from sqlalchemy.exc import OperationalError
 
@@ -167,3 +168,57 @@ async def test_an_idle_consumer_notices_the_broker_going_away(service: Service) 
     await eventually(unhealthy, what="consumer reporting the broker down")
     harness.bus.available = True
     await eventually(healthy, what="consumer healthy again")
+
+
+async def test_a_fetched_batch_is_applied_in_one_transaction(service: Service) -> None:
+    """Five waiting events, one fetch: one commit for all (each used to cost its own)."""
+    events = [_event(service.registry, correlation=f"batch-{i}") for i in range(5)]
+    for event in events:
+        await _deliver(service, event)
+    commits: list[int] = []
+    sa_event.listen(service.database.engine.sync_engine, "commit", lambda *_: commits.append(1))
+    consumer = service.consumer({"order.placed": record})
+    await consumer.start()
+
+    async def all_applied() -> bool:
+        return len(await service.applied_rows()) == 5
+
+    await eventually(all_applied, what="the batch applied")
+    await consumer.stop()
+    assert [row.event_id for row in await service.applied_rows()] == [e.id for e in events]
+    assert len(commits) == 1
+    assert (consumer.stats.applied, consumer.stats.duplicates) == (5, 0)
+
+
+async def test_a_failing_handler_in_a_batch_costs_the_others_nothing(service: Service) -> None:
+    """The batch is undone and taken one by one: the good events are applied once each, the
+    bad one is tried exactly max_attempts times (its try in the batch counts) and
+    dead-lettered."""
+    events = [_event(service.registry, correlation=f"mixed-{i}") for i in range(4)]
+    bad = events[1].id
+    calls: list[object] = []
+
+    async def fragile(ctx: EventContext) -> None:
+        calls.append(ctx.event.id)
+        await record(ctx)
+        if ctx.event.id == bad:
+            raise RuntimeError("cannot handle this one")
+
+    for event in events:
+        await _deliver(service, event)
+    consumer = service.consumer({"order.placed": fragile}, max_attempts=2)
+    await consumer.start()
+    topic = service.registry.get("order.placed").topic
+    harness = service.harness
+    assert isinstance(harness, MemoryHarness)
+
+    async def settled() -> bool:
+        return len(harness.bus.messages(dlq_topic(topic))) == 1
+
+    await eventually(settled, what="the bad event dead-lettered")
+    await consumer.stop()
+    assert [row.event_id for row in await service.applied_rows()] == [
+        e.id for e in events if e.id != bad
+    ]
+    assert calls.count(bad) == 2
+    assert consumer.stats.dead_lettered == 1 and consumer.stats.applied == 3
