@@ -10,14 +10,23 @@ after the request may have reached it (`unavailable`), or no attempt ever reache
 from __future__ import annotations
 
 import asyncio
+import json as json_module
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from runtime.auth import SERVICE_TOKEN_HEADER
-from runtime.config import ServiceSettings
+from runtime.config import ServiceSettings, service_env_key
 from runtime.correlation import correlation_headers
+from runtime.httpclient import (
+    ConnectionPool,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    exchange,
+)
+from runtime.jsonenc import dumps
 
 # Methods a retry cannot apply twice; the gateway and service calls both go by it.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -41,24 +50,39 @@ class ServiceCallError(Exception):
         self.problem = problem or {}
 
 
+@dataclass(frozen=True)
+class _Callee:
+    pool: ConnectionPool
+    prefix: str  # the base URL's path, put before each call's path
+
+
 @dataclass
 class ServiceClients:
-    """Pooled clients to the services this one calls (`<SERVICE>_URL` in the settings)."""
+    """Pooled keep-alive connections to the services this one calls (`<SERVICE>_URL` in the
+    settings), over the platform's own HTTP/1.1 client: httpx spent about a fifth of a
+    saga-driving service's CPU on its own machinery."""
 
     settings: ServiceSettings
     timeout: float = 5.0
     retries: int = 2
     backoff: float = 0.1
-    _clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+    _callees: dict[str, _Callee] = field(default_factory=dict)
 
-    def _client(self, service: str) -> httpx.AsyncClient:
-        if service not in self._clients:
-            self._clients[service] = httpx.AsyncClient(
-                base_url=self.settings.service_url(service),
-                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 2.0)),
-                headers={SERVICE_TOKEN_HEADER: self.settings.service_token.get_secret_value()},
+    def _callee(self, service: str) -> _Callee:
+        callee = self._callees.get(service)
+        if callee is None:
+            base = urlsplit(self.settings.service_url(service))
+            if base.scheme not in ("http", "https") or not base.hostname:
+                raise ValueError(
+                    f"{service_env_key(service)}_URL must be an http(s) URL, not {base.geturl()!r}"
+                )
+            tls = ssl.create_default_context() if base.scheme == "https" else None
+            port = base.port or (443 if tls else 80)
+            pool = ConnectionPool(
+                base.hostname, port, connect_timeout=min(self.timeout, 2.0), tls=tls
             )
-        return self._clients[service]
+            callee = self._callees[service] = _Callee(pool, base.path.rstrip("/"))
+        return callee
 
     async def call(
         self,
@@ -71,65 +95,77 @@ class ServiceClients:
         timeout: float | None = None,
     ) -> Any:
         """The JSON body of a 2xx answer; ServiceCallError for anything else."""
-        client = self._client(service)
-        attempts = 1 + (self.retries if method.upper() in IDEMPOTENT else 0)
-        sent = {**correlation_headers(), **(headers or {})}
+        callee = self._callee(service)
+        method = method.upper()
+        attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
+        body = b"" if json is None else dumps(json).encode()
+        sent = {
+            "accept": "application/json",
+            SERVICE_TOKEN_HEADER: self.settings.service_token.get_secret_value(),
+            **({"content-type": "application/json"} if json is not None else {}),
+            **correlation_headers(),
+            **(headers or {}),
+        }
+        wait = self.timeout if timeout is None else timeout
         delivered = False  # may some attempt have reached the callee?
         for attempt in range(1, attempts + 1):
             try:
-                response = await client.request(
-                    method,
-                    path,
-                    json=json,
-                    headers=sent,
-                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                reply = await exchange(
+                    callee.pool, method, callee.prefix + path, sent.items(), body, wait
                 )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            except UpstreamConnectError as error:
                 if attempt < attempts:
                     await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                     continue
                 raise ServiceCallError(
                     service,
                     "unavailable" if delivered else "unreachable",
-                    f"{method} {path}: {type(error).__name__}",
+                    f"{method} {path}: {error}",
                 ) from None
-            except httpx.TimeoutException:
+            except UpstreamTimeoutError:
                 delivered = True
                 if attempt < attempts:
                     await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                     continue
                 raise ServiceCallError(service, "timeout", f"{method} {path} timed out") from None
-            except httpx.TransportError as error:
+            except UpstreamError as error:
                 delivered = True
                 if attempt < attempts:
                     await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                     continue
                 raise ServiceCallError(
-                    service, "unavailable", f"{method} {path}: {type(error).__name__}"
+                    service, "unavailable", f"{method} {path}: {error}"
                 ) from None
             delivered = True
-            if response.status_code >= 500 and attempt < attempts:
+            if reply.status >= 500 and attempt < attempts:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                 continue
-            if response.is_success:
-                return response.json() if response.content else None
-            try:
-                problem = response.json()
-            except ValueError:
+            if 200 <= reply.status < 300:
+                return _json(reply.body) if reply.body else None
+            problem = _json(reply.body) if reply.body else {}
+            if not isinstance(problem, dict):
                 problem = {}
-            kind = "unavailable" if response.status_code in (502, 503) else "rejected"
-            if response.status_code == 504:
+            kind = "unavailable" if reply.status in (502, 503) else "rejected"
+            if reply.status == 504:
                 kind = "timeout"
             raise ServiceCallError(
                 service,
                 kind,
-                str(problem.get("detail") or f"{method} {path} answered {response.status_code}"),
-                status=response.status_code,
-                problem=problem if isinstance(problem, dict) else {},
+                str(problem.get("detail") or f"{method} {path} answered {reply.status}"),
+                status=reply.status,
+                problem=problem,
             )
         raise AssertionError("unreachable")  # the loop always returns or raises
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        for callee in self._callees.values():
+            callee.pool.close()
+        self._callees.clear()
+
+
+def _json(body: bytes) -> Any:
+    """A body as JSON; what is not JSON reads as an empty problem."""
+    try:
+        return json_module.loads(body)
+    except ValueError:
+        return {}

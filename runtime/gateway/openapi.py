@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from runtime.gateway.client import UpstreamError
+from runtime.httpclient import UpstreamError
 from runtime.gateway.registry import Registry, get
 from runtime.gateway.routing import Route, RouteTable
 from runtime.openapi import PROBLEM_SCHEMA, problems

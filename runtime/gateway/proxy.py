@@ -20,7 +20,7 @@ from enum import Enum
 from starlette.types import Receive, Send
 
 from runtime.gateway.breaker import answer_is_failure
-from runtime.gateway.client import (
+from runtime.httpclient import (
     Connection,
     UpstreamBodyError,
     UpstreamConnectError,

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable, Mapping
 
 from runtime.gateway.breaker import CircuitBreaker
-from runtime.gateway.client import ConnectionPool, UpstreamError
+from runtime.httpclient import ConnectionPool, UpstreamError
 from runtime.gateway.config import BreakerSpec, InstanceAddress
 
 logger = logging.getLogger(__name__)

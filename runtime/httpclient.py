@@ -1,17 +1,21 @@
-"""A minimal HTTP/1.1 client for the proxy path: keep-alive pools and streamed bodies.
+"""A minimal HTTP/1.1 client for calls inside the platform: keep-alive pools and streamed
+bodies, used by the gateway's proxy and by service-to-service calls (`exchange`).
 
 Measured on the target machine, a general-purpose client dominates a proxy's cost: httpx
 spends more per request than the upstream service itself, aiohttp about half of that (see
-runtime/gateway/README.md). The proxy needs only a fraction of their features (no TLS, no
-redirects, no cookies, no decoding), so this speaks HTTP/1.1 over asyncio directly and
-parses responses with httptools, the same C parser uvicorn uses for the server side.
+runtime/gateway/README.md). Calls between a platform's parts need only a fraction of their
+features (plain HTTP inside the platform's network, no redirects, no cookies, no
+decoding), so this speaks HTTP/1.1 over asyncio directly and parses responses with
+httptools, the same C parser uvicorn uses for the server side.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 
 import httptools
 
@@ -267,9 +271,11 @@ class ConnectionPool:
         max_idle: int = 256,
         idle_ttl: float = 4.0,
         loop: asyncio.AbstractEventLoop | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.tls = tls
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         # Below uvicorn's default keep-alive timeout (5 s): reusing a connection the
@@ -292,7 +298,13 @@ class ConnectionPool:
             return connection
         try:
             _, protocol = await asyncio.wait_for(
-                self.loop.create_connection(lambda: Connection(self), self.host, self.port),
+                self.loop.create_connection(
+                    lambda: Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host if self.tls else None,
+                ),
                 self.connect_timeout,
             )
         except (OSError, TimeoutError) as error:
@@ -322,3 +334,50 @@ class ConnectionPool:
         idle, self._idle = self._idle, []
         for connection, _ in idle:
             connection.abort()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A whole response: status, headers (names lower-cased) and body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+async def exchange(
+    pool: ConnectionPool,
+    method: str,
+    target: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    timeout: float,
+) -> Reply:
+    """Send one request with a small body and read the whole answer within `timeout`.
+
+    Raises UpstreamConnectError (nothing was sent), UpstreamTimeoutError, or another
+    UpstreamError (the request may have reached the upstream). Header values must not
+    contain CR or LF (ValueError): they would end the head early.
+    """
+    lines = [f"{method} {target} HTTP/1.1", f"host: {pool.host}:{pool.port}"]
+    for name, value in headers:
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise ValueError(f"header {name!r} holds a line break")
+        lines.append(f"{name}: {value}")
+    lines.append(f"content-length: {len(body)}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    connection = await pool.acquire()
+    try:
+        async with asyncio.timeout(timeout):
+            connection.start(head + body, head_only=method == "HEAD", timeout=None)
+            await connection.response_head()
+            chunks = [chunk async for chunk in connection.body()]
+    except TimeoutError:
+        connection.abort()
+        raise UpstreamTimeoutError(f"no answer from {pool.host}:{pool.port} in time") from None
+    except BaseException:
+        connection.abort()
+        raise
+    reply = Reply(connection.status, connection.headers, b"".join(chunks))
+    connection.finish()
+    return reply
