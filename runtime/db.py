@@ -217,7 +217,12 @@ class Database:
         await self.engine.dispose()
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
+    """The app's Database (a dependency: `async def`, so FastAPI does not run it in a thread)."""
+    return database_of(request)
+
+
+def database_of(request: Request) -> Database:
     database = getattr(request.app.state, "database", None)
     if not isinstance(database, Database):
         raise RuntimeError(
@@ -229,7 +234,7 @@ def get_database(request: Request) -> Database:
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request, committed when the endpoint returns."""
-    async with get_database(request).session() as session:
+    async with database_of(request).session() as session:
         yield session
 
 

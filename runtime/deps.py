@@ -29,13 +29,17 @@ def _state_attribute(request: Request, name: str) -> object:
     return value
 
 
-def get_settings(request: Request) -> ServiceSettings:
+# The dependencies are `async def` although they do not await: FastAPI runs a plain `def`
+# dependency in its thread pool, a thread hand-off per dependency per request.
+
+
+async def get_settings(request: Request) -> ServiceSettings:
     settings = _state_attribute(request, "settings")
     assert isinstance(settings, ServiceSettings)
     return settings
 
 
-def get_cache(request: Request) -> Cache:
+async def get_cache(request: Request) -> Cache:
     # cast, not isinstance: a runtime Protocol check would walk every method per request.
     return cast(Cache, _state_attribute(request, "cache"))
 

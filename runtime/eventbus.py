@@ -359,7 +359,7 @@ class EventBus:
             await self.store.close()
 
 
-def _bus(request: Request) -> EventBus:
+async def _bus(request: Request) -> EventBus:
     bus: EventBus = request.app.state.event_bus
     return bus
 
