@@ -1,8 +1,10 @@
 """Benchmark: events through outbox -> relay -> embedded tansu broker -> consumer.
 
 Run: .venv/bin/python bench/events.py [--events 2000] [--writers 4] [--rate 200]
+         [--database-url-template postgresql://postgres@127.0.0.1/bench_events_{database}]
 
-Two phases on one broker, publisher and consumer each with their own SQLite file:
+Two phases on one broker, publisher and consumer each with their own database (SQLite files,
+or PostgreSQL databases from the template, emptied first):
   burst  -- `--writers` tasks publish `--events` events as fast as they can, one transaction
             per event; prints events/s end to end and latency under saturation;
   paced  -- one event every 1/`--rate` s; latency of an event that finds the pipeline idle.
@@ -34,8 +36,9 @@ from runtime.events.consumer import EventConsumer, EventContext  # noqa: E402
 from runtime.events.kafka import KafkaProducer, KafkaSource  # noqa: E402
 from runtime.events.outbox import OutboxRelay, publish  # noqa: E402
 from runtime.events.registry import EventRegistry, EventType  # noqa: E402
-from runtime.events.tables import create_event_tables  # noqa: E402
+from runtime.events.tables import create_event_tables, outbox  # noqa: E402
 from runtime.events.topics import TopicSpec  # noqa: E402
+from runtime.migrate import create_database_if_missing  # noqa: E402
 
 TOPIC = "bench.orders"
 
@@ -104,14 +107,26 @@ def report(name: str, clock: Clock, ids: list[uuid.UUID], started: float) -> Non
 
 
 async def run(
-    events: int, writers: int, rate: float, paced_events: int, fetch_wait_ms: int
+    events: int,
+    writers: int,
+    rate: float,
+    paced_events: int,
+    fetch_wait_ms: int,
+    template: str | None,
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-events-"))
     async with EmbeddedBroker(port=0, topics=[TopicSpec(TOPIC, 3)]) as broker:
-        publisher_db = Database(f"sqlite:///{workdir}/orders.db")
-        consumer_db = Database(f"sqlite:///{workdir}/billing.db")
+        urls = [
+            template.format(database=name) if template else f"sqlite:///{workdir}/{name}.db"
+            for name in ("orders", "billing")
+        ]
+        for url in urls:
+            await asyncio.to_thread(create_database_if_missing, url)
+        publisher_db, consumer_db = (Database(url) for url in urls)
         for database in (publisher_db, consumer_db):
             async with database.engine.begin() as connection:
+                await connection.run_sync(outbox.metadata.drop_all)
+                await connection.run_sync(domain.drop_all)
                 await create_event_tables(connection)
                 await connection.run_sync(domain.create_all)
 
@@ -137,7 +152,8 @@ async def run(
             await publish_one(publisher_db, clock)
             await asyncio.wait_for(clock.done.wait(), 60)
 
-            print(f"tansu at {broker.bootstrap_servers}; SQLite files in {workdir}")
+            where = template or f"SQLite files in {workdir}"
+            print(f"tansu at {broker.bootstrap_servers}; databases: {where}")
             clock.expected = 1 + events
             clock.done.clear()
             before = set(clock.committed)
@@ -189,8 +205,18 @@ def main() -> None:
         default=20,
         help="consumer fetch_max_wait_ms: tansu holds multi-partition fetches this long",
     )
+    parser.add_argument("--database-url-template", help="e.g. postgresql://host/bench_{database}")
     args = parser.parse_args()
-    asyncio.run(run(args.events, args.writers, args.rate, args.paced_events, args.fetch_wait_ms))
+    asyncio.run(
+        run(
+            args.events,
+            args.writers,
+            args.rate,
+            args.paced_events,
+            args.fetch_wait_ms,
+            args.database_url_template,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -2,10 +2,16 @@
 CPU-seconds one order costs summed over every process of the stack.
 
 Run: .venv/bin/python bench/orders.py [--orders 200] [--concurrency 8]
-Starts the stack on embedded defaults in a temporary data dir, makes one product with
-plenty of stock and a few customers (the gateway limits each client to 100 requests a
-minute), places the orders at a fixed concurrency, checks the shop's invariants (speed
-that costs correctness does not count), then stops the stack.
+         [--database-url-template postgresql://postgres@127.0.0.1/bench_{database}]
+         [--redis-url redis://127.0.0.1:6379/5] [--profile DIR]
+Starts the stack in a temporary data dir (on SQLite files and in-process stores unless
+given `up`'s PostgreSQL/Redis options; `--reset`, so every run starts empty), makes one
+product with plenty of stock and a few customers, places the orders at a fixed
+concurrency with the gateway's rate limit raised out of the way, prints throughput,
+latency and CPU per order per process, checks the shop's invariants (speed that costs
+correctness does not count), then stops the stack. `--profile DIR` records every Python
+process with py-spy during the orders, as collapsed stacks (DIR/<process>.txt; open them in
+speedscope or flamegraph.pl).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -44,8 +51,9 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GATEWAY_RATE_LIMIT_REQUESTS": "1000000"}
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True, env=env
     )
 
 
@@ -53,24 +61,74 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--database-url-template", help="as for `cloudretail up`")
+    parser.add_argument("--redis-url", help="as for `cloudretail up`")
+    parser.add_argument("--profile", type=Path, help="folder for py-spy profiles")
     args = parser.parse_args()
+    options = ["--reset"]
+    if args.database_url_template:
+        options += ["--database-url-template", args.database_url_template]
+    if args.redis_url:
+        options += ["--redis-url", args.redis_url]
     with tempfile.TemporaryDirectory() as folder:
         data_dir = Path(folder) / "stack"
-        started = cli("up", "--detach", "--data-dir", str(data_dir))
+        started = cli("up", "--detach", "--data-dir", str(data_dir), *options)
         if started.returncode != 0:
             sys.exit(started.stdout + started.stderr)
         try:
-            run(data_dir, args.orders, args.concurrency)
+            run(data_dir, args.orders, args.concurrency, args.profile)
         finally:
             cli("down", "--data-dir", str(data_dir))
 
 
-def run(data_dir: Path, orders: int, concurrency: int) -> None:
+def start_profiles(folder: Path, names: dict[int, str]) -> list[subprocess.Popen[bytes]]:
+    """One `py-spy record` per Python process, stopped (SIGINT) once the orders are placed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    recorders = []
+    for pid, name in names.items():
+        if name == "broker":
+            continue
+        for fmt, suffix in (("raw", "txt"),):
+            recorders.append(
+                subprocess.Popen(
+                    [
+                        str(spy),
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        "200",
+                        "--nonblocking",
+                        "--format",
+                        fmt,
+                        "--output",
+                        str(folder / f"{name}.{suffix}"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+    time.sleep(1.0)  # let them attach
+    return recorders
+
+
+def stop_profiles(recorders: list[subprocess.Popen[bytes]]) -> None:
+    for recorder in recorders:
+        recorder.send_signal(signal.SIGINT)
+    for recorder in recorders:
+        recorder.wait(timeout=60)
+
+
+def run(data_dir: Path, orders: int, concurrency: int, profile: Path | None) -> None:
     secrets = json.loads((data_dir / "secrets.json").read_text())
     state = json.loads((data_dir / "state.json").read_text())
     pids = [p["pid"] for p in state["processes"].values()] + [state["broker"]]
     client = httpx.Client(base_url=GATEWAY, timeout=60.0)
-    admin_login = {"email": "admin@cloudretail.example", "password": secrets["admin_password"]}
+    admin_login = {
+        "email": secrets.get("admin_email", "admin@cloudretail.example"),
+        "password": secrets["admin_password"],
+    }
     admin = {
         "Authorization": "Bearer "
         + client.post("/api/users/login", json=admin_login).json()["access_token"]
@@ -111,6 +169,7 @@ def run(data_dir: Path, orders: int, concurrency: int) -> None:
         return response.status_code, time.perf_counter() - began
 
     names = {p["pid"]: name for name, p in state["processes"].items()} | {state["broker"]: "broker"}
+    recorders = start_profiles(profile, names) if profile else []
     each_before = {pid: cpu_seconds([pid]) for pid in pids}
     cpu_before = cpu_seconds(pids)
     began = time.perf_counter()
@@ -118,6 +177,8 @@ def run(data_dir: Path, orders: int, concurrency: int) -> None:
         results = list(pool.map(place, range(orders)))
     elapsed = time.perf_counter() - began
     cpu = cpu_seconds(pids) - cpu_before
+    shares = {names[pid]: cpu_seconds([pid]) - each_before[pid] for pid in pids}
+    stop_profiles(recorders)
     latencies = sorted(seconds for status, seconds in results if status == 201)
     confirmed = len(latencies)
     print(
@@ -133,7 +194,6 @@ def run(data_dir: Path, orders: int, concurrency: int) -> None:
         f"  CPU         {cpu / max(confirmed, 1) * 1000:6.1f} ms CPU per order "
         f"(all {len(pids)} processes: services, event bus, gateway, broker)"
     )
-    shares = {names[pid]: cpu_seconds([pid]) - each_before[pid] for pid in pids}
     ranked = sorted(shares.items(), key=lambda item: -item[1])
     print(
         "  CPU by process (ms per order): "
