@@ -362,8 +362,12 @@ class EventConsumer:
         current: Event | None = None
         try:
             async with self.database.sessionmaker() as session, session.begin():
+                # One statement claims the lot; only events not seen before are handled.
+                fresh = await _claim_all(session, [event for event, _, _ in work])
                 for current, payload, handler in work:
-                    if await self._handle(session, current, payload, handler):
+                    if current.id in fresh:
+                        fresh.discard(current.id)  # the same event twice in a batch: once
+                        await self._run_handler(session, current, payload, handler)
                         applied += 1
                 current = None  # a failing commit is no handler's fault
         except Exception as error:
@@ -385,6 +389,12 @@ class EventConsumer:
         """Claim and handle one event in the caller's transaction; False: seen before."""
         if not await _claim(session, event):
             return False
+        await self._run_handler(session, event, payload, handler)
+        return True
+
+    async def _run_handler(
+        self, session: AsyncSession, event: Event, payload: BaseModel, handler: Handler
+    ) -> None:
         # Logs and calls made by the handler carry the originating request's id.
         token = correlation_id_var.set(event.metadata.correlation_id)
         try:
@@ -393,7 +403,6 @@ class EventConsumer:
             )
         finally:
             correlation_id_var.reset(token)
-        return True
 
     async def _apply(self, event: Event, payload: BaseModel, handler: Handler) -> bool:
         async with self.database.sessionmaker() as session, session.begin():
@@ -449,6 +458,24 @@ class EventConsumer:
             await asyncio.wait_for(self._stop_requested.wait(), seconds)
         if interruptible and self._stopping:
             raise _Interrupted
+
+
+async def _claim_all(session: AsyncSession, events: list[Event]) -> set[uuid.UUID]:
+    """Record the events as processed in one statement; the ids not processed before."""
+    if not events:
+        return set()
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        return {event.id for event in events if await _claim(session, event)}
+    dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    rows = {event.id: {"event_id": event.id, "event_type": event.type} for event in events}
+    statement = (
+        dialect_insert(processed_events)
+        .values(list(rows.values()))
+        .on_conflict_do_nothing(index_elements=[processed_events.c.event_id])
+        .returning(processed_events.c.event_id)
+    )
+    return set((await session.scalars(statement)).all())
 
 
 async def _claim(session: AsyncSession, event: Event) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import event as sa_event
@@ -171,12 +172,21 @@ async def test_an_idle_consumer_notices_the_broker_going_away(service: Service) 
 
 
 async def test_a_fetched_batch_is_applied_in_one_transaction(service: Service) -> None:
-    """Five waiting events, one fetch: one commit for all (each used to cost its own)."""
+    """Five waiting events, one fetch: one claim and one commit for all (each used to cost
+    its own)."""
     events = [_event(service.registry, correlation=f"batch-{i}") for i in range(5)]
     for event in events:
         await _deliver(service, event)
     commits: list[int] = []
-    sa_event.listen(service.database.engine.sync_engine, "commit", lambda *_: commits.append(1))
+    claims: list[str] = []
+    engine = service.database.engine.sync_engine
+    sa_event.listen(engine, "commit", lambda *_: commits.append(1))
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if statement.startswith("INSERT INTO processed_events"):
+            claims.append(statement)
+
+    sa_event.listen(engine, "before_cursor_execute", seen)
     consumer = service.consumer({"order.placed": record})
     await consumer.start()
 
@@ -187,6 +197,7 @@ async def test_a_fetched_batch_is_applied_in_one_transaction(service: Service) -
     await consumer.stop()
     assert [row.event_id for row in await service.applied_rows()] == [e.id for e in events]
     assert len(commits) == 1
+    assert len(claims) == 1  # the five claimed in one statement
     assert (consumer.stats.applied, consumer.stats.duplicates) == (5, 0)
 
 
@@ -213,9 +224,10 @@ async def test_a_failing_handler_in_a_batch_costs_the_others_nothing(service: Se
     assert isinstance(harness, MemoryHarness)
 
     async def settled() -> bool:
-        return len(harness.bus.messages(dlq_topic(topic))) == 1
+        dead = len(harness.bus.messages(dlq_topic(topic)))
+        return dead == 1 and len(await service.applied_rows()) == 3
 
-    await eventually(settled, what="the bad event dead-lettered")
+    await eventually(settled, what="the bad event dead-lettered, the others applied")
     await consumer.stop()
     assert [row.event_id for row in await service.applied_rows()] == [
         e.id for e in events if e.id != bad
