@@ -7,7 +7,10 @@ Two phases on one broker, publisher and consumer each with their own database (S
 or PostgreSQL databases from the template, emptied first):
   burst  -- `--writers` tasks publish `--events` events as fast as they can, one transaction
             per event; prints events/s end to end and latency under saturation;
-  paced  -- one event every 1/`--rate` s; latency of an event that finds the pipeline idle.
+  paced  -- one event every 1/`--rate` s; latency of an event that finds the pipeline idle;
+  backlog -- `--events` events committed while the relay is stopped, then the relay started:
+            events/s of the pipeline alone (relay -> broker -> consumer applied once), which
+            the burst cannot show on a small machine because its writers share the CPU.
 Latency is from the publisher's commit to the start of the consumer's handler for that event.
 The burst's latency is mostly queueing: it grows with the backlog, so read its events/s.
 """
@@ -175,12 +178,30 @@ async def run(
             clock.done.clear()
             before = set(clock.committed)
             started = time.perf_counter()
-            for _ in range(paced_events):
-                await publish_one(publisher_db, clock)
-                await asyncio.sleep(1 / rate)
+            # Each event is published at its own moment (start + k / rate), whatever the
+            # ones before it cost, so the pipeline sees the asked-for rate.
+            loop = asyncio.get_running_loop()
+            pending = []
+            for k in range(paced_events):
+                await asyncio.sleep(max(0.0, started + k / rate - time.perf_counter()))
+                pending.append(loop.create_task(publish_one(publisher_db, clock)))
+            await asyncio.gather(*pending)
             await asyncio.wait_for(clock.done.wait(), 300)
             paced_ids = [i for i in clock.committed if i not in before]
             report("paced", clock, paced_ids, started)
+
+            await relay.stop()
+            clock.expected += events
+            clock.done.clear()
+            before = set(clock.committed)
+            await asyncio.gather(*(writer(count) for count in per_writer))
+            started = time.perf_counter()
+            await relay.start()
+            await asyncio.wait_for(clock.done.wait(), 300)
+            elapsed = max(clock.handled[i] for i in clock.committed if i not in before) - started
+            print(
+                f"backlog {events:4d} events in {elapsed:6.2f} s = {events / elapsed:7.0f} events/s"
+            )
             print(
                 f"relay sent {relay.sent_total}; consumer {consumer.stats}; "
                 f"duplicates applied: {len(clock.handled) - len(set(clock.handled))}"
