@@ -33,8 +33,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
-import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -42,6 +42,7 @@ from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from runtime.errors import Problem
+from runtime.httpclient import ConnectionPool, UpstreamError, exchange
 
 if TYPE_CHECKING:
     from runtime.config import ServiceSettings
@@ -202,19 +203,44 @@ class RevocationList:
 
 @functools.cache
 def _trust() -> ssl.SSLContext:
-    """The CA bundle, loaded once per process: an issuer outside the platform is fetched over
-    TLS every few seconds, and loading the bundle costs tens of milliseconds of CPU."""
-    return httpx.create_ssl_context()
+    """The system's trust store, loaded once per process: an issuer outside the platform is
+    fetched over TLS every few seconds, and loading it costs tens of milliseconds of CPU."""
+    return ssl.create_default_context()
+
+
+class FetchError(Exception):
+    """A key or revocation document could not be fetched."""
+
+
+async def fetch_json(url: str, timeout: float) -> Any:
+    """GET a JSON document over the platform's HTTP client (no httpx in services: it loads
+    its command-line tool, with rich and click, on import)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError(f"not an http(s) URL: {url!r}")
+    tls = _trust() if parts.scheme == "https" else None
+    port = parts.port or (443 if tls else 80)
+    pool = ConnectionPool(parts.hostname, port, connect_timeout=timeout, tls=tls)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        reply = await exchange(pool, "GET", target, [("accept", "application/json")], b"", timeout)
+    except UpstreamError as error:
+        raise FetchError(f"GET {url}: {error}") from None
+    finally:
+        pool.close()
+    if not 200 <= reply.status < 300:
+        raise FetchError(f"GET {url} answered {reply.status}")
+    try:
+        return json.loads(reply.body)
+    except ValueError:
+        raise FetchError(f"GET {url}: not JSON") from None
 
 
 def http_revocations_fetcher(url: str, timeout: float = 2.0) -> RevocationFetcher:
     """Reads `{"revoked": [{"sub": ..., "not_before": epoch seconds}, ...]}` from `url`."""
 
     async def fetch() -> Mapping[str, float]:
-        async with httpx.AsyncClient(timeout=timeout, verify=_trust()) as client:
-            response = await client.get(url)
-            response.raise_for_status()
-            document = response.json()
+        document = await fetch_json(url, timeout)
         return {str(item["sub"]): float(item["not_before"]) for item in document["revoked"]}
 
     return fetch
@@ -227,11 +253,8 @@ def revocations_url_for(jwks_url: str) -> str:
 
 def http_jwks_fetcher(url: str, timeout: float = 3.0) -> JwksFetcher:
     async def fetch() -> Mapping[str, Any]:
-        async with httpx.AsyncClient(timeout=timeout, verify=_trust()) as client:
-            response = await client.get(url)
-            response.raise_for_status()
-            body: Mapping[str, Any] = response.json()
-            return body
+        body: Mapping[str, Any] = await fetch_json(url, timeout)
+        return body
 
     return fetch
 

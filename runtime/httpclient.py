@@ -87,6 +87,11 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._pool.forget(self)
+        if not self.complete and exc is None and self._close_delimited():
+            # A response with neither length nor chunks ends where the connection does
+            # (HTTP/1.0 style, as Python's http.server answers).
+            self.complete = True
+            self._wake_reader()
         if not self.complete:
             self._fail(UpstreamNoResponseError(f"connection closed by upstream: {exc!r}"))
         if self._drain_waiter is not None and not self._drain_waiter.done():
@@ -245,6 +250,12 @@ class Connection(asyncio.Protocol):
             # mark the exception seen so asyncio does not log it as lost.
             head.exception()
         self._wake_reader()
+
+    def _close_delimited(self) -> bool:
+        if self.status == 0 or self._head_only or self.status in (204, 304):
+            return False
+        framing = {b"content-length", b"transfer-encoding"}
+        return not any(name in framing for name, _ in self.headers)
 
     def _wake_reader(self) -> None:
         waiter = self._body_waiter
