@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from runtime.httpclient import UpstreamError
 from runtime.gateway.registry import Registry, get
 from runtime.gateway.routing import Route, RouteTable
+from runtime.httpclient import UpstreamError
 from runtime.openapi import PROBLEM_SCHEMA, problems
 
 logger = logging.getLogger(__name__)

@@ -20,6 +20,9 @@ from enum import Enum
 from starlette.types import Receive, Send
 
 from runtime.gateway.breaker import answer_is_failure
+from runtime.gateway.headers import PROXIED_CSP, RESPONSE_DROP
+from runtime.gateway.registry import Upstream, UpstreamInstance
+from runtime.http import IDEMPOTENT
 from runtime.httpclient import (
     Connection,
     UpstreamBodyError,
@@ -28,9 +31,6 @@ from runtime.httpclient import (
     UpstreamNoResponseError,
     UpstreamTimeoutError,
 )
-from runtime.gateway.headers import PROXIED_CSP, RESPONSE_DROP
-from runtime.gateway.registry import Upstream, UpstreamInstance
-from runtime.http import IDEMPOTENT
 
 _CSP = b"content-security-policy"
 _CONTENT_TYPE = b"content-type"

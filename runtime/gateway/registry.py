@@ -17,8 +17,8 @@ import logging
 from collections.abc import Iterable, Mapping
 
 from runtime.gateway.breaker import CircuitBreaker
-from runtime.httpclient import ConnectionPool, UpstreamError
 from runtime.gateway.config import BreakerSpec, InstanceAddress
+from runtime.httpclient import ConnectionPool, UpstreamError
 
 logger = logging.getLogger(__name__)
 
