@@ -66,14 +66,22 @@ def _product_id(ctx: Context) -> uuid.UUID:
     return ctx.path_uuid("product_id")
 
 
-async def _by_product(session: AsyncSession, product_id: uuid.UUID) -> Inventory | None:
+async def _by_product(
+    session: AsyncSession, product_id: uuid.UUID, *, fresh: bool = False
+) -> Inventory | None:
+    """The product's stock row; `fresh` reads it again even if this session holds it (its
+    columns may have been changed by UPDATE statements in this transaction)."""
     query = sa.select(Inventory).where(Inventory.product_id == product_id)
+    if fresh:
+        query = query.execution_options(populate_existing=True)
     return (await session.scalars(query)).first()
 
 
-async def _after_change(session: AsyncSession, row: Inventory) -> None:
-    """`inventory.updated` always; `inventory.low_stock` when availability hits the level."""
-    await session.refresh(row)
+async def _after_change(session: AsyncSession, row: Inventory, *, fresh: bool = False) -> None:
+    """`inventory.updated` always; `inventory.low_stock` when availability hits the level.
+    A row not read `fresh` after the change is read again first."""
+    if not fresh:
+        await session.refresh(row)
     reserved = row.reserved or 0
     await publish(
         session,
@@ -189,9 +197,9 @@ async def reserve(ctx: Context) -> Any:
     summary = _summary(body.order_id, rows)
     await publish(ctx.session, "inventory.reserved", summary)
     for product_id in sorted(wanted):
-        row = await _by_product(ctx.session, product_id)
+        row = await _by_product(ctx.session, product_id, fresh=True)
         if row is not None:
-            await _after_change(ctx.session, row)
+            await _after_change(ctx.session, row, fresh=True)
     await ctx.session.commit()
     return summary
 
@@ -250,8 +258,9 @@ async def release(ctx: Context) -> Any:
     """POST /internal/inventory/reservations/{order_id}/release (service): undo the order."""
     order_id = ctx.path_uuid("order_id")
     await _undo(ctx.session, order_id, lambda kind, data: publish(ctx.session, kind, data))
+    answer = _summary(order_id, await _reservations(ctx.session, order_id))
     await ctx.session.commit()
-    return _summary(order_id, await _reservations(ctx.session, order_id))
+    return answer
 
 
 async def commit(ctx: Context) -> Any:
@@ -269,11 +278,14 @@ async def commit(ctx: Context) -> Any:
             quantity=Inventory.quantity - quantity,
             reserved=Inventory.reserved - quantity,
         )
-        row = await _by_product(ctx.session, reservation.product_id)
-        if moved and row is not None:
-            await _after_change(ctx.session, row)
+        if moved:
+            row = await _by_product(ctx.session, reservation.product_id, fresh=True)
+            if row is not None:
+                await _after_change(ctx.session, row, fresh=True)
+    # The answer is read before the commit: after it, reading would cost a new transaction.
+    answer = _summary(order_id, await _reservations(ctx.session, order_id))
     await ctx.session.commit()
-    return _summary(order_id, await _reservations(ctx.session, order_id))
+    return answer
 
 
 # -- events ----------------------------------------------------------------------------------
