@@ -1,8 +1,16 @@
-"""Run a service's Alembic migrations against a database URL."""
+"""Run a service's Alembic migrations against a database URL.
+
+`python -m runtime.migrate` upgrades the databases it reads on stdin, one JSON object per
+line (`{"name": ..., "ini": ..., "url": ...}`; on stdin, so passwords stay off the process
+list), printing `<name> <head>` as each is done; on a failure it prints `<name>: <error>` on
+stderr and exits 2. `cloudretail up` runs it so the supervisor, which lives as long as the
+stack, never loads Alembic.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,3 +128,21 @@ def migrate(ini: Path, database_url: str) -> str:
     from alembic.script import ScriptDirectory
 
     return str(ScriptDirectory.from_config(alembic_config(ini, database_url)).get_current_head())
+
+
+def _main() -> int:
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        target = json.loads(line)
+        try:
+            head = migrate(Path(target["ini"]), target["url"])
+        except MigrationError as error:
+            print(f"{target['name']}: {error}", file=sys.stderr)
+            return 2
+        print(target["name"], head, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -26,12 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-
-import httpx
+from urllib.parse import urlsplit
 
 from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError, port_holder
 from runtime.events.topics import TopicSpec, apply_topics
-from runtime.migrate import MigrationError, migrate
+from runtime.httpclient import ConnectionPool, UpstreamError, exchange
 from runtime.stackplan import StackPlan
 
 STOP_TIMEOUT = 8.0
@@ -126,14 +125,37 @@ async def _drop_postgres(url: str) -> None:
         await connection.close()
 
 
-def migrate_all(plan: StackPlan, say: Callable[[str], None]) -> None:
-    for database in plan.databases:
-        say(f"migrating {database.name} ...")
-        try:
-            head = migrate(Path(database.ini), database.url)
-        except MigrationError as error:
-            raise StackError(f"{database.name}: {error}") from None
-        say(f"migrated {database.name} to {head}")
+async def migrate_all(plan: StackPlan, say: Callable[[str], None]) -> None:
+    """Upgrade every planned database, in a child process: Alembic, SQLAlchemy and the
+    generated models would otherwise stay loaded in the supervisor for the stack's life."""
+    if not plan.databases:
+        return
+    say(f"migrating {', '.join(database.name for database in plan.databases)} ...")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runtime.migrate",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(
+        "".join(
+            json.dumps({"name": database.name, "ini": database.ini, "url": database.url}) + "\n"
+            for database in plan.databases
+        ).encode()
+    )
+    await process.stdin.drain()
+    process.stdin.close()
+    async for raw in process.stdout:
+        name, _, head = raw.decode().strip().partition(" ")
+        say(f"migrated {name} to {head}")
+    assert process.stderr is not None
+    error = (await process.stderr.read()).decode().strip()
+    if await process.wait() != 0:
+        # A refusal is one line; anything else ends in the exception's line.
+        raise StackError(error.splitlines()[-1] if error else "migrations failed")
 
 
 def topic_specs(plan: StackPlan) -> list[TopicSpec]:
@@ -264,26 +286,18 @@ class Supervisor:
         child.started_at = time.monotonic()
         self._pumps.append(asyncio.create_task(self._pump(child)))
 
-    async def ready(self, child: Child, client: httpx.AsyncClient) -> bool:
-        try:
-            response = await client.get(f"{child.url}/health/ready", timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
-
     async def wait_ready(self, timeout: float = READY_TIMEOUT) -> list[Child]:
         """Children not ready when `timeout` runs out (empty: all ready)."""
         waiting = list(self.children)
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient() as client:
-            while waiting and time.monotonic() < deadline and not self.stopping.is_set():
-                states = await asyncio.gather(*(self.ready(c, client) for c in waiting))
-                for child, ok in zip(list(waiting), states, strict=True):
-                    if ok:
-                        waiting.remove(child)
-                        self.say(f"{child.name} is ready at {child.url}")
-                if waiting:
-                    await asyncio.sleep(0.3)
+        while waiting and time.monotonic() < deadline and not self.stopping.is_set():
+            states = await asyncio.gather(*(readiness(c.url) for c in waiting))
+            for child, status in zip(list(waiting), states, strict=True):
+                if status == 200:
+                    waiting.remove(child)
+                    self.say(f"{child.name} is ready at {child.url}")
+            if waiting:
+                await asyncio.sleep(0.3)
         return waiting
 
     async def watch(self) -> None:
@@ -389,7 +403,7 @@ async def run_stack(
         check_ports(plan)
         await supervisor.start_broker()
         await supervisor.create_topics()
-        await asyncio.to_thread(migrate_all, plan, supervisor.say)
+        await migrate_all(plan, supervisor.say)
         for child in supervisor.children:
             await supervisor.spawn(child)
         supervisor.write_state("starting")
@@ -512,20 +526,33 @@ def stop_detached(data_dir: Path, timeout: float = 15.0) -> list[str]:
     return stopped
 
 
+async def readiness(url: str, timeout: float = 2.0) -> int | None:
+    """The status `<url>/health/ready` answers, None when nothing answers. Over the
+    platform's own HTTP client: the supervisor lives as long as the stack, and httpx would
+    load its command-line tool (rich, click) into it."""
+    parts = urlsplit(url)
+    pool = ConnectionPool(parts.hostname or "127.0.0.1", parts.port or 80, connect_timeout=timeout)
+    try:
+        reply = await exchange(pool, "GET", "/health/ready", (), b"", timeout)
+    except UpstreamError:
+        return None
+    finally:
+        pool.close()
+    return reply.status
+
+
 async def health(state: dict[str, Any]) -> dict[str, str]:
     """Each process's state: ready, not ready (answers but 503), down."""
     result = {}
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        for name, info in state.get("processes", {}).items():
-            if not alive(info.get("pid")):
-                result[name] = "down"
-                continue
-            try:
-                response = await client.get(f"{info['url']}/health/ready")
-            except httpx.HTTPError:
-                result[name] = "not answering"
-                continue
-            result[name] = "ready" if response.status_code == 200 else "not ready"
+    for name, info in state.get("processes", {}).items():
+        if not alive(info.get("pid")):
+            result[name] = "down"
+            continue
+        status = await readiness(info["url"])
+        if status is None:
+            result[name] = "not answering"
+        else:
+            result[name] = "ready" if status == 200 else "not ready"
     return result
 
 

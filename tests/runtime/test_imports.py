@@ -22,6 +22,7 @@ TOOL_ONLY = ("httpx", "rich", "click", "pygments", "typer", "jinja2", "alembic",
         "generated.services.order.app",
         "generated.eventbus.app",
         "runtime.gateway.app",
+        "runtime.stack",  # the supervisor of `up`, alive as long as the stack
     ],
 )
 def test_a_deployable_loads_nothing_of_the_tool(module: str) -> None:
