@@ -37,6 +37,7 @@ from handlers.invariants import check, stack_urls
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY = "http://127.0.0.1:8080"
 TICKS = os.sysconf("SC_CLK_TCK")
+SPY = Path(sys.executable).with_name("py-spy")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -65,6 +66,8 @@ def main() -> None:
     parser.add_argument("--redis-url", help="as for `cloudretail up`")
     parser.add_argument("--profile", type=Path, help="folder for py-spy profiles")
     args = parser.parse_args()
+    if args.profile and not SPY.exists():
+        sys.exit(f"--profile needs py-spy beside {sys.executable}: pip install py-spy")
     options = ["--reset"]
     if args.database_url_template:
         options += ["--database-url-template", args.database_url_template]
@@ -84,7 +87,7 @@ def main() -> None:
 def start_profiles(folder: Path, names: dict[int, str]) -> list[subprocess.Popen[bytes]]:
     """One `py-spy record` per Python process, stopped (SIGINT) once the orders are placed."""
     folder.mkdir(parents=True, exist_ok=True)
-    spy = Path(sys.executable).with_name("py-spy")
+    spy = SPY
     recorders = []
     for pid, name in names.items():
         if name == "broker":
