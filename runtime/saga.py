@@ -193,10 +193,7 @@ class SagaRunner:
         index: int = row["step"]
         saga_id: uuid.UUID = row["id"]
         if index >= len(definition.steps):
-            if definition.on_completed is not None:
-                await definition.on_completed(session, saga_id, data)
-            await self._update(session, saga_id, status=COMPLETED, data=data)
-            return SagaResult(saga_id, COMPLETED, data, None)
+            return await self._complete(session, definition, saga_id, data)
         step = definition.steps[index]
         remaining = (row["deadline"] - _now()).total_seconds()
         failure: dict[str, Any] | None = None
@@ -216,6 +213,10 @@ class SagaRunner:
                 failure = _failure(step, error, error.detail)
             else:
                 data[step.name] = answer
+                if index + 1 == len(definition.steps):
+                    # The last step's answer and the completion commit together: one
+                    # transaction fewer, and no state where all is done but not marked so.
+                    return await self._complete(session, definition, saga_id, data)
                 await self._update(session, saga_id, step=index + 1, data=data)
                 return None
         # A step that was refused, or never reached its callee, changed nothing; one whose
@@ -238,10 +239,7 @@ class SagaRunner:
         index: int = row["step"]
         saga_id: uuid.UUID = row["id"]
         if index < 0:
-            if definition.on_failed is not None:
-                await definition.on_failed(session, saga_id, data, error)
-            await self._update(session, saga_id, status=COMPENSATED)
-            return SagaResult(saga_id, COMPENSATED, data, error)
+            return await self._compensated(session, definition, saga_id, data, error)
         step = definition.steps[index]
         if step.compensate is not None:
             unanswered = error.get("status") is None and error.get("kind") != "rejected"
@@ -263,8 +261,37 @@ class SagaRunner:
                 )
                 await session.rollback()
                 return SagaResult(saga_id, COMPENSATING, data, error)
+        if index == 0:  # the last undo and the outcome commit together
+            return await self._compensated(session, definition, saga_id, data, error)
         await self._update(session, saga_id, step=index - 1)
         return None
+
+    async def _complete(
+        self,
+        session: AsyncSession,
+        definition: SagaDefinition,
+        saga_id: uuid.UUID,
+        data: dict[str, Any],
+    ) -> SagaResult:
+        if definition.on_completed is not None:
+            await definition.on_completed(session, saga_id, data)
+        await self._update(
+            session, saga_id, status=COMPLETED, step=len(definition.steps), data=data
+        )
+        return SagaResult(saga_id, COMPLETED, data, None)
+
+    async def _compensated(
+        self,
+        session: AsyncSession,
+        definition: SagaDefinition,
+        saga_id: uuid.UUID,
+        data: dict[str, Any],
+        error: dict[str, Any],
+    ) -> SagaResult:
+        if definition.on_failed is not None:
+            await definition.on_failed(session, saga_id, data, error)
+        await self._update(session, saga_id, status=COMPENSATED, step=-1)
+        return SagaResult(saga_id, COMPENSATED, data, error)
 
     async def _update(self, session: AsyncSession, saga_id: uuid.UUID, **values: Any) -> None:
         if "data" in values:

@@ -6,12 +6,23 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import event as sa_event
 
 from runtime.config import ServiceSettings
 from runtime.db import Database
 from runtime.http import ServiceClients
-from runtime.saga import COMPENSATED, Call, SagaDefinition, SagaRunner, Step, saga_instances
+from runtime.saga import (
+    COMPENSATED,
+    COMPLETED,
+    Call,
+    SagaDefinition,
+    SagaRunner,
+    Step,
+    saga_instances,
+)
 from tests.gateway.conftest import Server, free_port
 
 
@@ -79,3 +90,87 @@ async def test_a_step_whose_callee_cannot_be_reached_is_not_undone_and_the_rest_
     assert result.status == COMPENSATED, result
     assert result.error is not None and result.error["kind"] == "unreachable"
     assert calls == [f"hold {saga_id}", f"free {saga_id}"]
+
+
+async def test_the_last_step_and_the_outcome_commit_together(tmp_path: Path) -> None:
+    """A saga of two steps costs two transactions when it succeeds (each step's answer, the
+    last one together with the completion hook), not three; and three when its second step
+    is refused (the first answer; the refusal; the undo together with the failure hook),
+    not four."""
+    calls: list[str] = []
+    stock = await Server(_refusing_stock_service(calls)).start()
+    database = Database(f"sqlite+aiosqlite:///{tmp_path}/saga.db")
+    async with database.engine.begin() as connection:
+        await connection.run_sync(saga_instances.metadata.create_all)
+    settings = ServiceSettings(
+        service_name="shop",
+        port=1,
+        database_url=str(database.url),
+        service_token="t" * 32,
+        service_urls={"stock": stock.url},
+    )
+    clients = ServiceClients(settings, timeout=2.0, retries=0)
+    hooks: list[str] = []
+
+    async def completed(_session: Any, saga_id: uuid.UUID, data: dict[str, Any]) -> None:
+        hooks.append(f"completed {data['second']}")
+
+    async def failed(_session: Any, saga_id: uuid.UUID, data: Any, error: Any) -> None:
+        hooks.append(f"failed at {error['step']}")
+
+    saga = SagaDefinition(
+        "checkout",
+        (
+            Step(
+                "first",
+                Call("stock", "POST", "/hold/{saga_id}"),
+                Call("stock", "POST", "/free/{saga_id}"),
+            ),
+            Step("second", Call("stock", "POST", "/{outcome}/{saga_id}")),
+        ),
+    ).bind(on_completed=completed, on_failed=failed)
+    runner = SagaRunner(database, clients, {"checkout": saga})
+    commits: list[int] = []
+    sa_event.listen(database.engine.sync_engine, "commit", lambda *_: commits.append(1))
+
+    async def run(outcome: str) -> Any:
+        saga_id = uuid.uuid4()
+        async with database.session() as session:
+            await runner.begin(session, "checkout", saga_id, {"outcome": outcome})
+        commits.clear()
+        result = await runner.run(saga_id)
+        async with database.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    sa.select(saga_instances.c.status, saga_instances.c.step).where(
+                        saga_instances.c.id == saga_id
+                    )
+                )
+            ).one()
+        return result, tuple(row), len(commits)
+
+    try:
+        done, done_row, done_commits = await run("accept")
+        refused, refused_row, refused_commits = await run("refuse")
+    finally:
+        await clients.close()
+        await stock.stop()
+        await database.dispose()
+    assert (done.status, done_row, done_commits) == (COMPLETED, (COMPLETED, 2), 2)
+    assert (refused.status, refused_row, refused_commits) == (COMPENSATED, (COMPENSATED, -1), 3)
+    assert hooks == ["completed {'ok': True}", "failed at second"]
+    assert [call.split()[0] for call in calls] == ["hold", "hold", "free"]
+
+
+def _refusing_stock_service(calls: list[str]) -> FastAPI:
+    app = _stock_service(calls)
+
+    @app.post("/accept/{saga_id}")
+    async def accept(saga_id: str) -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.post("/refuse/{saga_id}")
+    async def refuse(saga_id: str) -> Any:
+        return JSONResponse({"title": "No", "status": 409, "detail": "refused"}, status_code=409)
+
+    return app
