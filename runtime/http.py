@@ -120,7 +120,9 @@ class ServiceClients:
                 raise ServiceCallError(
                     service,
                     "unavailable" if delivered else "unreachable",
-                    f"{method} {path}: {error}",
+                    # The error's class only: its text names internal addresses, and a
+                    # saga's failure detail reaches the client.
+                    f"{method} {path}: {type(error).__name__}",
                 ) from None
             except UpstreamTimeoutError:
                 delivered = True
@@ -134,7 +136,7 @@ class ServiceClients:
                     await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                     continue
                 raise ServiceCallError(
-                    service, "unavailable", f"{method} {path}: {error}"
+                    service, "unavailable", f"{method} {path}: {type(error).__name__}"
                 ) from None
             delivered = True
             if reply.status >= 500 and attempt < attempts:

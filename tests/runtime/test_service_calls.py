@@ -135,6 +135,8 @@ async def test_failures_come_back_as_kinds_a_saga_can_act_on(
         with pytest.raises(ServiceCallError) as unreachable:
             await nobody.call("stock", "POST", "/api/things", json={})
         assert unreachable.value.kind == "unreachable"
+        # What a saga may pass on to a client names no internal address.
+        assert "127.0.0.1" not in unreachable.value.detail
     finally:
         await nobody.close()
 
