@@ -42,14 +42,10 @@ def _stock_service(calls: list[str]) -> FastAPI:
     return app
 
 
-async def test_a_step_whose_callee_cannot_be_reached_is_not_undone_and_the_rest_is_at_once(
-    tmp_path: Path,
-) -> None:
-    """Connection refused: the charge never arrived, so there is nothing of it to refund, and
-    the stock it held is released now instead of after the payer comes back."""
-    calls: list[str] = []
-    stock = await Server(_stock_service(calls)).start()
-    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+async def _saga_database_and_clients(
+    tmp_path: Path, urls: dict[str, str]
+) -> tuple[Database, ServiceClients]:
+    """A SQLite database with the saga table, and clients to `urls` that do not retry."""
     database = Database(f"sqlite+aiosqlite:///{tmp_path}/saga.db")
     async with database.engine.begin() as connection:
         await connection.run_sync(saga_instances.metadata.create_all)
@@ -58,9 +54,22 @@ async def test_a_step_whose_callee_cannot_be_reached_is_not_undone_and_the_rest_
         port=1,
         database_url=str(database.url),
         service_token="t" * 32,
-        service_urls={"stock": stock.url, "pay": nobody},
+        service_urls=urls,
     )
-    clients = ServiceClients(settings, timeout=2.0, retries=0)
+    return database, ServiceClients(settings, timeout=2.0, retries=0)
+
+
+async def test_a_step_whose_callee_cannot_be_reached_is_not_undone_and_the_rest_is_at_once(
+    tmp_path: Path,
+) -> None:
+    """Connection refused: the charge never arrived, so there is nothing of it to refund, and
+    the stock it held is released now instead of after the payer comes back."""
+    calls: list[str] = []
+    stock = await Server(_stock_service(calls)).start()
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    database, clients = await _saga_database_and_clients(
+        tmp_path, {"stock": stock.url, "pay": nobody}
+    )
     saga = SagaDefinition(
         "checkout",
         (
@@ -99,17 +108,7 @@ async def test_the_last_step_and_the_outcome_commit_together(tmp_path: Path) -> 
     not four."""
     calls: list[str] = []
     stock = await Server(_refusing_stock_service(calls)).start()
-    database = Database(f"sqlite+aiosqlite:///{tmp_path}/saga.db")
-    async with database.engine.begin() as connection:
-        await connection.run_sync(saga_instances.metadata.create_all)
-    settings = ServiceSettings(
-        service_name="shop",
-        port=1,
-        database_url=str(database.url),
-        service_token="t" * 32,
-        service_urls={"stock": stock.url},
-    )
-    clients = ServiceClients(settings, timeout=2.0, retries=0)
+    database, clients = await _saga_database_and_clients(tmp_path, {"stock": stock.url})
     hooks: list[str] = []
 
     async def completed(_session: Any, saga_id: uuid.UUID, data: dict[str, Any]) -> None:
