@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import hmac
 import json
 import logging
 import math
 import os
-import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -33,7 +31,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -42,7 +39,7 @@ from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from runtime.errors import Problem
-from runtime.httpclient import ConnectionPool, UpstreamError, exchange
+from runtime.httpclient import UpstreamError, exchange, pool_for
 
 if TYPE_CHECKING:
     from runtime.config import ServiceSettings
@@ -201,13 +198,6 @@ class RevocationList:
             raise Problem(401, title="Invalid token", detail="the token has been revoked")
 
 
-@functools.cache
-def _trust() -> ssl.SSLContext:
-    """The system's trust store, loaded once per process: an issuer outside the platform is
-    fetched over TLS every few seconds, and loading it costs tens of milliseconds of CPU."""
-    return ssl.create_default_context()
-
-
 class FetchError(Exception):
     """A key or revocation document could not be fetched."""
 
@@ -215,15 +205,14 @@ class FetchError(Exception):
 async def fetch_json(url: str, timeout: float) -> Any:
     """GET a JSON document over the platform's HTTP client (no httpx in services: it loads
     its command-line tool, with rich and click, on import)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError(f"not an http(s) URL: {url!r}")
-    tls = _trust() if parts.scheme == "https" else None
-    port = parts.port or (443 if tls else 80)
-    pool = ConnectionPool(parts.hostname, port, connect_timeout=timeout, tls=tls)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        reply = await exchange(pool, "GET", target, [("accept", "application/json")], b"", timeout)
+        pool, target = pool_for(url, connect_timeout=timeout)
+    except ValueError as error:
+        raise FetchError(str(error)) from None
+    try:
+        reply = await exchange(
+            pool, "GET", target or "/", [("accept", "application/json")], b"", timeout
+        )
     except UpstreamError as error:
         raise FetchError(f"GET {url}: {error}") from None
     finally:

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 from fastapi import Depends, Request
 from sqlalchemy import event, exc, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -66,6 +68,17 @@ def _sqlite_file(url: URL) -> Path | None:
     if in_memory or database.startswith("file:"):
         return None
     return Path(database)
+
+
+def insert_skipping_duplicates(table: sa.Table, dialect: str, key: str) -> sa.Insert:
+    """An INSERT into `table` that leaves rows whose `key` is taken as they are (ON CONFLICT
+    DO NOTHING: on PostgreSQL it also waits for a concurrent insert of the same key to commit
+    or roll back, so two racing writers keep one row). PostgreSQL and SQLite only."""
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
+    raise ValueError(f"no INSERT ... ON CONFLICT for {dialect}")
 
 
 @dataclass(frozen=True)

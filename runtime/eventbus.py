@@ -25,13 +25,11 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 from redis.asyncio import Redis
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from runtime.app import create_service_app
 from runtime.auth import require, require_service
 from runtime.config import ServiceSettings
-from runtime.db import Database
+from runtime.db import Database, insert_skipping_duplicates
 from runtime.errors import Problem
 from runtime.events.envelope import EnvelopeError, Event
 from runtime.events.kafka import KafkaProducer, KafkaSource
@@ -89,15 +87,6 @@ class EventStore(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
-
-
-def _insert_new(dialect: str) -> sa.Insert:
-    """An INSERT into the audit log that skips event ids it holds already."""
-    if dialect == "postgresql":
-        return postgresql_insert(audit_log).on_conflict_do_nothing(index_elements=["event_id"])
-    if dialect == "sqlite":
-        return sqlite_insert(audit_log).on_conflict_do_nothing(index_elements=["event_id"])
-    raise ValueError(f"the event bus keeps its audit log in PostgreSQL or SQLite, not {dialect}")
 
 
 def _millis(moment: datetime) -> int:
@@ -298,7 +287,8 @@ class EventBus:
         ]
         async with self.database.session() as session:
             # A redelivered event is in the log already: ON CONFLICT leaves it as it is.
-            await session.execute(_insert_new(session.get_bind().dialect.name), rows)
+            dialect = session.get_bind().dialect.name
+            await session.execute(insert_skipping_duplicates(audit_log, dialect, "event_id"), rows)
         await self.store.add(kept)
         for event, topic in kept:
             self.subscribers.publish(_wire(event, topic))

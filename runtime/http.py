@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json as json_module
-import ssl
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from runtime.auth import SERVICE_TOKEN_HEADER
 from runtime.config import ServiceSettings, service_env_key
@@ -25,6 +23,7 @@ from runtime.httpclient import (
     UpstreamError,
     UpstreamTimeoutError,
     exchange,
+    pool_for,
 )
 from runtime.jsonenc import dumps
 
@@ -71,17 +70,14 @@ class ServiceClients:
     def _callee(self, service: str) -> _Callee:
         callee = self._callees.get(service)
         if callee is None:
-            base = urlsplit(self.settings.service_url(service))
-            if base.scheme not in ("http", "https") or not base.hostname:
+            url = self.settings.service_url(service)
+            try:
+                pool, prefix = pool_for(url, connect_timeout=min(self.timeout, 2.0))
+            except ValueError:
                 raise ValueError(
-                    f"{service_env_key(service)}_URL must be an http(s) URL, not {base.geturl()!r}"
-                )
-            tls = ssl.create_default_context() if base.scheme == "https" else None
-            port = base.port or (443 if tls else 80)
-            pool = ConnectionPool(
-                base.hostname, port, connect_timeout=min(self.timeout, 2.0), tls=tls
-            )
-            callee = self._callees[service] = _Callee(pool, base.path.rstrip("/"))
+                    f"{service_env_key(service)}_URL must be an http(s) URL, not {url!r}"
+                ) from None
+            callee = self._callees[service] = _Callee(pool, prefix.rstrip("/"))
         return callee
 
     async def call(

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -345,6 +347,26 @@ class ConnectionPool:
         idle, self._idle = self._idle, []
         for connection, _ in idle:
             connection.abort()
+
+
+@functools.cache
+def system_trust() -> ssl.SSLContext:
+    """The system's trust store, loaded once per process (loading it costs tens of
+    milliseconds of CPU; an outside token issuer is fetched every few seconds)."""
+    return ssl.create_default_context()
+
+
+def pool_for(url: str, *, connect_timeout: float) -> tuple[ConnectionPool, str]:
+    """A pool to the host of an http(s) URL (TLS, with the system's trust store, for https),
+    and the URL's path with its query, to put before or use as a request target.
+    ValueError for any other URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    tls = system_trust() if parts.scheme == "https" else None
+    port = parts.port or (443 if tls else 80)
+    pool = ConnectionPool(parts.hostname, port, connect_timeout=connect_timeout, tls=tls)
+    return pool, parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError, port_holder
 from runtime.events.topics import TopicSpec, apply_topics
-from runtime.httpclient import ConnectionPool, UpstreamError, exchange
+from runtime.httpclient import UpstreamError, exchange, pool_for
 from runtime.stackplan import StackPlan
 
 STOP_TIMEOUT = 8.0
@@ -530,8 +529,7 @@ async def readiness(url: str, timeout: float = 2.0) -> int | None:
     """The status `<url>/health/ready` answers, None when nothing answers. Over the
     platform's own HTTP client: the supervisor lives as long as the stack, and httpx would
     load its command-line tool (rich, click) into it."""
-    parts = urlsplit(url)
-    pool = ConnectionPool(parts.hostname or "127.0.0.1", parts.port or 80, connect_timeout=timeout)
+    pool, _ = pool_for(url, connect_timeout=timeout)
     try:
         reply = await exchange(pool, "GET", "/health/ready", (), b"", timeout)
     except UpstreamError:

@@ -21,19 +21,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import exists, insert, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runtime.correlation import correlation_id_var
-from runtime.db import Database
+from runtime.db import Database, insert_skipping_duplicates
 from runtime.events.envelope import EnvelopeError, Event
 from runtime.events.outbox import publish
 from runtime.events.registry import EventRegistry, EventValidationError
@@ -461,18 +458,25 @@ class EventConsumer:
 
 
 async def _claim_all(session: AsyncSession, events: list[Event]) -> set[uuid.UUID]:
-    """Record the events as processed in one statement; the ids not processed before."""
+    """Record the events as processed, in one statement; the ids not processed before (a
+    redelivered one is not among them)."""
     if not events:
         return set()
+    rows = {event.id: {"event_id": event.id, "event_type": event.type} for event in events}
     dialect = session.get_bind().dialect.name
     if dialect not in ("postgresql", "sqlite"):
-        return {event.id for event in events if await _claim(session, event)}
-    dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    rows = {event.id: {"event_id": event.id, "event_type": event.type} for event in events}
+        fresh = set()
+        for event_id, row in rows.items():
+            query = select(exists().where(processed_events.c.event_id == event_id))
+            if not await session.scalar(query):
+                await session.execute(insert(processed_events).values(**row))
+                fresh.add(event_id)
+        return fresh
+    # Two members racing on a redelivery: the second insert waits for the first to commit
+    # (PostgreSQL) and then skips the row, so the event is applied once.
     statement = (
-        dialect_insert(processed_events)
+        insert_skipping_duplicates(processed_events, dialect, "event_id")
         .values(list(rows.values()))
-        .on_conflict_do_nothing(index_elements=[processed_events.c.event_id])
         .returning(processed_events.c.event_id)
     )
     return set((await session.scalars(statement)).all())
@@ -480,21 +484,4 @@ async def _claim_all(session: AsyncSession, events: list[Event]) -> set[uuid.UUI
 
 async def _claim(session: AsyncSession, event: Event) -> bool:
     """Record the event as processed; False when it already was (a redelivery)."""
-    values = {"event_id": event.id, "event_type": event.type}
-    dialect = session.get_bind().dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        # ON CONFLICT DO NOTHING also waits for a concurrent claim of the same id to commit
-        # or roll back (PostgreSQL), so two members racing on a redelivery apply it once.
-        statement = (
-            dialect_insert(processed_events)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=[processed_events.c.event_id])
-        )
-        result = cast(CursorResult[Any], await session.execute(statement))
-        return result.rowcount == 1
-    seen = await session.scalar(select(exists().where(processed_events.c.event_id == event.id)))
-    if seen:
-        return False
-    await session.execute(insert(processed_events).values(**values))
-    return True
+    return event.id in await _claim_all(session, [event])

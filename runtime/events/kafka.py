@@ -178,6 +178,19 @@ class KafkaProducer(BatchSender):
             return False
 
 
+def message_of(record: Any) -> Message:
+    """An aiokafka ConsumerRecord as the transport's Message."""
+    return Message(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=tuple(record.headers or ()),
+        timestamp_ms=record.timestamp,
+    )
+
+
 class KafkaSource:
     """`Source` over an aiokafka consumer group, offsets committed only when told to.
 
@@ -292,19 +305,7 @@ class KafkaSource:
         )
         if batches and self.check_cluster_id and not await self._same_broker(batches):
             return []
-        return [
-            Message(
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-                value=record.value,
-                headers=tuple(record.headers or ()),
-                timestamp_ms=record.timestamp,
-            )
-            for records in batches.values()
-            for record in records
-        ]
+        return [message_of(record) for records in batches.values() for record in records]
 
     async def _same_broker(self, batches: Mapping[Any, Sequence[Any]]) -> bool:
         """False (and the consumer restarted or rewound) when the batch cannot be trusted."""

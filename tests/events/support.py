@@ -18,7 +18,7 @@ from runtime.db import Database
 from runtime.events.broker import EmbeddedBroker
 from runtime.events.consumer import EventConsumer, EventContext, Handler, consumer_topics
 from runtime.events.envelope import Event
-from runtime.events.kafka import KafkaProducer, KafkaSource
+from runtime.events.kafka import KafkaProducer, KafkaSource, message_of
 from runtime.events.memory import MemoryBus
 from runtime.events.outbox import OutboxRelay, publish
 from runtime.events.registry import EventRegistry, EventType
@@ -206,17 +206,7 @@ class TansuHarness:
                     )
                 batches = await reader.getmany(timeout_ms=200)
                 for records in batches.values():
-                    found.extend(
-                        Message(
-                            topic=record.topic,
-                            partition=record.partition,
-                            offset=record.offset,
-                            key=record.key,
-                            value=record.value,
-                            headers=tuple(record.headers or ()),
-                        )
-                        for record in records
-                    )
+                    found.extend(message_of(record) for record in records)
             # A little longer, to catch messages beyond the expected count.
             batches = await reader.getmany(timeout_ms=200)
             for records in batches.values():

@@ -129,6 +129,7 @@ async def test_fetching_the_lists_loads_the_ca_bundle_once(monkeypatch: pytest.M
     import threading
 
     from runtime import auth
+    from runtime.httpclient import system_trust
 
     class Answer(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -151,8 +152,7 @@ async def test_fetching_the_lists_loads_the_ca_bundle_once(monkeypatch: pytest.M
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ssl, "create_default_context", counting)
-    if hasattr(auth, "_trust"):
-        auth._trust.cache_clear()  # a fresh process: nothing loaded yet
+    system_trust.cache_clear()  # a fresh process: nothing loaded yet
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
         revocations = auth.http_revocations_fetcher(auth.revocations_url_for(url))
