@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -203,6 +202,8 @@ def topics_apply(
 ) -> None:
     """Create missing topics (and their .dlq), raise partitions and align configs where the
     broker allows it, report drift where it does not; never delete. Safe to run again."""
+    import asyncio
+
     from generator.stack import planned_topics
     from runtime.events.topics import apply_topics
 
@@ -281,6 +282,8 @@ def up(
 @app.command()
 def status(data_dir: DataDirOption = Path(".cloudretail")) -> None:
     """Each process of a detached stack and its health."""
+    import asyncio
+
     from runtime import stack
     from runtime.launch import stack_table
 

@@ -29,7 +29,6 @@ from generator.handlers import (
 from generator.loader import Document, dotted, load_file
 from generator.model import Platform, build_platform
 from generator.render import render_files
-from generator.targets import all_files
 from generator.targets.migrations import MigrationRefusedError, versions_folder
 from generator.targets.migrations import files as migration_files
 from generator.validation import parse_spec
@@ -187,6 +186,8 @@ def check_platform(spec_path: Path, out_dir: Path, *, handlers_dir: Path | None 
 def render(platform: Platform, existing: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every generated file's text, keyed by its path inside the output folder. `existing`:
     the generated files already there (from `read_owned`), which migrations build on."""
+    from generator.targets.every import all_files  # only rendering loads every target
+
     return format_python(render_files(all_files(platform, existing or {}), platform.source))
 
 

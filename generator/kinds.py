@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from generator.render import pystr
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 # The options of a column a kind may take; a kind that takes one needs it. `precision` and
 # `scale` go together.
@@ -126,6 +127,18 @@ class ColumnKind:
         return []
 
 
+def _sa() -> ModuleType:
+    """SQLAlchemy, imported when a migration is planned: most commands never need it."""
+    import sqlalchemy
+    import sqlalchemy.dialects.postgresql
+
+    return sqlalchemy
+
+
+def _jsonb() -> Any:
+    return _sa().dialects.postgresql.JSONB()
+
+
 def _decimal(text: str) -> str:
     return f'Decimal("{text}")'
 
@@ -144,7 +157,7 @@ KINDS: dict[str, ColumnKind] = {
             "uuid",
             sql="UUID",
             model_type="sa.Uuid",
-            schema_type=lambda _: sa.Uuid(),
+            schema_type=lambda _: _sa().Uuid(),
             python="uuid.UUID",
             python_import=("uuid",),
             functions={"gen_random_uuid": _NEW_UUID},
@@ -154,7 +167,7 @@ KINDS: dict[str, ColumnKind] = {
             "string",
             sql="VARCHAR({length})",
             model_type="sa.String({length})",
-            schema_type=lambda shape: sa.String(shape.length),
+            schema_type=lambda shape: _sa().String(shape.length),
             python="str",
             options=frozenset({"length"}),
             max_length=True,
@@ -165,7 +178,7 @@ KINDS: dict[str, ColumnKind] = {
             "text",
             sql="TEXT",
             model_type="sa.Text",
-            schema_type=lambda _: sa.Text(),
+            schema_type=lambda _: _sa().Text(),
             python="str",
             literal_defaults=(str,),
             payload=True,
@@ -174,7 +187,7 @@ KINDS: dict[str, ColumnKind] = {
             "integer",
             sql="INTEGER",
             model_type="sa.Integer",
-            schema_type=lambda _: sa.Integer(),
+            schema_type=lambda _: _sa().Integer(),
             python="int",
             integer_range=(-(2**31), 2**31 - 1),
             checkable=True,
@@ -185,7 +198,7 @@ KINDS: dict[str, ColumnKind] = {
             "bigint",
             sql="BIGINT",
             model_type="sa.BigInteger",
-            schema_type=lambda _: sa.BigInteger(),
+            schema_type=lambda _: _sa().BigInteger(),
             python="int",
             integer_range=(-(2**63), 2**63 - 1),
             checkable=True,
@@ -195,7 +208,7 @@ KINDS: dict[str, ColumnKind] = {
             "decimal",
             sql="DECIMAL({precision}, {scale})",
             model_type="DecimalType({precision}, {scale})",
-            schema_type=lambda shape: sa.Numeric(shape.precision, shape.scale),
+            schema_type=lambda shape: _sa().Numeric(shape.precision, shape.scale),
             python="Decimal",
             python_import=("decimal", "Decimal"),
             runtime_type="DecimalType",
@@ -210,7 +223,7 @@ KINDS: dict[str, ColumnKind] = {
             "boolean",
             sql="BOOLEAN",
             model_type="sa.Boolean",
-            schema_type=lambda _: sa.Boolean(),
+            schema_type=lambda _: _sa().Boolean(),
             python="bool",
             literal_defaults=(bool,),
             payload=True,
@@ -219,7 +232,7 @@ KINDS: dict[str, ColumnKind] = {
             "timestamp",
             sql="TIMESTAMP",
             model_type="UTCDateTime",
-            schema_type=lambda _: sa.DateTime(timezone=True),
+            schema_type=lambda _: _sa().DateTime(timezone=True),
             python="datetime",
             python_import=("datetime", "datetime"),
             runtime_type="UTCDateTime",
@@ -231,7 +244,9 @@ KINDS: dict[str, ColumnKind] = {
             "json",
             sql="JSONB",
             model_type="JSONType",
-            schema_type=lambda _: sa.JSON().with_variant(postgresql.JSONB(), "postgresql"),
+            schema_type=lambda _: (
+                _sa().JSON().with_variant(_sa().dialects.postgresql.JSONB(), "postgresql")
+            ),
             python="Any",
             python_import=("typing", "Any"),
             runtime_type="JSONType",
@@ -241,7 +256,7 @@ KINDS: dict[str, ColumnKind] = {
             "enum",
             sql="VARCHAR({length})",
             model_type="sa.String({length})",
-            schema_type=lambda shape: sa.String(shape.length),
+            schema_type=lambda shape: _sa().String(shape.length),
             python="str",  # its schemas use a Literal of its `values` instead
             options=frozenset({"length", "values"}),
             literal_defaults=(str,),

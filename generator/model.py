@@ -173,6 +173,14 @@ class Table:
     def primary_key(self) -> Column:
         return next(column for column in self.columns if column.primary_key)
 
+    def check_name(self, column: Column) -> str:
+        """The name of `column`'s CHECK constraint (models and migrations agree on it)."""
+        return f"ck_{self.name}_{column.name}"
+
+    def unique_name(self, column: Column) -> str:
+        """The name of `column`'s UNIQUE constraint."""
+        return f"uq_{self.name}_{column.name}"
+
 
 @dataclass(frozen=True)
 class Route:

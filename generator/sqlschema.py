@@ -27,14 +27,6 @@ def server_default(column: Column) -> str | sa.TextClause | None:
     return sa.text(text) if is_sql else text
 
 
-def check_name(table: Table, column: Column) -> str:
-    return f"ck_{table.name}_{column.name}"
-
-
-def unique_name(table: Table, column: Column) -> str:
-    return f"uq_{table.name}_{column.name}"
-
-
 def table_schema(table: Table, metadata: sa.MetaData) -> sa.Table:
     columns = [
         sa.Column(
@@ -47,12 +39,12 @@ def table_schema(table: Table, metadata: sa.MetaData) -> sa.Table:
         for column in table.columns
     ]
     constraints: list[sa.Constraint] = [
-        sa.CheckConstraint(column.check_sql, name=check_name(table, column))
+        sa.CheckConstraint(column.check_sql, name=table.check_name(column))
         for column in table.columns
         if column.check_sql is not None
     ]
     constraints += [
-        sa.UniqueConstraint(column.name, name=unique_name(table, column))
+        sa.UniqueConstraint(column.name, name=table.unique_name(column))
         for column in table.columns
         if column.unique
     ]

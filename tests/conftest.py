@@ -1,11 +1,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The generator's cache (generator/cache.py) starts empty for every test run and stays
+    out of the developer's own; subprocesses inherit it through the environment."""
+    if "CLOUDRETAIL_CACHE_DIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="cloudretail-test-cache-")
+        os.environ["CLOUDRETAIL_CACHE_DIR"] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 @pytest.fixture

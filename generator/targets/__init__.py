@@ -1,41 +1,5 @@
-"""One small module per output family; each maps the model to the files it wants."""
+"""One small module per output family; each maps the model to the files it wants.
 
-from __future__ import annotations
-
-from collections.abc import Callable, Mapping
-
-from generator.model import Platform
-from generator.render import OutputFile
-from generator.targets import (
-    compose,
-    docs,
-    eventbus,
-    events,
-    gateway,
-    images,
-    k8s,
-    migrations,
-    services,
-    topics,
-)
-
-Target = Callable[[Platform], list[OutputFile]]
-
-TARGETS: tuple[Target, ...] = (
-    topics.files,
-    gateway.files,
-    docs.files,
-    events.files,
-    services.files,
-    eventbus.files,
-    images.files,
-    k8s.files,
-    compose.files,
-)
-
-
-def all_files(platform: Platform, existing: Mapping[str, str]) -> list[OutputFile]:
-    """Every file of every target. `existing` holds the generated files already on disk that
-    a target builds on (migration revisions, which are appended to, never rewritten)."""
-    files = [file for target in TARGETS for file in target(platform)]
-    return files + migrations.files(platform, existing)
+`every.all_files` runs them all; the package itself imports none of them, so a command that
+needs one target (`validate` checks migrations only) loads only that one.
+"""

@@ -8,21 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from generator import cache
 from generator.errors import GeneratedFileError, Location, SpecError, SpecIssue
 from generator.loader import Document, PathKey, dotted
-from generator.migrations import (
-    HEADER,
-    DestructiveChange,
-    DestructiveChangeError,
-    NewRevision,
-    RevisionError,
-    plan_migration,
-)
 from generator.model import Platform, Schema
 from generator.render import OutputFile
-from generator.sqlschema import schema_metadata
 from generator.targets.services import models_code
+
+if TYPE_CHECKING:
+    from generator.migrations import DestructiveChange, NewRevision
 
 
 @dataclass(frozen=True)
@@ -112,6 +108,10 @@ def _allowed(change: DestructiveChange, schema: Schema) -> bool:
 def _plan(
     schema: Schema, revisions: Mapping[str, str], *, allow_destructive: bool
 ) -> NewRevision | None:
+    # SQLAlchemy and Alembic load here, when a plan is not already known to be empty
+    from generator.migrations import plan_migration
+    from generator.sqlschema import schema_metadata
+
     return plan_migration(
         schema_metadata(schema.tables),
         revisions,
@@ -119,6 +119,13 @@ def _plan(
         renames=_renames(schema),
         allow_destructive=allow_destructive,
     )
+
+
+def unchanged_entry(schema: Schema, revisions: Mapping[str, str]) -> str:
+    """The cache entry that says the schema's tables match the head of `revisions`: planning
+    again would add nothing (the model's repr holds every table, column and option)."""
+    history = (f"{name}\n{text}" for name, text in sorted(revisions.items()))
+    return cache.key(repr(schema), *history)
 
 
 def _abandoned_histories(platform: Platform, existing: Mapping[str, str]) -> list[Refusal]:
@@ -170,6 +177,11 @@ def files(platform: Platform, existing: Mapping[str, str]) -> list[OutputFile]:
             OutputFile(f"{folder}/{name}", text=text, verbatim=True)
             for name, text in sorted(revisions.items())
         ]
+        unchanged = unchanged_entry(schema, revisions)
+        if cache.has("migrations", unchanged):
+            continue
+        from generator.migrations import HEADER, DestructiveChangeError, RevisionError
+
         try:
             revision = _plan(schema, revisions, allow_destructive=False)
         except RevisionError as error:
@@ -183,7 +195,9 @@ def files(platform: Platform, existing: Mapping[str, str]) -> list[OutputFile]:
                 continue
             # every change is allowed by its table (the history loaded the first time)
             revision = _plan(schema, revisions, allow_destructive=True)
-        if revision is not None:
+        if revision is None:
+            cache.record("migrations", unchanged)
+        else:
             body = revision.text.removeprefix(HEADER + "\n")
             out.append(OutputFile(f"{folder}/{revision.filename}", text=body))
     refused += _abandoned_histories(platform, existing)

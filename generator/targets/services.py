@@ -16,7 +16,6 @@ from generator.kinds import KINDS
 from generator.model import Column, Platform, Route, Saga, Service, Table, pascal
 from generator.pycode import Imports, call, pytuple
 from generator.render import OutputFile, pystr
-from generator.sqlschema import check_name, unique_name
 
 PAGE_LIMIT_DEFAULT = 20
 PAGE_LIMIT_MAX = 100
@@ -225,14 +224,14 @@ def _table_args(table: Table) -> tuple[str, ...]:
     args = [
         call(
             "sa.CheckConstraint(",
-            [pystr(column.check_sql), f"name={pystr(check_name(table, column))}"],
+            [pystr(column.check_sql), f"name={pystr(table.check_name(column))}"],
             indent=8,
         ).strip()
         for column in table.columns
         if column.check_sql is not None
     ]
     args += [
-        f"sa.UniqueConstraint({pystr(column.name)}, name={pystr(unique_name(table, column))})"
+        f"sa.UniqueConstraint({pystr(column.name)}, name={pystr(table.unique_name(column))})"
         for column in table.columns
         if column.unique
     ]

@@ -1,0 +1,41 @@
+"""Every target, in the order their files are produced."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from generator.model import Platform
+from generator.render import OutputFile
+from generator.targets import (
+    compose,
+    docs,
+    eventbus,
+    events,
+    gateway,
+    images,
+    k8s,
+    migrations,
+    services,
+    topics,
+)
+
+Target = Callable[[Platform], list[OutputFile]]
+
+TARGETS: tuple[Target, ...] = (
+    topics.files,
+    gateway.files,
+    docs.files,
+    events.files,
+    services.files,
+    eventbus.files,
+    images.files,
+    k8s.files,
+    compose.files,
+)
+
+
+def all_files(platform: Platform, existing: Mapping[str, str]) -> list[OutputFile]:
+    """Every file of every target. `existing` holds the generated files already on disk that
+    a target builds on (migration revisions, which are appended to, never rewritten)."""
+    files = [file for target in TARGETS for file in target(platform)]
+    return files + migrations.files(platform, existing)
