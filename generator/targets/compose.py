@@ -25,10 +25,11 @@ from generator.targets.deploy import (
     Setting,
     build,
 )
+from generator.targets.k8s_data import KAFKA_VERSION
 
 POSTGRES_IMAGE = "postgres:15.8-bookworm"
 REDIS_IMAGE = "redis:7.2.5-alpine"
-KAFKA_IMAGE = "apache/kafka:3.7.0"
+KAFKA_IMAGE = f"apache/kafka:{KAFKA_VERSION}"  # the Kafka the cluster runs
 KAFKA_HOST = "kafka"
 # Local runs use the runtime's development mode, where the placeholder secrets are accepted.
 PLACEHOLDER = "changethis"

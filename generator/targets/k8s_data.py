@@ -25,8 +25,12 @@ from generator.targets.k8s_views import (
     skip_annotations,
 )
 
-KAFKA_VERSION = "3.7.0"
-KAFKA_METADATA_VERSION = "3.7-IV4"
+# The operators' APIs the manifests are written for, and the Kafka that Strimzi runs: a
+# version its release supports (Strimzi 1.2.0 runs Kafka 4.2.0-4.3.1), pinned with it.
+STRIMZI_VERSION = "1.2.0"
+CNPG_VERSION = "1.30"
+KAFKA_VERSION = "4.3.1"
+KAFKA_METADATA_VERSION = "4.3-IV0"
 KAFKA_POOL = "dual-role"
 KAFKA_MIN_NODES = 3
 KAFKA_STORAGE = "20Gi"
@@ -164,12 +168,7 @@ def kafka_files(deployment: Deployment) -> list[OutputFile]:
     nodes = kafka_nodes(deployment)
     factor = min(KAFKA_MIN_NODES, nodes)
     kafka = KafkaView(
-        meta=Meta(
-            cluster,
-            ns,
-            _labels(deployment, "kafka", {}),
-            pairs({"strimzi.io/kraft": "enabled", "strimzi.io/node-pools": "enabled"}),
-        ),
+        meta=Meta(cluster, ns, _labels(deployment, "kafka", {})),
         pool=KAFKA_POOL,
         version=KAFKA_VERSION,
         metadata_version=KAFKA_METADATA_VERSION,

@@ -1,0 +1,94 @@
+"""The custom resources target the APIs current operators serve, and the strict validation
+that tests/deploy/test_manifests.py runs on them rejects what the API server would."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generator.targets import k8s_data
+from tests.deploy import crd
+from tests.deploy.conftest import ROOT, Manifest, by_kind
+
+# Where the workspace keeps the operators' published schemas, when it is there.
+REFERENCE = ROOT.parent / "shared" / "crds"
+# Strimzi 1.2.0's kafka-versions.yaml: the Kafka versions it runs and their metadata versions.
+STRIMZI_KAFKA = {"4.2.0": "4.2-IV1", "4.2.1": "4.2-IV1", "4.3.0": "4.3-IV0", "4.3.1": "4.3-IV0"}
+
+
+def _first(manifests: dict[str, Manifest], kind: str) -> Manifest:
+    return copy.deepcopy(next(iter(by_kind(manifests, kind).values())))
+
+
+def _listener_typo(doc: Manifest) -> None:
+    doc["spec"]["kafka"]["listeners"][0]["tlss"] = False
+
+
+def _volume_typo(doc: Manifest) -> None:
+    doc["spec"]["storage"]["volumes"][0]["sizee"] = "1Gi"
+
+
+def _topic_type(doc: Manifest) -> None:
+    doc["spec"]["partitions"] = "three"
+
+
+def _cluster_typo(doc: Manifest) -> None:
+    doc["spec"]["instancez"] = 3
+
+
+def _metadata_typo(doc: Manifest) -> None:
+    doc["metadata"]["label"] = {"a": "b"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "change", "named"),
+    [
+        ("Kafka", _listener_typo, "tlss"),
+        ("KafkaNodePool", _volume_typo, "sizee"),
+        ("KafkaTopic", _topic_type, "spec.partitions"),
+        ("Cluster", _cluster_typo, "instancez"),
+        ("Cluster", _metadata_typo, "label"),
+    ],
+)
+def test_the_strict_validation_rejects_what_the_server_would(
+    manifests: dict[str, Manifest], kind: str, change: Any, named: str
+) -> None:
+    document = _first(manifests, kind)
+    assert crd.problems(document) == []
+    change(document)
+    found = crd.problems(document)
+    assert found and any(named in problem for problem in found), found
+
+
+def test_a_retired_api_has_no_schema(manifests: dict[str, Manifest]) -> None:
+    """Strimzi 1.0 removed kafka.strimzi.io/v1beta2: an object of it is refused, not passed."""
+    document = _first(manifests, "Kafka")
+    document["apiVersion"] = "kafka.strimzi.io/v1beta2"
+    assert crd.problems(document) == [
+        "no schema for kafka.strimzi.io/v1beta2 Kafka in crd_schemas/"
+    ]
+
+
+def test_kafka_is_a_version_the_pinned_strimzi_runs(manifests: dict[str, Manifest]) -> None:
+    kafka = _first(manifests, "Kafka")["spec"]["kafka"]
+    assert k8s_data.STRIMZI_VERSION == "1.2.0"  # the release STRIMZI_KAFKA was read from
+    assert STRIMZI_KAFKA.get(kafka["version"]) == kafka["metadataVersion"]
+
+
+def _kept() -> list[Path]:
+    return sorted(path for path in crd.SCHEMAS.rglob("*.json"))
+
+
+@pytest.mark.parametrize("path", _kept(), ids=lambda path: path.relative_to(crd.SCHEMAS).as_posix())
+def test_the_kept_schemas_are_the_published_ones(path: Path) -> None:
+    if not REFERENCE.is_dir():
+        pytest.skip(f"no reference set at {REFERENCE} to compare the kept copies with")
+    relative = path.relative_to(crd.SCHEMAS).as_posix()
+    index = json.loads((REFERENCE / "index.json").read_text())
+    entry = next(item for item in index["schemas"] if item["file"] == relative)
+    assert entry["served"] and not entry["deprecated"], f"{relative}: not a current API"
+    assert path.read_bytes() == (REFERENCE / relative).read_bytes()
