@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from generator.model import Platform
 from generator.render import OutputFile
-from generator.targets import k8s_data, k8s_network
+from generator.targets import k8s_data, k8s_monitoring, k8s_network
 from generator.targets.deploy import (
     JWT_KEY_DIR,
     JWT_KEY_FILE,
@@ -90,6 +90,7 @@ class OverlayView:
     images: tuple[ImageTag, ...]
     hpas: tuple[str, ...]
     kafka_replication_settings: tuple[str, ...]
+    resources: tuple[str, ...]  # kustomizations it builds on
 
 
 @dataclass(frozen=True)
@@ -423,12 +424,18 @@ def files(platform: Platform) -> list[OutputFile]:
         )
     )
     images = tuple(ImageTag(process.image, DEFAULT_TAG) for process in deployment.processes)
-    for name, hpas in (("dev", tuple(p.name for p in deployment.processes)), ("prod", ())):
+    out += k8s_monitoring.files(deployment)
+    overlays = (
+        ("dev", tuple(p.name for p in deployment.processes), ("../../base",)),
+        ("prod", (), ("../../base", "../../monitoring")),
+    )
+    for name, hpas, bases in overlays:
+        view = OverlayView(name, ns, images, hpas, k8s_data.REPLICATION_SETTINGS, bases)
         out.append(
             OutputFile(
                 f"k8s/overlays/{name}/kustomization.yaml",
                 f"k8s/overlays/{name}.yaml.j2",
-                {"view": OverlayView(name, ns, images, hpas, k8s_data.REPLICATION_SETTINGS)},
+                {"view": view},
             )
         )
     out.append(OutputFile("k8s/deployables.json", text=_rollout(deployment)))

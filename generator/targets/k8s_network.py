@@ -57,6 +57,9 @@ KAFKA_CONTROL_PORT = 9090
 KAFKA_REPLICATION_PORT = 9091
 KAFKA_AGENT_PORT = 8443
 API_SERVER_PORTS = (443, 6443)
+# kube-prometheus-stack's Prometheus pods (k8s_monitoring says what they scrape).
+MONITORING_NAMESPACE = "monitoring"
+PROMETHEUS_PODS = (("app.kubernetes.io/name", "prometheus"),)
 ANY_ADDRESS = "0.0.0.0/0"
 
 
@@ -170,6 +173,15 @@ def policies(deployment: Deployment) -> list[NetworkPolicyView]:
                     "the ingress controller",
                 )
             )
+        # Prometheus reads /metrics on the serving port (a NetworkPolicy cannot tell paths
+        # apart; the gateway routes only the spec's routes, never /metrics).
+        ingress.append(
+            Rule(
+                (_in(MONITORING_NAMESPACE, PROMETHEUS_PODS),),
+                _tcp(process.port),
+                f"Prometheus in namespace {MONITORING_NAMESPACE} (scrapes /metrics)",
+            )
+        )
         callers: dict[int, list[str]] = defaultdict(list)
         reasons: dict[int, set[str]] = defaultdict(set)
         for edge in deployment.edges_to(process.name):

@@ -40,6 +40,8 @@ CUSTOM_KINDS = {
     ("kafka.strimzi.io/v1", "KafkaNodePool"),
     ("kafka.strimzi.io/v1", "KafkaTopic"),
     ("postgresql.cnpg.io/v1", "Cluster"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 SECRETISH = re.compile(r"TOKEN|PASSWORD|SECRET|PRIVATE|_KEY$|DATABASE_URL")
 CHECKOV_OPTIONS = ("--output", "json", "--quiet", "--skip-download", "--compact")

@@ -31,6 +31,11 @@ STRIMZI_OPERATOR = pod(
     "strimzi-system",
     {"strimzi.io/kind": "cluster-operator", "name": "strimzi-cluster-operator"},
 )
+PROMETHEUS = pod(
+    "prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus", "prometheus": "k8s"}
+)
+# Another pod of the monitoring namespace gains nothing by living there.
+GRAFANA = pod("grafana", "monitoring", {"app.kubernetes.io/name": "grafana"})
 # A pod in another namespace wearing a platform pod's labels must gain nothing by it.
 IMPOSTOR = pod("impostor", "default", {"app.kubernetes.io/name": "order-service"})
 INTERNET = outside("internet", "203.0.113.7")
@@ -89,6 +94,8 @@ def endpoints(manifests: dict[str, Manifest]) -> list[Endpoint]:
         KUBE_DNS,
         CNPG_OPERATOR,
         STRIMZI_OPERATOR,
+        PROMETHEUS,
+        GRAFANA,
         IMPOSTOR,
         INTERNET,
     ]
@@ -115,6 +122,8 @@ def expected_edges(platform: Platform, manifests: dict[str, Manifest]) -> set[Ed
     kafka, entity_operator = f"kafka/{kafka_name}", f"kafka/{kafka_name}-entity-operator"
 
     edges.add((INGRESS_CONTROLLER.id, gateway.name, gateway.port, TCP))
+    # Prometheus scrapes /metrics of every deployable on its port.
+    edges |= {(PROMETHEUS.id, d.name, d.port, TCP) for d in platform.deployables}
     for upstream in platform.gateway.upstreams:
         edges.add((gateway.name, by_port[upstream.port].name, upstream.port, TCP))
     for caller, callee in platform.call_edges:
