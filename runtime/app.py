@@ -98,6 +98,10 @@ def create_service_app(
     if metrics is None:
         metrics = Metrics()
     metrics.track_pool(database.pool_stats)
+    # Registered now, so /metrics lists them before the first event or saga. The events
+    # layer (runtime.service_events) and `start_sagas` report into these.
+    metrics.event_metrics()
+    metrics.saga_metrics()
 
     # Readiness is "can serve": only the database (and extra checks) decide it. Without the
     # cache reads go to the database; without the broker events wait in the outbox. Those

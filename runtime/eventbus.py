@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from runtime.events.envelope import EnvelopeError, Event
 from runtime.events.kafka import KafkaProducer, KafkaSource
 from runtime.events.registry import EventRegistry, EventValidationError
 from runtime.events.transport import Message
+from runtime.metrics import EventMetrics
 from runtime.openapi import problems, request_body
 from runtime.service_events import kafka_source
 from runtime.types import UTCDateTime
@@ -248,6 +250,7 @@ class EventBus:
         self.producer: KafkaProducer | None = None
         self.database: Database | None = None
         self.consumed = 0
+        self.metrics: EventMetrics | None = None  # set with the app's registry at start
         self._task: asyncio.Task[None] | None = None
         self._healthy = settings.kafka_bootstrap_servers is None
 
@@ -293,6 +296,9 @@ class EventBus:
         for event, topic in kept:
             self.subscribers.publish(_wire(event, topic))
         self.consumed += len(kept)
+        if self.metrics is not None:
+            for topic, count in Counter(topic for _, topic in kept).items():
+                self.metrics.record_consumed(self.settings.service_name, topic, "applied", count)
 
     async def _consume(self, source: KafkaSource) -> None:
         # Joining the consumer group takes seconds; the service is ready before it finishes.
@@ -308,6 +314,8 @@ class EventBus:
         while True:
             try:
                 messages = await source.fetch(timeout=0.5, max_records=200)
+                if self.metrics is not None:
+                    self.metrics.record_lag(self.settings.service_name, source.lag)
                 if messages:
                     await self.record(messages)
                     offsets = {(m.topic, m.partition): m.offset + 1 for m in messages}
@@ -333,6 +341,8 @@ class EventBus:
             )
             group = self.settings.service_name  # the event bus's own consumer group
             source = kafka_source(self.settings, group, list(self.topics))
+            self.metrics = app.state.metrics.event_metrics()
+            self.metrics.declare_consumer(group, self.topics)
             self._healthy = await self.producer.ping()
             self._task = asyncio.create_task(self._consume(source), name="event-bus-consumer")
         try:

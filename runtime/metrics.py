@@ -1,10 +1,11 @@
-"""Prometheus metrics: HTTP traffic by route template, database pool occupancy, `/metrics`."""
+"""Prometheus metrics: HTTP traffic by route template, database pool occupancy, the event
+machinery (outbox, consumers) and sagas, `/metrics`."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Literal, Protocol, get_args
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -26,6 +27,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 UNMATCHED_ROUTE = "<unmatched>"
 # Servers accept any token as a method; the label must not grow with what clients invent.
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# The outcome labels: fixed sets, so a dashboard or an alert can name every one.
+ConsumerOutcome = Literal["applied", "duplicate", "skipped", "dead_lettered", "retried"]
+SagaStepOutcome = Literal["done", "failed", "compensated"]
+SagaOutcome = Literal["completed", "compensated", "failed"]
+CONSUMER_OUTCOMES: tuple[ConsumerOutcome, ...] = get_args(ConsumerOutcome)
+SAGA_STEP_OUTCOMES: tuple[SagaStepOutcome, ...] = get_args(SagaStepOutcome)
+SAGA_OUTCOMES: tuple[SagaOutcome, ...] = get_args(SagaOutcome)
 
 
 class PoolStatsLike(Protocol):
@@ -78,6 +87,22 @@ class Metrics:
             ["dependency"],
             registry=self.registry,
         )
+        self._events: EventMetrics | None = None
+        self._sagas: SagaMetrics | None = None
+
+    def event_metrics(self) -> EventMetrics:
+        """The outbox and consumer families, registered on the first call: a service app
+        registers them at creation (so /metrics lists them from the start), the gateway
+        never does."""
+        if self._events is None:
+            self._events = EventMetrics(self.registry)
+        return self._events
+
+    def saga_metrics(self) -> SagaMetrics:
+        """The saga families, registered on the first call (see `event_metrics`)."""
+        if self._sagas is None:
+            self._sagas = SagaMetrics(self.registry)
+        return self._sagas
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         labels = (method, route, str(status))
@@ -99,6 +124,110 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class EventMetrics:
+    """What the outbox relay and the event consumer report (they take one of these, or
+    nothing, and never touch prometheus_client themselves).
+
+    Label values come from the spec, never from message contents: a group is a service's
+    name, topics and partitions are those it subscribes to.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.outbox_pending = Gauge(
+            "outbox_pending_events",
+            "Events in this service's outbox not yet sent to the broker.",
+            registry=registry,
+        )
+        self.outbox_oldest_age = Gauge(
+            "outbox_oldest_pending_age_seconds",
+            "Age of the oldest event in the outbox not yet sent; 0 when none is pending.",
+            registry=registry,
+        )
+        self.outbox_sent = Counter(
+            "outbox_sent_total",
+            "Outbox events the relay sent to the broker (acknowledged).",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag_messages",
+            "Records the consumer group is behind the partition's high watermark, as of "
+            "its last fetch from that partition.",
+            ["group", "topic", "partition"],
+            registry=registry,
+        )
+        self.consumer_events = Counter(
+            "consumer_events_total",
+            "Consumed events by outcome: applied, duplicate (applied before), skipped (no "
+            "handler here), dead_lettered, retried (a failed attempt, tried again).",
+            ["group", "topic", "outcome"],
+            registry=registry,
+        )
+        self._lag_series: dict[str, set[tuple[str, int]]] = {}
+
+    def record_backlog(self, pending: int, oldest_age_seconds: float) -> None:
+        self.outbox_pending.set(pending)
+        self.outbox_oldest_age.set(oldest_age_seconds if pending else 0.0)
+
+    def record_sent(self, count: int) -> None:
+        self.outbox_sent.inc(count)
+
+    def declare_consumer(self, group: str, topics: Iterable[str]) -> None:
+        """Start every outcome of the group's topics at 0, so that the first event of a kind
+        is an increase (an alert on `increase(...)` sees it) rather than a new series."""
+        for topic in topics:
+            for outcome in CONSUMER_OUTCOMES:
+                self.consumer_events.labels(group, topic, outcome)
+
+    def record_consumed(
+        self, group: str, topic: str, outcome: ConsumerOutcome, count: int = 1
+    ) -> None:
+        self.consumer_events.labels(group, topic, outcome).inc(count)
+
+    def record_lag(self, group: str, lag: Mapping[tuple[str, int], int]) -> None:
+        """The group's lag per partition it holds now; partitions it no longer holds (a
+        rebalance gave them to another member) stop being reported here."""
+        for topic, partition in self._lag_series.get(group, set()) - set(lag):
+            self.consumer_lag.remove(group, topic, str(partition))
+        for (topic, partition), behind in lag.items():
+            self.consumer_lag.labels(group, topic, str(partition)).set(behind)
+        self._lag_series[group] = set(lag)
+
+
+class SagaMetrics:
+    """What the saga runner reports: each step's forward action and undo, and how each saga
+    instance ended. Labels are the spec's saga and step names."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.steps = Counter(
+            "saga_steps_total",
+            "Saga steps by outcome: done (the forward call succeeded), failed (it did not, "
+            "or the saga ran out of time before it), compensated (its undo call succeeded).",
+            ["saga", "step", "outcome"],
+            registry=registry,
+        )
+        self.outcomes = Counter(
+            "saga_outcomes_total",
+            "Sagas that ended: completed (every step done), compensated (a step failed and "
+            "the work before it was undone), failed (a step failed with nothing to undo).",
+            ["saga", "outcome"],
+            registry=registry,
+        )
+
+    def declare_saga(self, saga: str, steps: Iterable[str]) -> None:
+        """Start the saga's series at 0 (see `EventMetrics.declare_consumer`)."""
+        for step in steps:
+            for step_outcome in SAGA_STEP_OUTCOMES:
+                self.steps.labels(saga, step, step_outcome)
+        for outcome in SAGA_OUTCOMES:
+            self.outcomes.labels(saga, outcome)
+
+    def record_step(self, saga: str, step: str, outcome: SagaStepOutcome) -> None:
+        self.steps.labels(saga, step, outcome).inc()
+
+    def record_outcome(self, saga: str, outcome: SagaOutcome) -> None:
+        self.outcomes.labels(saga, outcome).inc()
 
 
 def route_template(scope: Scope, entry_root_path: str = "") -> str:

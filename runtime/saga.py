@@ -31,6 +31,8 @@ from runtime.types import UTCDateTime
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from runtime.metrics import SagaMetrics, SagaOutcome, SagaStepOutcome
+
 logger = logging.getLogger(__name__)
 
 _metadata = sa.MetaData()
@@ -103,6 +105,32 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _first_undo(index: int, failure: Mapping[str, Any]) -> int:
+    """Where compensation starts after step `index` failed: a step that was refused, or never
+    reached its callee, changed nothing; one whose outcome is unknown may have, so it is
+    undone too."""
+    unknown = failure.get("kind") in ("timeout", "unavailable")
+    return index if unknown else index - 1
+
+
+def _undoes_anything(definition: SagaDefinition, failure: Mapping[str, Any]) -> bool:
+    """Whether the failure `failure` leaves any compensation to run (known from the saga's
+    stored error alone, so recovery in another process reaches the same answer)."""
+    names = [step.name for step in definition.steps]
+    if failure.get("step") not in names:
+        return False  # a step the definition no longer has: nothing of it to undo here
+    owed = definition.steps[: _first_undo(names.index(failure["step"]), failure) + 1]
+    return any(step.compensate is not None for step in owed)
+
+
+@dataclass
+class _Progress:
+    """What one saga transaction did, for the metrics once it has committed."""
+
+    steps: list[tuple[str, SagaStepOutcome]] = field(default_factory=list)
+    outcome: SagaOutcome | None = None
+
+
 def _failure(step: Step, error: ServiceCallError | None, reason: str) -> dict[str, Any]:
     if error is None:
         return {"step": step.name, "kind": "timeout", "detail": reason, "status": None}
@@ -128,8 +156,16 @@ class SagaRunner:
     # call timeout again would make the client wait two and pass the gateway's timeout.
     # What that try cannot do is owed, and recovery makes it with the full call timeout.
     suspect_timeout: float = 1.0
+    # Steps and outcomes, counted once the transaction that records them has committed.
+    metrics: SagaMetrics | None = None
     _locks: dict[uuid.UUID, asyncio.Lock] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.metrics is not None:
+            for definition in self.definitions.values():
+                steps = [step.name for step in definition.steps]
+                self.metrics.declare_saga(definition.name, steps)
 
     async def begin(
         self, session: AsyncSession, saga: str, saga_id: uuid.UUID, data: Mapping[str, Any]
@@ -165,6 +201,7 @@ class SagaRunner:
 
     async def _advance(self, saga_id: uuid.UUID, waiting: bool) -> SagaResult | None:
         """One step (or one compensation) in its own transaction; a result when it stops."""
+        progress = _Progress()
         async with self.database.session() as session:
             query = sa.select(saga_instances).where(saga_instances.c.id == saga_id)
             if self.database.dialect_name == "postgresql":
@@ -180,8 +217,17 @@ class SagaRunner:
                 return SagaResult(saga_id, row["status"], data, error)
             definition = self.definitions[row["saga"]]
             if row["status"] == RUNNING:
-                return await self._forward(session, definition, row, data)
-            return await self._backward(session, definition, row, data, error or {}, waiting)
+                result = await self._forward(session, definition, row, data, progress)
+            else:
+                result = await self._backward(
+                    session, definition, row, data, error or {}, waiting, progress
+                )
+        if self.metrics is not None:
+            for step, step_outcome in progress.steps:
+                self.metrics.record_step(definition.name, step, step_outcome)
+            if progress.outcome is not None:
+                self.metrics.record_outcome(definition.name, progress.outcome)
+        return result
 
     async def _forward(
         self,
@@ -189,11 +235,12 @@ class SagaRunner:
         definition: SagaDefinition,
         row: Mapping[str, Any],
         data: dict[str, Any],
+        progress: _Progress,
     ) -> SagaResult | None:
         index: int = row["step"]
         saga_id: uuid.UUID = row["id"]
         if index >= len(definition.steps):
-            return await self._complete(session, definition, saga_id, data)
+            return await self._complete(session, definition, saga_id, data, progress)
         step = definition.steps[index]
         remaining = (row["deadline"] - _now()).total_seconds()
         failure: dict[str, Any] | None = None
@@ -213,17 +260,16 @@ class SagaRunner:
                 failure = _failure(step, error, error.detail)
             else:
                 data[step.name] = answer
+                progress.steps.append((step.name, "done"))
                 if index + 1 == len(definition.steps):
                     # The last step's answer and the completion commit together: one
                     # transaction fewer, and no state where all is done but not marked so.
-                    return await self._complete(session, definition, saga_id, data)
+                    return await self._complete(session, definition, saga_id, data, progress)
                 await self._update(session, saga_id, step=index + 1, data=data)
                 return None
-        # A step that was refused, or never reached its callee, changed nothing; one whose
-        # outcome is unknown may have, so it is undone too.
-        unknown = failure["kind"] in ("timeout", "unavailable")
-        start = index if unknown else index - 1
+        start = _first_undo(index, failure)
         logger.warning("saga step failed; compensating", extra={"saga": str(saga_id), **failure})
+        progress.steps.append((step.name, "failed"))
         await self._update(session, saga_id, status=COMPENSATING, step=start, error=failure)
         return None
 
@@ -235,11 +281,12 @@ class SagaRunner:
         data: dict[str, Any],
         error: dict[str, Any],
         waiting: bool,
+        progress: _Progress,
     ) -> SagaResult | None:
         index: int = row["step"]
         saga_id: uuid.UUID = row["id"]
         if index < 0:
-            return await self._compensated(session, definition, saga_id, data, error)
+            return await self._compensated(session, definition, saga_id, data, error, progress)
         step = definition.steps[index]
         if step.compensate is not None:
             unanswered = error.get("status") is None and error.get("kind") != "rejected"
@@ -261,8 +308,9 @@ class SagaRunner:
                 )
                 await session.rollback()
                 return SagaResult(saga_id, COMPENSATING, data, error)
+            progress.steps.append((step.name, "compensated"))
         if index == 0:  # the last undo and the outcome commit together
-            return await self._compensated(session, definition, saga_id, data, error)
+            return await self._compensated(session, definition, saga_id, data, error, progress)
         await self._update(session, saga_id, step=index - 1)
         return None
 
@@ -272,12 +320,14 @@ class SagaRunner:
         definition: SagaDefinition,
         saga_id: uuid.UUID,
         data: dict[str, Any],
+        progress: _Progress,
     ) -> SagaResult:
         if definition.on_completed is not None:
             await definition.on_completed(session, saga_id, data)
         await self._update(
             session, saga_id, status=COMPLETED, step=len(definition.steps), data=data
         )
+        progress.outcome = "completed"
         return SagaResult(saga_id, COMPLETED, data, None)
 
     async def _compensated(
@@ -287,10 +337,13 @@ class SagaRunner:
         saga_id: uuid.UUID,
         data: dict[str, Any],
         error: dict[str, Any],
+        progress: _Progress,
     ) -> SagaResult:
         if definition.on_failed is not None:
             await definition.on_failed(session, saga_id, data, error)
         await self._update(session, saga_id, status=COMPENSATED, step=-1)
+        # Both end in the failure hook; "failed" when nothing had to be undone.
+        progress.outcome = "compensated" if _undoes_anything(definition, error) else "failed"
         return SagaResult(saga_id, COMPENSATED, data, error)
 
     async def _update(self, session: AsyncSession, saga_id: uuid.UUID, **values: Any) -> None:
@@ -361,7 +414,13 @@ async def start_sagas(app: FastAPI, *definitions: SagaDefinition) -> SagaRunner:
     `stop_sagas`. Call it from the handlers' `startup`, with each saga bound to its hooks."""
     clients = ServiceClients(app.state.settings)
     app.state.service_clients = clients
-    runner = SagaRunner(app.state.database, clients, {saga.name: saga for saga in definitions})
+    metrics = getattr(app.state, "metrics", None)  # create_service_app's
+    runner = SagaRunner(
+        app.state.database,
+        clients,
+        {saga.name: saga for saga in definitions},
+        metrics=metrics.saga_metrics() if metrics is not None else None,
+    )
     app.state.sagas = runner
     await runner.start()
     return runner

@@ -21,6 +21,7 @@ from runtime.events.consumer import EventConsumer, Handler, consumer_topics
 from runtime.events.kafka import KafkaProducer, KafkaSource
 from runtime.events.outbox import OutboxRelay
 from runtime.events.registry import EventRegistry
+from runtime.metrics import EventMetrics, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,12 @@ class ServiceEvents:
         producer = KafkaProducer(
             bootstrap, idempotent=self.settings.kafka_idempotent, client_id=service
         )
-        self.relay = OutboxRelay(database, producer)
+        app_metrics: Metrics | None = getattr(app.state, "metrics", None)
+        metrics: EventMetrics | None = (
+            app_metrics.event_metrics() if app_metrics is not None else None
+        )
+        # The relay also measures the outbox backlog (every 5 s) while it runs.
+        self.relay = OutboxRelay(database, producer, metrics=metrics)
         await self.relay.start()
         if self.handlers:
             topics = consumer_topics(self.registry, self.handlers)
@@ -85,6 +91,7 @@ class ServiceEvents:
                 producer,
                 service=service,
                 handlers=self.handlers,
+                metrics=metrics,
             )
             await self.consumer.start()
         app.state.events = self

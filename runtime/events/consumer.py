@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from sqlalchemy import exists, insert, select
@@ -37,6 +38,9 @@ from runtime.events.registry import EventRegistry, EventValidationError
 from runtime.events.tables import processed_events
 from runtime.events.topics import dlq_topic
 from runtime.events.transport import BrokerUnavailable, CommitFailed, Message, Producer, Source
+
+if TYPE_CHECKING:
+    from runtime.metrics import ConsumerOutcome, EventMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +135,11 @@ def _is_infrastructure(error: BaseException) -> bool:
 
 
 class EventConsumer:
-    """Runs one service's handlers over its consumer group (group id = service name)."""
+    """Runs one service's handlers over its consumer group (group id = service name).
+
+    With `metrics` it counts each event's outcome as `stats` does, and reports the group's
+    lag (from the source, no extra request) after every fetch.
+    """
 
     def __init__(
         self,
@@ -148,6 +156,7 @@ class EventConsumer:
         batch_size: int = 100,
         poll_timeout: float = 0.5,
         ping_interval: float = 10.0,
+        metrics: EventMetrics | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -174,6 +183,9 @@ class EventConsumer:
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
         self.ping_interval = ping_interval
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.declare_consumer(service, source.topics)
         self.stats = ConsumerStats()
         self._healthy = True
         self._stopping = False
@@ -229,6 +241,8 @@ class EventConsumer:
                 await self._pause(delay)
                 continue
             delay = 0.0
+            if self.metrics is not None:
+                self.metrics.record_lag(self.service, self.source.lag)
             if not messages:
                 if loop.time() - last_contact >= self.ping_interval:
                     # An idle fetch says nothing about the broker (aiokafka keeps retrying
@@ -280,6 +294,7 @@ class EventConsumer:
         if handler is None:
             # Another service's event on a shared topic: not ours to handle.
             self.stats.skipped += 1
+            self._count(message.topic, "skipped")
             return Outcome.SKIPPED
         try:
             payload = self.registry.parse(event.type, event.data)
@@ -294,6 +309,7 @@ class EventConsumer:
                 await self._dead_letter(message, failed_once.error, attempt, event=event)
                 return Outcome.DEAD_LETTERED
             self.stats.retries += 1
+            self._count(message.topic, "retried")
             await self._pause(min(self.backoff_base, self.backoff_max), interruptible=True)
         infrastructure_delay = 0.0
         while True:
@@ -319,6 +335,7 @@ class EventConsumer:
                     )
                     return Outcome.DEAD_LETTERED
                 self.stats.retries += 1
+                self._count(message.topic, "retried")
                 delay = min(self.backoff_base * 2 ** (attempt - 1), self.backoff_max)
                 logger.warning(
                     "event handler failed; retrying",
@@ -335,37 +352,40 @@ class EventConsumer:
             self._healthy = True
             if applied:
                 self.stats.applied += 1
+                self._count(message.topic, "applied")
                 return Outcome.APPLIED
             self.stats.duplicates += 1
+            self._count(message.topic, "duplicate")
             return Outcome.DUPLICATE
 
     async def _apply_batch(self, messages: list[Message]) -> _Failure | None:
         """Apply the batch in one transaction. On any failure nothing of it is kept and the
         caller takes its messages one by one; the answer then names the event whose handler
         failed, if one did (None: the batch was applied)."""
-        work: list[tuple[Event, BaseModel, Handler]] = []
-        skipped = 0
+        work: list[tuple[str, Event, BaseModel, Handler]] = []
+        skipped: Counter[str] = Counter()
         for message in messages:
             try:
                 event = Event.from_bytes(message.value)
                 handler = self.handlers.get(event.type)
                 if handler is None:
-                    skipped += 1
+                    skipped[message.topic] += 1
                     continue
-                work.append((event, self.registry.parse(event.type, event.data), handler))
+                payload = self.registry.parse(event.type, event.data)
+                work.append((message.topic, event, payload, handler))
             except (EnvelopeError, EventValidationError):
                 return _Failure(None, "a message in the batch is not a valid event")
-        applied = 0
+        applied: Counter[str] = Counter()
         current: Event | None = None
         try:
             async with self.database.sessionmaker() as session, session.begin():
                 # One statement claims the lot; only events not seen before are handled.
-                fresh = await _claim_all(session, [event for event, _, _ in work])
-                for current, payload, handler in work:
+                fresh = await _claim_all(session, [event for _, event, _, _ in work])
+                for topic, current, payload, handler in work:
                     if current.id in fresh:
                         fresh.discard(current.id)  # the same event twice in a batch: once
                         await self._run_handler(session, current, payload, handler)
-                        applied += 1
+                        applied[topic] += 1
                 current = None  # a failing commit is no handler's fault
         except Exception as error:
             blamed = None if current is None or _is_infrastructure(error) else current.id
@@ -375,10 +395,23 @@ class EventConsumer:
             )
             return _Failure(blamed, f"{type(error).__name__}: {error}")
         self._healthy = True
-        self.stats.applied += applied
-        self.stats.duplicates += len(work) - applied
-        self.stats.skipped += skipped
+        duplicates = Counter(topic for topic, _, _, _ in work) - applied
+        self.stats.applied += applied.total()
+        self.stats.duplicates += duplicates.total()
+        self.stats.skipped += skipped.total()
+        counted: tuple[tuple[ConsumerOutcome, Counter[str]], ...] = (
+            ("applied", applied),
+            ("duplicate", duplicates),
+            ("skipped", skipped),
+        )
+        for outcome, by_topic in counted:
+            for topic, count in by_topic.items():
+                self._count(topic, outcome, count)
         return None
+
+    def _count(self, topic: str, outcome: ConsumerOutcome, count: int = 1) -> None:
+        if self.metrics is not None:
+            self.metrics.record_consumed(self.service, topic, outcome, count)
 
     async def _handle(
         self, session: AsyncSession, event: Event, payload: BaseModel, handler: Handler
@@ -436,6 +469,7 @@ class EventConsumer:
                 )
                 await self._pause(delay, interruptible=True)
         self.stats.dead_lettered += 1
+        self._count(message.topic, "dead_lettered")
         logger.error(
             "event dead-lettered",
             extra={

@@ -248,6 +248,7 @@ class KafkaSource:
         self._consumer: Any = None
         self._admin: AIOKafkaAdminClient | None = None
         self._cluster_id: str | None = None
+        self._lag: dict[TopicPartitionKey, int] = {}
 
     @property
     def group_id(self) -> str:
@@ -256,6 +257,10 @@ class KafkaSource:
     @property
     def topics(self) -> tuple[str, ...]:
         return self._topics
+
+    @property
+    def lag(self) -> Mapping[TopicPartitionKey, int]:
+        return dict(self._lag)
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -277,6 +282,7 @@ class KafkaSource:
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
+        self._lag = {}
         if consumer is not None:
             await _stop_quietly(consumer)
         await self._close_admin()
@@ -305,7 +311,24 @@ class KafkaSource:
         )
         if batches and self.check_cluster_id and not await self._same_broker(batches):
             return []
+        self._measure_lag(batches)
         return [message_of(record) for records in batches.values() for record in records]
+
+    def _measure_lag(self, batches: Mapping[Any, Sequence[Any]]) -> None:
+        """Lag of each partition a record came from: its high watermark as the fetch
+        response gave it (`highwater`, no request) minus the offset after the last record.
+        Partitions a rebalance took away are dropped; the others keep their last value."""
+        consumer = self._consumer
+        assigned = consumer.assignment()
+        lag = {key: behind for key, behind in self._lag.items() if TopicPartition(*key) in assigned}
+        for partition, records in batches.items():
+            if not records or partition not in assigned:
+                continue
+            highwater = consumer.highwater(partition)
+            if highwater is not None:
+                behind = max(0, highwater - (records[-1].offset + 1))
+                lag[(partition.topic, partition.partition)] = behind
+        self._lag = lag
 
     async def _same_broker(self, batches: Mapping[Any, Sequence[Any]]) -> bool:
         """False (and the consumer restarted or rewound) when the batch cannot be trusted."""

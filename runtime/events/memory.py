@@ -159,6 +159,7 @@ class MemorySource:
         self._group_id = group_id
         self._topics = tuple(sorted(set(topics)))
         self._positions: dict[TopicPartitionKey, int] = {}
+        self._lag: dict[TopicPartitionKey, int] = {}
         self._generation = -1
         self._joined = False
 
@@ -169,6 +170,10 @@ class MemorySource:
     @property
     def topics(self) -> tuple[str, ...]:
         return self._topics
+
+    @property
+    def lag(self) -> Mapping[TopicPartitionKey, int]:
+        return dict(self._lag)
 
     async def start(self) -> None:
         if self._joined:
@@ -182,6 +187,7 @@ class MemorySource:
     async def stop(self) -> None:
         self.bus._leave(self)
         self._joined = False
+        self._lag = {}
 
     async def fetch(self, timeout: float, max_records: int) -> list[Message]:
         if not self._joined:
@@ -207,7 +213,8 @@ class MemorySource:
             self._positions.clear()
             self._generation = group.generation
         taken: list[Message] = []
-        for topic, part in self.bus._assignment(self):
+        assignment = self.bus._assignment(self)
+        for topic, part in assignment:
             position = self._positions.get((topic, part))
             if position is None:
                 position = group.committed.get((topic, part), 0)
@@ -217,6 +224,12 @@ class MemorySource:
             self._positions[(topic, part)] = position + len(chunk)
             if len(taken) >= max_records:
                 break
+        # As Kafka's high watermark: the log's end, here known for every partition held.
+        self._lag = {
+            (topic, part): len(self.bus._logs[topic][part])
+            - self._positions.get((topic, part), group.committed.get((topic, part), 0))
+            for topic, part in assignment
+        }
         return taken
 
     async def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:

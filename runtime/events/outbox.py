@@ -10,13 +10,14 @@ consumers drop repeats by event id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from sqlalchemy import Engine, delete, event, func, insert, select, update
@@ -29,6 +30,9 @@ from runtime.events.envelope import Event, EventMetadata
 from runtime.events.registry import EventRegistry, EventValidationError
 from runtime.events.tables import outbox
 from runtime.events.transport import BrokerUnavailable, OutgoingMessage, Producer
+
+if TYPE_CHECKING:
+    from runtime.metrics import EventMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +168,10 @@ class OutboxRelay:
     `poll_interval` seconds, which also covers rows written by other processes. On broker
     errors the rows stay unsent with `attempts`/`last_error` updated, and the relay backs off
     from `backoff_base` doubling up to `backoff_max` seconds.
+
+    With `metrics` it counts what it sends and, every `backlog_interval` seconds while
+    started, measures the backlog (unsent rows, the oldest one's age) in a task of its own:
+    one query on a timer, never one per pass, as passes follow every commit that published.
     """
 
     def __init__(
@@ -176,6 +184,8 @@ class OutboxRelay:
         backoff_base: float = 0.1,
         backoff_max: float = 5.0,
         ping_interval: float = 10.0,
+        metrics: EventMetrics | None = None,
+        backlog_interval: float = 5.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -186,13 +196,17 @@ class OutboxRelay:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.ping_interval = ping_interval
+        self.metrics = metrics
+        self.backlog_interval = backlog_interval
         self.sent_total = 0
         self.last_error: str | None = None
         self._healthy = True
         self._standby = False
         self._task: asyncio.Task[None] | None = None
+        self._backlog_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup = asyncio.Event()
+        self._stop_requested = asyncio.Event()
         self._stopping = False
         self._postgres = database.dialect_name == "postgresql"
 
@@ -216,23 +230,31 @@ class OutboxRelay:
         self._loop = asyncio.get_running_loop()
         self._stopping = False
         self._wakeup = asyncio.Event()
+        self._stop_requested = asyncio.Event()
         _register(self, self.database.engine.sync_engine)
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        if self.metrics is not None:
+            self._backlog_task = asyncio.create_task(self._watch_backlog(), name="outbox-backlog")
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Let the batch in flight finish (acked rows get stamped), then end the loop."""
         _unregister(self, self.database.engine.sync_engine)
-        task, self._task = self._task, None
-        if task is None:
+        tasks = [task for task in (self._task, self._backlog_task) if task is not None]
+        self._task = self._backlog_task = None
+        if not tasks:
             return
         self._stopping = True
         self._wakeup.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
+        self._stop_requested.set()
+        # Like wait_for(shield(...)): a timeout (or a cancelled stop) leaves the tasks running.
+        done, late = await asyncio.wait(tasks, timeout=timeout)
+        if late:
             logger.warning("outbox relay did not stop in time; cancelling it")
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for task in done:
+            task.result()  # an error that ended a task surfaces here, as it always did
 
     def wake(self) -> None:
         """Ask for a pass now. Ignored while backing off from a broker error."""
@@ -307,6 +329,8 @@ class OutboxRelay:
     def _conclude(self, outcomes: Sequence[BrokerUnavailable | None]) -> int:
         acked = sum(outcome is None for outcome in outcomes)
         self.sent_total += acked
+        if self.metrics is not None and acked:
+            self.metrics.record_sent(acked)
         failure = next((outcome for outcome in outcomes if outcome is not None), None)
         if failure is not None:
             self._healthy = False
@@ -349,6 +373,23 @@ class OutboxRelay:
                 last_contact = loop.time()
                 self._healthy = await self.producer.ping()
 
+    async def measure_backlog(self) -> OutboxBacklog:
+        """Read the backlog now and, with `metrics`, set the outbox gauges from it."""
+        backlog = await outbox_backlog(self.database)
+        if self.metrics is not None:
+            self.metrics.record_backlog(backlog.pending, backlog.oldest_age)
+        return backlog
+
+    async def _watch_backlog(self) -> None:
+        while not self._stop_requested.is_set():
+            try:
+                await self.measure_backlog()
+            except Exception as error:
+                # The database, most likely; the gauges keep their last value meanwhile.
+                logger.warning("outbox backlog not measured", extra={"error": repr(error)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), self.backlog_interval)
+
     async def _wait_for_wake(self, timeout: float) -> bool:
         try:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
@@ -379,6 +420,34 @@ async def purge_sent(database: Database, *, older_than: timedelta) -> int:
             delete(outbox).where(outbox.c.sent_at.is_not(None), outbox.c.sent_at < cutoff)
         )
     return int(result.rowcount or 0)
+
+
+@dataclass(frozen=True)
+class OutboxBacklog:
+    pending: int  # rows not sent yet
+    oldest_age: float  # seconds since the oldest of them was written; 0 when none
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; what it stores is UTC (CURRENT_TIMESTAMP).
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def outbox_backlog(database: Database) -> OutboxBacklog:
+    """The unsent rows and the oldest one's age, in one query. The age is measured on the
+    database's clock, the one that stamped `created_at`."""
+    async with database.engine.connect() as connection:
+        pending, oldest, now = (
+            await connection.execute(
+                select(func.count(), func.min(outbox.c.created_at), func.current_timestamp())
+                .select_from(outbox)
+                .where(outbox.c.sent_at.is_(None))
+            )
+        ).one()
+    if not pending or oldest is None:
+        return OutboxBacklog(0, 0.0)
+    age = (_utc(now) - _utc(oldest)).total_seconds()
+    return OutboxBacklog(int(pending), max(0.0, age))
 
 
 @dataclass(frozen=True)

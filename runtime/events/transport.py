@@ -109,6 +109,13 @@ class Source(Protocol):
         """Up to `max_records` messages, waiting at most `timeout` seconds for the first."""
         ...
 
+    @property
+    def lag(self) -> Mapping[TopicPartitionKey, int]:
+        """Per partition held now, the records after the last one fetched up to the
+        partition's high watermark as last known (no I/O). A partition nothing was fetched
+        from yet may be missing."""
+        ...
+
     async def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
         """Commit, per partition, the offset of the next message to read."""
         ...

@@ -1,23 +1,46 @@
-"""EventConsumer rules that need no real broker: wiring checks, retries, infrastructure errors."""
+"""EventConsumer rules that need no real broker: wiring checks, retries, infrastructure errors;
+and its metrics, the lag on the embedded broker."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event as sa_event
 from sqlalchemy import insert
 from sqlalchemy.exc import OperationalError
 
+from runtime.app import create_service_app
+from runtime.config import ServiceSettings
 from runtime.correlation import get_correlation_id
+from runtime.events.broker import EmbeddedBroker
 from runtime.events.consumer import EventConsumer, EventContext, Outcome
 from runtime.events.envelope import Event, EventMetadata
 from runtime.events.memory import MemoryBus
+from runtime.events.outbox import publish
 from runtime.events.registry import EventRegistry, EventValidationError
+from runtime.events.tables import create_event_tables
 from runtime.events.topics import dlq_topic
+from runtime.events.transport import Message
+from runtime.metrics import EventMetrics
+from runtime.service_events import ServiceEvents
 from tests.events.conftest import DatabaseFactory
-from tests.events.support import MemoryHarness, Service, applied, eventually, order, record
+from tests.events.support import (
+    MemoryHarness,
+    Service,
+    TansuHarness,
+    applied,
+    domain,
+    eventually,
+    order,
+    record,
+)
 
 
 @pytest.fixture
@@ -38,11 +61,11 @@ def _event(registry: EventRegistry, correlation: str = "c-9") -> Event:
     )
 
 
-async def _deliver(service: Service, event: Event) -> None:
+async def _deliver(service: Service, event: Event, topic: str | None = None) -> None:
     harness = service.harness
     assert isinstance(harness, MemoryHarness)
     await harness.bus.producer().send(
-        service.registry.get(event.type).topic, b"k", event.to_bytes()
+        topic or service.registry.get(event.type).topic, b"k", event.to_bytes()
     )
 
 
@@ -217,7 +240,10 @@ async def test_a_failing_handler_in_a_batch_costs_the_others_nothing(service: Se
 
     for event in events:
         await _deliver(service, event)
-    consumer = service.consumer({"order.placed": fragile}, max_attempts=2)
+    registry = CollectorRegistry()
+    consumer = service.consumer(
+        {"order.placed": fragile}, max_attempts=2, metrics=EventMetrics(registry)
+    )
     await consumer.start()
     topic = service.registry.get("order.placed").topic
     harness = service.harness
@@ -234,3 +260,235 @@ async def test_a_failing_handler_in_a_batch_costs_the_others_nothing(service: Se
     ]
     assert calls.count(bad) == 2
     assert consumer.stats.dead_lettered == 1 and consumer.stats.applied == 3
+    # The try in the batch was the bad event's first: the one after it is a retry.
+    counts = _samples(registry, "consumer_events_total")
+    group = service.name
+    assert counts[(group, "retried", topic)] == consumer.stats.retries == 1
+    assert counts[(group, "dead_lettered", topic)] == 1
+    assert counts[(group, "applied", topic)] == 3
+
+
+def _samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, ...], float]:
+    """A family's samples from the rendered text, by their label values (sorted by name)."""
+    text = generate_latest(registry).decode()
+    return {
+        tuple(value for _, value in sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+async def test_each_outcome_is_counted_for_the_group_and_topic(service: Service) -> None:
+    """applied, retried, duplicate, skipped and dead_lettered, one message at a time."""
+    registry = CollectorRegistry()
+    failures: list[int] = []
+
+    async def fails_once(ctx: EventContext) -> None:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("downstream hiccup")
+        await record(ctx)
+
+    consumer = service.consumer(
+        {"order.placed": fails_once}, max_attempts=3, metrics=EventMetrics(registry)
+    )
+    topic = service.registry.get("order.placed").topic
+    group = service.name
+    # Every outcome of the group's topic is there from the start, at 0.
+    assert _samples(registry, "consumer_events_total") == {
+        (group, outcome, topic): 0.0
+        for outcome in ("applied", "duplicate", "skipped", "dead_lettered", "retried")
+    }
+    good = _event(service.registry)
+    other = Event(
+        type="order.archived",
+        data={"order_id": str(uuid.uuid4())},
+        metadata=EventMetadata(correlation_id="c", service="orders"),
+    )
+    invalid = Event(
+        type="order.placed",
+        data={"order_id": "not-a-uuid"},
+        metadata=EventMetadata(correlation_id="c", service="rogue"),
+    )
+    for event in (good, good, other, invalid):
+        await _deliver(service, event, topic)
+    messages = await service.harness.read_topic(topic, 4)
+    assert [await consumer.process(message) for message in messages] == [
+        Outcome.APPLIED,
+        Outcome.DUPLICATE,
+        Outcome.SKIPPED,
+        Outcome.DEAD_LETTERED,
+    ]
+    counts = _samples(registry, "consumer_events_total")
+    assert counts == {
+        (group, "applied", topic): 1.0,
+        (group, "duplicate", topic): 1.0,
+        (group, "skipped", topic): 1.0,
+        (group, "dead_lettered", topic): 1.0,
+        (group, "retried", topic): 1.0,
+    }
+    stats = consumer.stats
+    assert (stats.applied, stats.duplicates, stats.skipped, stats.dead_lettered) == (1, 1, 1, 1)
+    assert stats.retries == 1
+
+
+async def test_a_batch_counts_its_outcomes_per_topic_and_reports_the_lag(
+    service: Service,
+) -> None:
+    """One fetch, one transaction across two topics: each topic's outcomes counted apart."""
+    registry = CollectorRegistry()
+    payment = Event(
+        type="payment.completed",
+        data=service.registry.validate(
+            "payment.completed",
+            {"payment_id": uuid.uuid4(), "order_id": uuid.uuid4(), "amount": "3.00"},
+        ),
+        metadata=EventMetadata(correlation_id="c", service="payments"),
+    )
+    unhandled = Event(
+        type="order.archived",
+        data={"order_id": str(uuid.uuid4())},
+        metadata=EventMetadata(correlation_id="c", service="orders"),
+    )
+    for event in (_event(service.registry), _event(service.registry), payment, payment):
+        await _deliver(service, event)
+    await _deliver(service, unhandled, service.registry.get("order.placed").topic)
+    consumer = service.consumer(
+        {"order.placed": record, "payment.completed": record}, metrics=EventMetrics(registry)
+    )
+    await consumer.start()
+
+    async def all_seen() -> bool:
+        return len(await service.applied_rows()) == 3 and consumer.stats.skipped == 1
+
+    await eventually(all_seen, what="the batch applied")
+    await consumer.stop()
+    assert consumer.stats.retries == 0  # the batch went through whole
+    orders = service.registry.get("order.placed").topic
+    payments = service.registry.get("payment.completed").topic
+    counts = _samples(registry, "consumer_events_total")
+    group = service.name
+    assert counts[(group, "applied", orders)] == 2
+    assert counts[(group, "skipped", orders)] == 1
+    assert counts[(group, "duplicate", orders)] == 0
+    assert counts[(group, "applied", payments)] == 1
+    assert counts[(group, "duplicate", payments)] == 1
+    # The memory bus reports lag as Kafka would; everything was read, so 0 where data was.
+    lag = _samples(registry, "consumer_lag_messages")
+    assert lag, "no lag reported"
+    assert set(lag.values()) == {0.0}
+    assert {(topic, group_label) for group_label, _, topic in lag} >= {
+        (orders, group),
+        (payments, group),
+    }
+
+
+async def test_the_lag_comes_from_the_fetch_on_the_embedded_broker(
+    embedded_broker: EmbeddedBroker, sqlite_databases: DatabaseFactory, registry: EventRegistry
+) -> None:
+    """Five records on one partition, fetched two at a time: after the first fetch the
+    group is three behind the high watermark; once all are handled, none."""
+    harness = TansuHarness(embedded_broker)
+    await harness.prepare_topics(registry)
+    service = Service(f"lag-{uuid.uuid4().hex[:6]}", sqlite_databases("lag"), registry, harness)
+    await service.create_tables()
+    metrics_registry = CollectorRegistry()
+    gate = asyncio.Event()
+    fetched: list[list[Message]] = []
+
+    async def held(ctx: EventContext) -> None:
+        await gate.wait()  # the consumer stays on its first batch until the test has looked
+        await record(ctx)
+
+    consumer = service.consumer(
+        {"order.placed": held}, batch_size=2, metrics=EventMetrics(metrics_registry)
+    )
+    fetch = consumer.source.fetch
+
+    async def recording_fetch(timeout: float, max_records: int) -> list[Message]:
+        messages = await fetch(timeout, max_records)
+        if messages:
+            fetched.append(messages)
+        return messages
+
+    consumer.source.fetch = recording_fetch  # type: ignore[method-assign]
+    topic = registry.get("order.placed").topic
+    producer = harness.producer()
+    for _ in range(5):
+        await producer.send(topic, b"one-key", _event(registry).to_bytes())
+    try:
+        await consumer.start()
+
+        async def first_fetch() -> bool:
+            return bool(fetched)
+
+        await eventually(first_fetch, timeout=20, what="the first fetch")
+        [first] = fetched
+        partition = first[0].partition
+        assert [message.offset for message in first] == list(range(len(first)))
+        key = (service.name, str(partition), topic)
+
+        async def lag_reported() -> bool:
+            return key in _samples(metrics_registry, "consumer_lag_messages")
+
+        await eventually(lag_reported, what="the lag after the first fetch")
+        assert _samples(metrics_registry, "consumer_lag_messages")[key] == 5 - len(first) > 0
+        gate.set()
+
+        async def caught_up() -> bool:
+            done = len(await service.applied_rows()) == 5
+            return done and _samples(metrics_registry, "consumer_lag_messages").get(key) == 0
+
+        await eventually(caught_up, timeout=20, what="the lag back to 0")
+    finally:
+        gate.set()
+        await service.close()
+        await harness.close()
+
+
+async def test_a_service_app_reports_its_events_into_its_own_metrics(
+    embedded_broker: EmbeddedBroker, registry: EventRegistry, tmp_path: Any
+) -> None:
+    """ServiceEvents wires the relay and the consumer to the app's registry (/metrics)."""
+    harness = TansuHarness(embedded_broker)
+    await harness.prepare_topics(registry)
+    name = f"metered-{uuid.uuid4().hex[:6]}"
+    settings = ServiceSettings(
+        service_name=name,
+        port=1,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/metered.db",
+        service_token="t" * 32,
+        kafka_bootstrap_servers=embedded_broker.bootstrap_servers,
+        kafka_idempotent=False,
+    )
+    events = ServiceEvents(settings, registry, handlers={"order.placed": record})
+    app = create_service_app(settings, lifespan=events.lifespan)
+    database = app.state.database
+    async with database.engine.begin() as connection:
+        await create_event_tables(connection)
+        await connection.run_sync(domain.create_all)
+    topic = registry.get("order.placed").topic
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        async with database.session() as session:
+            await publish(session, registry, "order.placed", order(), service=name)
+
+        async def counted() -> bool:
+            text = (await client.get("/metrics")).text
+            samples = {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+            consumed = (("group", name), ("outcome", "applied"), ("topic", topic))
+            return (
+                samples.get(("outbox_sent_total", ())) == 1
+                and samples.get(("consumer_events_total", consumed)) == 1
+            )
+
+        await eventually(counted, timeout=30, what="the event sent and applied, in /metrics")
+    await harness.close()

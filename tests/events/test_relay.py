@@ -6,10 +6,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, select, update
 
 from runtime.db import Database
 from runtime.events.envelope import Event
@@ -22,7 +26,9 @@ from runtime.events.outbox import (
     purge_sent,
 )
 from runtime.events.registry import EventRegistry, EventValidationError
+from runtime.events.tables import outbox
 from runtime.events.transport import BrokerUnavailable
+from runtime.metrics import EventMetrics
 from tests.events.conftest import DatabaseFactory
 from tests.events.support import MemoryHarness, Service, eventually, make_registry, order
 
@@ -243,3 +249,129 @@ async def test_an_event_too_large_for_the_broker_is_refused_at_publish(
     with pytest.raises(EventValidationError, match="bytes; the limit is"):
         await sqlite_service.publish("order.placed", huge)
     assert await sqlite_service.outbox_rows() == []
+
+
+def _sample(registry: CollectorRegistry, name: str) -> float | None:
+    return registry.get_sample_value(name)
+
+
+def _written_ago(seconds: int) -> Any:
+    """The oldest outbox row, as if written `seconds` ago."""
+    first = select(func.min(outbox.c.seq)).scalar_subquery()
+    written = datetime.now(UTC) - timedelta(seconds=seconds)
+    return update(outbox).where(outbox.c.seq == first).values(created_at=written)
+
+
+async def test_the_relay_counts_what_it_sends_and_measures_the_backlog(
+    sqlite_service: Service, bus: MemoryBus
+) -> None:
+    registry = CollectorRegistry()
+    relay = OutboxRelay(sqlite_service.database, bus.producer(), metrics=EventMetrics(registry))
+    await _publish_many(sqlite_service, 3)
+    async with sqlite_service.database.engine.begin() as connection:
+        # The first event has waited a minute and a half.
+        await connection.execute(_written_ago(90))
+
+    await relay.measure_backlog()
+    assert _sample(registry, "outbox_pending_events") == 3
+    age = _sample(registry, "outbox_oldest_pending_age_seconds")
+    assert age is not None and 89 <= age < 150
+    assert _sample(registry, "outbox_sent_total") == 0
+
+    bus.available = False
+    with pytest.raises(BrokerUnavailable):
+        await relay.relay_once()
+    assert _sample(registry, "outbox_sent_total") == 0  # not acked, not sent
+    bus.available = True
+    assert await relay.relay_once() == 3
+    assert _sample(registry, "outbox_sent_total") == 3
+    assert _sample(registry, "outbox_pending_events") == 3  # a gauge moves on a refresh only
+
+    await relay.measure_backlog()
+    assert _sample(registry, "outbox_pending_events") == 0
+    assert _sample(registry, "outbox_oldest_pending_age_seconds") == 0
+
+
+async def test_the_backlog_is_measured_on_a_timer_while_the_relay_runs(
+    sqlite_service: Service, bus: MemoryBus
+) -> None:
+    registry = CollectorRegistry()
+    relay = OutboxRelay(
+        sqlite_service.database,
+        bus.producer(),
+        metrics=EventMetrics(registry),
+        backlog_interval=0.05,
+        backoff_max=0.05,
+    )
+    bus.available = False  # what is published stays in the outbox
+    await relay.start()
+    try:
+        await _publish_many(sqlite_service, 2)
+
+        async def two_pending() -> bool:
+            return _sample(registry, "outbox_pending_events") == 2
+
+        await eventually(two_pending, timeout=2, what="the pending gauge refreshed")
+        bus.available = True
+
+        async def drained() -> bool:
+            return _sample(registry, "outbox_pending_events") == 0
+
+        await eventually(drained, timeout=2, what="the pending gauge back to 0")
+        assert _sample(registry, "outbox_sent_total") == 2
+    finally:
+        await relay.stop()
+
+
+async def test_the_backlog_query_follows_the_timer_not_the_relay_passes(
+    sqlite_service: Service, bus: MemoryBus
+) -> None:
+    """Every commit that publishes wakes the relay: the backlog's count must not ride along.
+    And stopping the relay ends the timer at once, however long its interval."""
+    queries: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if "count(*)" in statement and "outbox" in statement:
+            queries.append(statement)
+
+    sa_event.listen(sqlite_service.database.engine.sync_engine, "before_cursor_execute", seen)
+    registry = CollectorRegistry()
+    relay = OutboxRelay(
+        sqlite_service.database,
+        bus.producer(),
+        metrics=EventMetrics(registry),
+        poll_interval=30,
+        backlog_interval=3600,
+    )
+    await relay.start()
+    topic = sqlite_service.registry.get("order.placed").topic
+    try:
+        for count in range(1, 6):
+            await sqlite_service.publish("order.placed", order())
+
+            async def sent(count: int = count) -> bool:
+                return len(bus.messages(topic)) == count
+
+            await eventually(sent, timeout=2, what=f"event {count} relayed")
+        assert _sample(registry, "outbox_sent_total") == 5
+        assert len(queries) == 1  # the one measurement at start
+    finally:
+        started = time.monotonic()
+        await relay.stop()
+    assert time.monotonic() - started < 1
+    assert not [task for task in asyncio.all_tasks() if task.get_name() == "outbox-backlog"]
+
+
+async def test_the_backlog_age_on_postgres(postgres_services: tuple[Service, Database]) -> None:
+    """PostgreSQL hands back aware times (SQLite naive ones); the age is the same."""
+    service, _ = postgres_services
+    registry = CollectorRegistry()
+    relay = OutboxRelay(service.database, MemoryBus().producer(), metrics=EventMetrics(registry))
+    await _publish_many(service, 2)
+    async with service.database.engine.begin() as connection:
+        await connection.execute(_written_ago(90))
+    backlog = await relay.measure_backlog()
+    assert backlog.pending == 2
+    assert _sample(registry, "outbox_pending_events") == 2
+    age = _sample(registry, "outbox_oldest_pending_age_seconds")
+    assert age is not None and 89 <= age < 150

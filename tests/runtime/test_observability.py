@@ -21,6 +21,7 @@ from runtime.correlation import (
 )
 from runtime.logs import configure_logging
 from runtime.metrics import UNMATCHED_ROUTE, Metrics, MetricsMiddleware, metrics_router
+from runtime.saga import Call, SagaDefinition, Step, start_sagas, stop_sagas
 from tests.runtime.conftest import make_settings, running
 
 router = APIRouter()
@@ -224,3 +225,43 @@ async def test_route_templates_inside_a_mounted_app() -> None:
         text = (await client.get("/metrics")).text
     routes = {labels["route"] for labels, _ in metric_samples(text, "http_requests_total")}
     assert "/v2/api/products/{id}" in routes
+
+
+# The families a generated dashboard and its alert rules read, by exposition name and type.
+EVENT_AND_SAGA_FAMILIES = {
+    "outbox_pending_events": "gauge",
+    "outbox_oldest_pending_age_seconds": "gauge",
+    "outbox_sent_total": "counter",
+    "consumer_lag_messages": "gauge",
+    "consumer_events_total": "counter",
+    "saga_steps_total": "counter",
+    "saga_outcomes_total": "counter",
+}
+
+
+async def test_a_service_app_lists_the_event_and_saga_families_from_the_start(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Before any event or saga: HELP and TYPE for all seven, the unlabelled ones at 0."""
+    text = (await client.get("/metrics")).text
+    lines = text.splitlines()
+    for name, kind in EVENT_AND_SAGA_FAMILIES.items():
+        assert f"# TYPE {name} {kind}" in lines, name
+        assert any(line.startswith(f"# HELP {name} ") for line in lines), name
+    for name in ("outbox_pending_events", "outbox_oldest_pending_age_seconds", "outbox_sent_total"):
+        assert metric_samples(text, name) == [({}, 0.0)], name
+
+    # start_sagas (from the handlers' startup) reports into the same registry.
+    saga = SagaDefinition("checkout", (Step("hold", Call("stock", "POST", "/hold")),))
+    runner = await start_sagas(app, saga)
+    try:
+        assert runner.metrics is app.state.metrics.saga_metrics()
+        text = (await client.get("/metrics")).text
+    finally:
+        await stop_sagas(app)
+    outcomes = {
+        labels["outcome"]: value
+        for labels, value in metric_samples(text, "saga_outcomes_total")
+        if labels["saga"] == "checkout"
+    }
+    assert outcomes == {"completed": 0.0, "compensated": 0.0, "failed": 0.0}

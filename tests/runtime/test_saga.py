@@ -9,11 +9,14 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event as sa_event
 
 from runtime.config import ServiceSettings
 from runtime.db import Database
 from runtime.http import ServiceClients
+from runtime.metrics import SagaMetrics
 from runtime.saga import (
     COMPENSATED,
     COMPLETED,
@@ -173,3 +176,80 @@ def _refusing_stock_service(calls: list[str]) -> FastAPI:
         return JSONResponse({"title": "No", "status": 409, "detail": "refused"}, status_code=409)
 
     return app
+
+
+def _counts(registry: CollectorRegistry, name: str) -> dict[tuple[str, ...], float]:
+    """A family's samples from the rendered text, by label values (sorted by label name)."""
+    return {
+        tuple(value for _, value in sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+async def test_steps_and_outcomes_are_counted_once_committed(tmp_path: Path) -> None:
+    """One checkout completes, one is refused at its second step (the first undone), one
+    quick saga is refused at its only step (nothing to undo: failed)."""
+    calls: list[str] = []
+    stock = await Server(_refusing_stock_service(calls)).start()
+    database, clients = await _saga_database_and_clients(tmp_path, {"stock": stock.url})
+    checkout = SagaDefinition(
+        "checkout",
+        (
+            Step(
+                "hold",
+                Call("stock", "POST", "/hold/{saga_id}"),
+                Call("stock", "POST", "/free/{saga_id}"),
+            ),
+            Step("confirm", Call("stock", "POST", "/{outcome}/{saga_id}")),
+        ),
+    )
+    quick = SagaDefinition("quick", (Step("only", Call("stock", "POST", "/{outcome}/{saga_id}")),))
+    registry = CollectorRegistry()
+    runner = SagaRunner(
+        database, clients, {"checkout": checkout, "quick": quick}, metrics=SagaMetrics(registry)
+    )
+    # Declared at 0 before any saga runs, so the first of each is an increase.
+    assert set(_counts(registry, "saga_outcomes_total").values()) == {0.0}
+    assert len(_counts(registry, "saga_outcomes_total")) == 6
+    assert len(_counts(registry, "saga_steps_total")) == 9
+
+    async def run(saga: str, outcome: str) -> str:
+        saga_id = uuid.uuid4()
+        async with database.session() as session:
+            await runner.begin(session, saga, saga_id, {"outcome": outcome})
+        result = await runner.run(saga_id)
+        await runner.run(saga_id)  # an ended saga run again counts nothing more
+        return result.status
+
+    try:
+        statuses = [
+            await run("checkout", "accept"),
+            await run("checkout", "refuse"),
+            await run("quick", "refuse"),
+        ]
+    finally:
+        await clients.close()
+        await stock.stop()
+        await database.dispose()
+    assert statuses == [COMPLETED, COMPENSATED, COMPENSATED]
+    assert _counts(registry, "saga_outcomes_total") == {
+        ("completed", "checkout"): 1,
+        ("compensated", "checkout"): 1,
+        ("failed", "checkout"): 0,
+        ("completed", "quick"): 0,
+        ("compensated", "quick"): 0,
+        ("failed", "quick"): 1,
+    }
+    assert _counts(registry, "saga_steps_total") == {
+        ("done", "checkout", "hold"): 2,
+        ("failed", "checkout", "hold"): 0,
+        ("compensated", "checkout", "hold"): 1,
+        ("done", "checkout", "confirm"): 1,
+        ("failed", "checkout", "confirm"): 1,
+        ("compensated", "checkout", "confirm"): 0,
+        ("done", "quick", "only"): 0,
+        ("failed", "quick", "only"): 1,
+        ("compensated", "quick", "only"): 0,
+    }

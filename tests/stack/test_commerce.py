@@ -3,14 +3,20 @@ broker: identity, catalog with cache, the order saga and its failure paths."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack.conftest import Stack, assert_invariants, new_product, order_body, stock_of
+from generator import load_platform
+from generator.targets import k8s_monitoring
+from generator.targets.deploy import build
+from tests.deploy.promql import metric_names
+from tests.stack.conftest import ROOT, Stack, assert_invariants, new_product, order_body, stock_of
 
 
 def _events(stack: Stack, admin: dict[str, str], **params: str) -> list[dict[str, Any]]:
@@ -296,3 +302,56 @@ def test_an_erased_account_cannot_order_with_its_old_token(sqlite_stack: Stack) 
     )
     assert direct.status_code == 401, direct.text
     assert stock_of(stack, product_id) == (5, 0)
+
+
+def _exported(text: str) -> set[str]:
+    """Every series name a /metrics page offers, with the suffixes each type's samples take
+    (a family is listed with HELP and TYPE before its first labelled sample)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+    }
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
+        names |= {sample.name for sample in family.samples}
+    return names
+
+
+def test_every_metric_the_monitoring_names_is_exported(sqlite_stack: Stack) -> None:
+    """The generated dashboard's panels and alert rules name only metrics that the running
+    deployables export: each row's by its own deployable, each rule's by one it selects."""
+    stack = sqlite_stack
+    processes = stack.state()["processes"]
+    deployment = build(load_platform(ROOT / "spec" / "cloudretail.yaml"))
+    exported = {}
+    for process in deployment.processes:
+        name = next(n for n, info in processes.items() if info["port"] == process.port)
+        page = httpx.get(f"{processes[name]['url']}/metrics", timeout=10)
+        assert page.status_code == 200
+        exported[process.name] = _exported(page.text)
+
+    board = k8s_monitoring.dashboard(deployment)
+    row, missing = "", []
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            row = next(p.name for p in deployment.processes if p.deployable.title == panel["title"])
+            continue
+        for target in panel["targets"]:
+            missing += [(row, name) for name in metric_names(target["expr"]) - exported[row]]
+    for alert in k8s_monitoring.alerts(deployment):
+        jobs = re.search(r'job=~"([^"]+)"', alert.expr)
+        assert jobs is not None, alert.name
+        offered = set().union(*(exported[job] for job in jobs.group(1).split("|")))
+        missing += [(alert.name, name) for name in metric_names(alert.expr) - offered]
+    assert not missing, missing
+
+    # After the orders above, the order service's saga and consumers have samples.
+    order = httpx.get(f"{processes['order']['url']}/metrics", timeout=10).text
+    assert re.search(r'saga_outcomes_total\{[^}]*outcome="completed"', order), order
+    assert re.search(r'consumer_events_total\{[^}]*outcome="applied"', order)
+    bus = httpx.get(f"{processes['eventbus']['url']}/metrics", timeout=10).text
+    applied = re.findall(r'consumer_events_total\{[^}]*outcome="applied"[^}]*\} (\S+)', bus)
+    assert sum(float(value) for value in applied) > 0, bus
+    assert re.search(r"consumer_lag_messages\{", bus), bus
