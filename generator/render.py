@@ -80,7 +80,12 @@ _COMMENT = {
     ".md": "<!-- {} -->",
     ".sql": "-- {}",
 }
-_COMMENT_BY_NAME = {"Dockerfile": "# {}", ".dockerignore": "# {}", "Makefile": "# {}"}
+_COMMENT_BY_NAME = {
+    "Dockerfile": "# {}",
+    ".dockerignore": "# {}",
+    "Makefile": "# {}",
+    "Jenkinsfile": "// {}",
+}
 
 
 def header(path: str, source: str) -> str | None:

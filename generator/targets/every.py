@@ -13,6 +13,7 @@ from generator.targets import (
     events,
     gateway,
     images,
+    jenkins,
     k8s,
     migrations,
     services,
@@ -30,6 +31,7 @@ TARGETS: tuple[Target, ...] = (
     eventbus.files,
     images.files,
     k8s.files,
+    jenkins.files,
     compose.files,
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from generator.model import Platform
 from generator.render import OutputFile
@@ -350,9 +351,10 @@ def secrets(deployment: Deployment) -> tuple[Secret, ...]:
     return tuple(found)
 
 
-def _rollout(deployment: Deployment) -> str:
-    """The lists the CI and deploy workflows read, so a new service needs no workflow edit."""
-    data = {
+def rollout(deployment: Deployment) -> dict[str, Any]:
+    """The lists the CI and deploy pipelines read (`deployables.json` for the GitHub
+    workflows, the generated Jenkinsfile), so a new service needs no pipeline edit."""
+    return {
         "namespace": deployment.namespace,
         "images": [
             {"name": process.name, "image": process.image, "dockerfile": process.dockerfile}
@@ -369,7 +371,6 @@ def _rollout(deployment: Deployment) -> str:
         "kafka": deployment.kafka_cluster,
         "overlays": ["dev", "prod"],
     }
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def files(platform: Platform) -> list[OutputFile]:
@@ -438,7 +439,8 @@ def files(platform: Platform) -> list[OutputFile]:
                 {"view": view},
             )
         )
-    out.append(OutputFile("k8s/deployables.json", text=_rollout(deployment)))
+    rollout_json = json.dumps(rollout(deployment), indent=2, sort_keys=True) + "\n"
+    out.append(OutputFile("k8s/deployables.json", text=rollout_json))
     out.append(
         OutputFile(
             "k8s/README.md",

@@ -96,6 +96,7 @@ CHANGES: dict[str, tuple[Callable[[dict[str, Any]], None], tuple[str, ...]]] = {
             "generated/services/__init__.py",
             "generated/gateway/routes.yaml",
             "generated/k8s/*",
+            "generated/ci/Jenkinsfile",
             "generated/compose.yaml",
             "generated/compose/*",
             "generated/docs/*",
