@@ -189,6 +189,78 @@ def migrate(
         typer.echo(f"  {target.service:<10} {target.database:<24} at {head}")
 
 
+@app.command(name="rotate-key")
+def rotate_key(
+    services: Annotated[
+        list[str] | None,
+        typer.Argument(help="Services whose encrypted columns to re-encrypt [default: all]."),
+    ] = None,
+    spec: SpecOption = DEFAULT_SPEC,
+    database_url_template: Annotated[
+        str | None,
+        typer.Option(
+            help="URL with {database}, e.g. postgresql://localhost/{database}; "
+            "default: DATABASE_URL if set, else a SQLite file per service under .cloudretail/."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 500,
+) -> None:
+    """Re-encrypt every encrypted column under the first key of ENCRYPTION_KEYS (the other
+    keys must still be there to read the old values), in batches of one transaction each,
+    while the services run. Safe to stop and run again: it continues where it stopped."""
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from generator.stack import plan_rotation
+    from runtime.config import default_database_url
+    from runtime.crypto import EncryptionError, KeyRing
+    from runtime.rotate import EncryptedTable, RotationError, rotate_keys
+
+    keys = os.environ.get("ENCRYPTION_KEYS")
+    if not keys:
+        typer.echo("error: ENCRYPTION_KEYS is not set (the new key first, then the old)", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    try:
+        ring = KeyRing.parse(keys)
+    except EncryptionError as error:
+        typer.echo(f"error: ENCRYPTION_KEYS: {error}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    env_url = os.environ.get("DATABASE_URL")
+    try:
+        planned = plan_rotation(
+            spec,
+            tuple(services or ()),
+            database_url_template,
+            lambda database: env_url or default_database_url(database),
+        )
+    except CloudRetailError as error:
+        raise _fail(error) from None
+    if not planned:
+        typer.echo("no service stores encrypted columns")
+        return
+    for target in planned:
+        tables = [EncryptedTable(name, columns) for name, columns in target.tables]
+
+        def progress(table: str, count: int, service: str = target.service) -> None:
+            typer.echo(f"  {service:<10} {table}: {count} rows re-encrypted")
+
+        try:
+            done = asyncio.run(
+                rotate_keys(target.url, tables, ring, batch_size=batch_size, progress=progress)
+            )
+        except (RotationError, EncryptionError) as error:
+            typer.echo(f"error: {target.service}: {error}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except (SQLAlchemyError, OSError) as error:
+            typer.echo(f"error: {target.service}: {type(error).__name__}: {error}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        typer.echo(
+            f"  {target.service:<10} {target.database:<24} {sum(done.values())} rows now "
+            f"under key {ring.active}"
+        )
+
+
 topics_app = typer.Typer(help="Kafka topics of the spec.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 

@@ -264,13 +264,15 @@ class _Checker:
                 columns = table_spec.columns
                 for index, idx in enumerate(table_spec.indexes):
                     for position, column in enumerate(idx.columns):
+                        path = (*base, "tables", table, "indexes", index, "columns", position)
                         if column not in columns:
-                            path = (*base, "tables", table, "indexes", index, "columns", position)
                             self.error(
                                 path,
                                 f"index on unknown column '{column}' of table '{table}'"
                                 f"{suggest(column, columns)}",
                             )
+                        elif columns[column].encrypted:
+                            self.error(path, f"index on encrypted column '{column}'")
                 for index, flt in enumerate(table_spec.filters):
                     path = (*base, "tables", table, "filters", index)
                     targets = [flt.column] if flt.column else list(flt.columns or [])
@@ -287,6 +289,8 @@ class _Checker:
                         elif columns[column].secret:
                             # A filter on a secret answers questions about its value.
                             self.error(path, f"filter on secret column '{column}'")
+                        elif columns[column].encrypted:
+                            self.error(path, f"filter on encrypted column '{column}'")
                 for index, column in enumerate(table_spec.sort):
                     path = (*base, "tables", table, "sort", index)
                     if column not in columns:
@@ -296,6 +300,8 @@ class _Checker:
                     elif columns[column].secret:
                         # The order of the rows would tell the secret's order.
                         self.error(path, f"sort on secret column '{column}'")
+                    elif columns[column].encrypted:
+                        self.error(path, f"sort on encrypted column '{column}'")
             for index, callee in enumerate(svc.calls):
                 path = (*base, "calls", index)
                 if callee == name:
@@ -525,6 +531,7 @@ def _column_problems(spec: ColumnSpec) -> Iterator[str]:
             yield "`scale` cannot exceed `precision`"
     if spec.check is not None and not kind.checkable:
         yield f"`check` applies to numeric columns, not `{name}`"
+    yield from _encryption_problems(spec)
     if spec.on_update is not None and not kind.on_update:
         updating = [other for other, k in KINDS.items() if k.on_update]
         yield f"`on_update: now` applies to {_ticked(updating, ' or ')} columns"
@@ -546,6 +553,21 @@ def _column_problems(spec: ColumnSpec) -> Iterator[str]:
         yield f"default '{default}' is not one of {', '.join(spec.values)}"
     elif isinstance(default, str) and spec.length is not None and len(default) > spec.length:
         yield f"default '{default}' is longer than length {spec.length}"
+
+
+def _encryption_problems(spec: ColumnSpec) -> Iterator[str]:
+    """An encrypted value differs each time it is written and is opaque to the database:
+    nothing can compare, order or constrain it there."""
+    if not spec.encrypted:
+        return
+    if not kind_of(spec.type).encryptable:
+        kinds = [name for name, kind in KINDS.items() if kind.encryptable]
+        yield f"`encrypted` applies to {_ticked(kinds, ' or ')} columns, not `{spec.type}`"
+    for option, what in (("primary_key", "a primary key"), ("unique", "unique")):
+        if getattr(spec, option):
+            yield f"an encrypted column cannot be {what}: the database sees only ciphertext"
+    if spec.default is not None:
+        yield "an encrypted column takes no default: the database would store it in plaintext"
 
 
 def _roles_apply() -> str:

@@ -68,6 +68,7 @@ class ColumnKind:
     functions: Mapping[str, DefaultFunction] = field(default_factory=dict)  # named defaults
     on_update: bool = False  # takes `on_update: now` (its `now` function's `python`)
     payload: bool = False  # may type an event payload field
+    encryptable: bool = False  # may be stored encrypted (`encrypted: true`)
     number: Callable[[str], str] = str  # a number of the spec (a default, a bound) in Python
 
     def sql_type(self, shape: Shape) -> str:
@@ -173,6 +174,7 @@ KINDS: dict[str, ColumnKind] = {
             max_length=True,
             literal_defaults=(str,),
             payload=True,
+            encryptable=True,
         ),
         ColumnKind(
             "text",
@@ -182,6 +184,7 @@ KINDS: dict[str, ColumnKind] = {
             python="str",
             literal_defaults=(str,),
             payload=True,
+            encryptable=True,
         ),
         ColumnKind(
             "integer",

@@ -99,6 +99,7 @@ class Column:
     precision: int | None
     scale: int | None
     secret: bool
+    encrypted: bool  # stored as AES-256-GCM text; the storage type is TEXT whatever the kind
     renamed_from: str | None
     description: str
 
@@ -172,6 +173,11 @@ class Table:
     @property
     def primary_key(self) -> Column:
         return next(column for column in self.columns if column.primary_key)
+
+    def encrypted_context(self, column: Column) -> str:
+        """The associated data of `column`'s encrypted values: a value does not decrypt in
+        another column (runtime/crypto.py)."""
+        return f"{self.name}.{column.name}"
 
     def check_name(self, column: Column) -> str:
         """The name of `column`'s CHECK constraint (models and migrations agree on it)."""
@@ -355,6 +361,16 @@ class Service:
     def env_prefix(self) -> str:
         return self.name.upper()
 
+    @property
+    def encrypted_columns(self) -> tuple[str, ...]:
+        """`table.column` of each column the service stores encrypted."""
+        return tuple(
+            table.encrypted_context(column)
+            for table in self.tables
+            for column in table.columns
+            if column.encrypted
+        )
+
 
 @dataclass(frozen=True)
 class Upstream:
@@ -505,7 +521,7 @@ def _column(name: str, spec: ColumnSpec) -> Column:
     return Column(
         name=name,
         type=spec.type,
-        sql_type=kind_of(spec.type).sql_type(spec),
+        sql_type="TEXT" if spec.encrypted else kind_of(spec.type).sql_type(spec),
         python_type=kind_of(spec.type).python,
         nullable=spec.nullable and not spec.primary_key,
         primary_key=spec.primary_key,
@@ -518,6 +534,7 @@ def _column(name: str, spec: ColumnSpec) -> Column:
         precision=spec.precision,
         scale=spec.scale,
         secret=spec.secret,
+        encrypted=spec.encrypted,
         renamed_from=spec.renamed_from,
         description=spec.description,
     )

@@ -192,6 +192,9 @@ class ColumnSpec(Strict):
         | None
     ) = None
     secret: bool = False
+    # Stored with AES-256-GCM under the platform's key ring (ENCRYPTION_KEYS); the API sees
+    # plaintext. Such a column cannot be searched, sorted, indexed or unique.
+    encrypted: bool = False
     renamed_from: Identifier | None = None
 
 

@@ -15,6 +15,8 @@ from generator.model import Column, Table
 
 
 def column_type(column: Column) -> sa.types.TypeEngine[Any]:
+    if column.encrypted:  # ciphertext, whatever the plaintext's kind
+        return sa.Text()
     return column.kind.schema_type(column)
 
 

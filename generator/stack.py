@@ -227,3 +227,46 @@ def plan_migrations(
         )
         planned.append(PlannedMigration(service=name, database=database, ini=ini, url=url))
     return tuple(planned)
+
+
+@dataclass(frozen=True)
+class PlannedRotation:
+    service: str
+    database: str
+    url: str
+    tables: tuple[tuple[str, tuple[str, ...]], ...]  # (table, its encrypted columns)
+
+
+def plan_rotation(
+    spec: Path,
+    services: tuple[str, ...],
+    database_url_template: str | None,
+    fallback_url: Callable[[str], str],
+) -> tuple[PlannedRotation, ...]:
+    """What `cloudretail rotate-key` re-encrypts: each chosen service that stores encrypted
+    columns (all of them when none are named), its tables' encrypted columns and its
+    database's URL (from the template, else `fallback_url(database)`)."""
+    platform = load_platform(spec)
+    known = [service.name for service in platform.services if service.encrypted_columns]
+    unknown = [name for name in services if name not in known]
+    if unknown:
+        hints = "".join(suggest(name, known) for name in unknown)
+        raise StackPlanError(
+            f"unknown service {', '.join(unknown)}{hints}; services with encrypted columns: "
+            + (", ".join(known) or "none")
+        )
+    planned = []
+    for name in services or known:
+        service = platform.service(name)
+        tables = tuple(
+            (table.name, columns)
+            for table in service.tables
+            if (columns := tuple(column.name for column in table.columns if column.encrypted))
+        )
+        url = (
+            database_url_template.format(database=service.database)
+            if database_url_template
+            else fallback_url(service.database)
+        )
+        planned.append(PlannedRotation(name, service.database, url, tables))
+    return tuple(planned)

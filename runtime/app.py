@@ -18,6 +18,7 @@ from runtime.auth import (
 from runtime.cache import Cache, make_cache
 from runtime.config import ServiceSettings
 from runtime.correlation import CorrelationIdMiddleware
+from runtime.crypto import EncryptionError, KeyRing, configure
 from runtime.db import Database
 from runtime.errors import install_problem_handlers
 from runtime.guard import RequestGuardMiddleware
@@ -59,6 +60,24 @@ def verifier_from_settings(settings: ServiceSettings) -> TokenVerifier | None:
     )
 
 
+def key_ring_from_settings(
+    settings: ServiceSettings, encrypted_columns: Sequence[str]
+) -> KeyRing | None:
+    """The ring for a service storing `encrypted_columns` ("table.column"); None when it
+    stores none. Such a service refuses to start without ENCRYPTION_KEYS."""
+    if not encrypted_columns:
+        return None
+    if settings.encryption_keys is None:
+        raise EncryptionError(
+            "ENCRYPTION_KEYS is not set; this service stores these columns encrypted: "
+            + ", ".join(encrypted_columns)
+        )
+    try:
+        return KeyRing.parse(settings.encryption_keys.get_secret_value())
+    except EncryptionError as error:
+        raise EncryptionError(f"ENCRYPTION_KEYS: {error}") from None
+
+
 def create_service_app(
     settings: ServiceSettings,
     *,
@@ -74,6 +93,7 @@ def create_service_app(
     metrics: Metrics | None = None,
     token_verifier: TokenVerifier | None = None,
     hooks: object | None = None,
+    encrypted_columns: Sequence[str] = (),
 ) -> FastAPI:
     """Build a service app with database, cache, errors, logs, metrics and health wired in.
 
@@ -83,7 +103,9 @@ def create_service_app(
     (after the database is reachable) and at stop. `event_bus_check` reports "eventBus" on
     readiness; until an events layer supplies one it is always healthy. `extra_checks` decide
     readiness like the database does: register there only what the service cannot serve
-    without.
+    without. `encrypted_columns` ("table.column") are the service's `EncryptedText` columns:
+    when there are any, the key ring from ENCRYPTION_KEYS becomes the process's ring, and
+    without it (or with a malformed one) the app is not built (EncryptionError).
 
     In production (`ENVIRONMENT=production`) /docs, /redoc and /openapi.json are off unless
     `DOCS_ENABLED=true`. /metrics stays on everywhere: Prometheus scrapes each pod inside
@@ -91,6 +113,9 @@ def create_service_app(
     /metrics, /health or the docs. (The generated NetworkPolicies admit only the gateway and
     the spec's callers to a service's port; a Prometheus needs an ingress rule of its own.)
     """
+    ring = key_ring_from_settings(settings, encrypted_columns)
+    if ring is not None:
+        configure(ring)
     if database is None:
         database = database_from_settings(settings)
     if cache is None:

@@ -15,6 +15,8 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from runtime.crypto import DEVELOPMENT_KEYS
+
 Environment = Literal["development", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -26,6 +28,11 @@ MIN_SERVICE_TOKEN_DISTINCT = 8
 MIN_ADMIN_PASSWORD_LENGTH = 12
 MIN_ADMIN_PASSWORD_DISTINCT = 5
 DEFAULT_DATA_DIR = "./.cloudretail/data"
+# How production's refusal describes each placeholder (a key by its name, never its value).
+_PLACEHOLDERS = {
+    DEFAULT_SECRET: f'the placeholder value "{DEFAULT_SECRET}"',
+    DEVELOPMENT_KEYS: "the key of DEVELOPMENT_KEYS, which anyone can read",
+}
 
 # Variables ending in _URL that are this service's own settings, not other services.
 _OWN_URL_VARIABLES = frozenset({"DATABASE_URL", "REDIS_URL", "JWKS_URL"})
@@ -123,6 +130,11 @@ class ServiceSettings(BaseSettings):
     access_token_ttl: int = Field(default=3600, ge=60)
     # Shared secret for `auth: service` routes between services.
     service_token: SecretStr = SecretStr(DEFAULT_SECRET)
+    # The key ring of columns stored encrypted (runtime/crypto.py): `id:base64key` entries,
+    # comma-separated, the first one writing. Only services that store encrypted columns
+    # need it, and refuse to start without it. Development setups may use the well-known
+    # DEVELOPMENT_KEYS; production refuses its key, in any entry, like the other placeholders.
+    encryption_keys: SecretStr | None = None
     # The platform's first administrator, made at start-up by the service that keeps the
     # accounts when both are set (CLOUDRETAIL_ADMIN_EMAIL / CLOUDRETAIL_ADMIN_PASSWORD).
     cloudretail_admin_email: str | None = None
@@ -170,26 +182,39 @@ class ServiceSettings(BaseSettings):
     def _refuse_weak_secrets(self) -> ServiceSettings:
         if self.environment != "production":
             return self
-        problems = []
-        in_use = self.default_secrets_in_use()
-        if in_use:
-            problems.append(
-                f"{', '.join(in_use)} still {'has' if len(in_use) == 1 else 'have'} the "
-                f'placeholder value "{DEFAULT_SECRET}"'
-            )
-        problems += self.weak_secrets()
+        problems = self._placeholder_problems() + self.weak_secrets()
         if problems:
             raise ValueError("; ".join(problems) + "; set real secrets before deploying")
         return self
 
     def default_secrets_in_use(self) -> list[str]:
         """Secrets still at the placeholder; development runs with them, production refuses."""
-        secrets = {
+        return list(self._kept_placeholders())
+
+    def _kept_placeholders(self) -> dict[str, str]:
+        """The secrets still at their placeholder, each with that placeholder."""
+        passwords = {
             "SERVICE_TOKEN": self.service_token.get_secret_value(),
             "the DATABASE_URL password": _url_password(self.database_url),
             "the REDIS_URL password": _url_password(self.redis_url),
         }
-        return [name for name, value in secrets.items() if value == DEFAULT_SECRET]
+        kept = {
+            name: DEFAULT_SECRET for name, value in passwords.items() if value == DEFAULT_SECRET
+        }
+        keys = self.encryption_keys
+        if keys is not None and _holds_development_key(keys.get_secret_value()):
+            kept["ENCRYPTION_KEYS"] = DEVELOPMENT_KEYS
+        return kept
+
+    def _placeholder_problems(self) -> list[str]:
+        kept = self._kept_placeholders()
+        problems = []
+        for placeholder, description in _PLACEHOLDERS.items():
+            names = [name for name, value in kept.items() if value == placeholder]
+            if names:
+                verb = "has" if len(names) == 1 else "have"
+                problems.append(f"{', '.join(names)} still {verb} {description}")
+        return problems
 
     def weak_secrets(self) -> list[str]:
         """Why each set secret is too weak for production (placeholders are reported apart)."""
@@ -252,6 +277,13 @@ def secret_weakness(value: str, min_length: int, min_distinct: int) -> str | Non
     if distinct < min_distinct:
         return f"only {distinct} different character{'' if distinct == 1 else 's'}"
     return None
+
+
+def _holds_development_key(ring: str) -> bool:
+    """True when any entry of the ring has DEVELOPMENT_KEYS' key, whatever its id: a key
+    everyone knows, which would let anyone forge values even in a decrypt-only entry."""
+    development_key = DEVELOPMENT_KEYS.partition(":")[2]
+    return any(entry.strip().partition(":")[2] == development_key for entry in ring.split(","))
 
 
 def _url_password(url: str | None) -> str | None:

@@ -61,6 +61,7 @@ def launch(
     keep = stack.stack_secrets(data_dir, plan.platform)
     extra_env = {
         "SERVICE_TOKEN": keep["service_token"],
+        "ENCRYPTION_KEYS": keep["encryption_keys"],
         "CLOUDRETAIL_ADMIN_EMAIL": keep["admin_email"],
         "CLOUDRETAIL_ADMIN_PASSWORD": keep["admin_password"],
         # The stack's signing key, made once and kept with its data.

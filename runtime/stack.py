@@ -57,9 +57,9 @@ def _print(text: str, stream: TextIO | None = None) -> None:
 
 
 def stack_secrets(data_dir: Path, platform: str) -> dict[str, str]:
-    """The service token and the admin's credentials (from the environment, else made once
-    and kept in the data dir with owner-only permissions); the admin's default address is
-    named for the platform."""
+    """The service token, the key ring of encrypted columns and the admin's credentials (from
+    the environment, else made once and kept in the data dir with owner-only permissions);
+    the admin's default address is named for the platform."""
     path = data_dir / "secrets.json"
     kept: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     changed = False
@@ -67,6 +67,11 @@ def stack_secrets(data_dir: Path, platform: str) -> dict[str, str]:
         if name not in kept:
             kept[name] = secrets.token_urlsafe(size)
             changed = True
+    if "encryption_keys" not in kept:
+        from runtime.crypto import KeyRing  # cryptography: only the first run needs it
+
+        kept["encryption_keys"] = KeyRing.new_entry("local")
+        changed = True
     if changed:
         data_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(kept, indent=2))
@@ -75,6 +80,7 @@ def stack_secrets(data_dir: Path, platform: str) -> dict[str, str]:
     password = os.environ.get("CLOUDRETAIL_ADMIN_PASSWORD") or kept["admin_password"]
     return {
         "service_token": kept["service_token"],
+        "encryption_keys": os.environ.get("ENCRYPTION_KEYS") or kept["encryption_keys"],
         "admin_email": email,
         "admin_password": password,
         "admin_password_generated": "" if os.environ.get("CLOUDRETAIL_ADMIN_PASSWORD") else "1",

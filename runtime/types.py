@@ -6,10 +6,12 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Numeric, Uuid
+from sqlalchemy import JSON, DateTime, Numeric, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from runtime.crypto import current_ring, is_encrypted
 
 # JSONB on PostgreSQL for indexing and containment queries; plain JSON text elsewhere.
 JSONType: TypeEngine[Any] = JSON().with_variant(JSONB(), "postgresql")
@@ -104,3 +106,33 @@ class UTCDateTime(TypeDecorator[datetime]):
     @property
     def python_type(self) -> type[datetime]:
         return datetime
+
+
+class EncryptedText(TypeDecorator[str]):
+    """Text stored encrypted (AES-256-GCM, runtime/crypto.py) under the process's key ring.
+
+    `context` is the column, `"table.column"`: it is bound into every value, so a value
+    copied into another column does not decrypt. A value without the `enc:v1:` prefix is a
+    row written before the column was encrypted and reads back as it is (the key rotation
+    encrypts those). Each write uses a fresh nonce, so comparing the column with a value
+    in SQL never matches: look rows up by another column.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, context: str) -> None:
+        super().__init__()
+        self.context = context
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else current_ring().encrypt(value, self.context)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or not is_encrypted(value):
+            return value
+        return current_ring().decrypt(value, self.context)
+
+    @property
+    def python_type(self) -> type[str]:
+        return str

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
@@ -13,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def pytest_configure(config: pytest.Config) -> None:
     """The generator's cache (generator/cache.py) starts empty for every test run and stays
     out of the developer's own; subprocesses inherit it through the environment."""
+    # The key ring of encrypted columns (spec: `encrypted: true`) the services under test
+    # run with; tests of the ring itself set or clear it (tests/runtime/conftest.py).
+    os.environ.setdefault("ENCRYPTION_KEYS", "test:" + base64.b64encode(b"t" * 32).decode())
     if "CLOUDRETAIL_CACHE_DIR" not in os.environ:
         folder = tempfile.mkdtemp(prefix="cloudretail-test-cache-")
         os.environ["CLOUDRETAIL_CACHE_DIR"] = folder

@@ -33,6 +33,9 @@ KAFKA_IMAGE = f"apache/kafka:{KAFKA_VERSION}"  # the Kafka the cluster runs
 KAFKA_HOST = "kafka"
 # Local runs use the runtime's development mode, where the placeholder secrets are accepted.
 PLACEHOLDER = "changethis"
+# The key ring compose runs with unless ENCRYPTION_KEYS is set: runtime/crypto.py's
+# DEVELOPMENT_KEYS (32 zero bytes), which production refuses.
+DEVELOPMENT_KEYS = "dev:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 LOCAL_TAG = "local"
 
 
@@ -80,10 +83,12 @@ def _database_url(database: str) -> str:
     return f"postgresql://postgres:${{POSTGRES_PASSWORD:-{PLACEHOLDER}}}@postgres:{POSTGRES_PORT}/{database}"
 
 
-def _secrets(process_database: str | None) -> tuple[Setting, ...]:
+def _secrets(database: str | None, *, encrypts: bool = False) -> tuple[Setting, ...]:
     found = [Setting("SERVICE_TOKEN", f"${{SERVICE_TOKEN:-{PLACEHOLDER}}}")]
-    if process_database:
-        found.insert(0, Setting("DATABASE_URL", _database_url(process_database)))
+    if database:
+        found.insert(0, Setting("DATABASE_URL", _database_url(database)))
+    if encrypts:
+        found.append(Setting("ENCRYPTION_KEYS", f"${{ENCRYPTION_KEYS:-{DEVELOPMENT_KEYS}}}"))
     return tuple(found)
 
 
@@ -97,7 +102,7 @@ def _environment(deployment: Deployment, process: Process) -> tuple[Setting, ...
     if process.signs_tokens:
         # Development makes its signing key on first start, in a writable place.
         settings["CLOUDRETAIL_DATA_DIR"] = "/tmp/cloudretail"
-    for secret in _secrets(process.database):
+    for secret in _secrets(process.database, encrypts=process.encrypts):
         settings[secret.name] = secret.value
     return tuple(Setting(name, settings[name]) for name in sorted(settings))
 

@@ -75,6 +75,7 @@ class Process:
     uses_redis: bool
     signs_tokens: bool  # holds the private key the platform's tokens are signed with
     verifies_tokens: bool  # fetches the issuer's JWKS
+    encrypts: bool = False  # stores columns encrypted: needs the key ring (ENCRYPTION_KEYS)
 
     @property
     def name(self) -> str:
@@ -246,6 +247,7 @@ def build(platform: Platform) -> Deployment:
                 uses_redis=service.uses_cache,
                 signs_tokens=name == issuer_name,
                 verifies_tokens=name in needs_token and name != issuer_name,
+                encrypts=bool(service.encrypted_columns),
             )
         )
     processes.append(

@@ -51,6 +51,7 @@ from generator.targets.k8s_views import (
 )
 
 BASE = "k8s/base"
+ENCRYPTION_KEYS = "ENCRYPTION_KEYS"
 # Wait this long before shutting down, so endpoints and the gateway stop sending first;
 # there is no shell in the image guaranteed, so the pause is Python's.
 PRE_STOP = ("python", "-c", "import time; time.sleep(5)")
@@ -118,15 +119,23 @@ def jwt_secret(process: Process) -> str:
     return f"{process.name}-jwt"
 
 
+def encryption_secret(deployment: Deployment) -> str:
+    return f"{deployment.name}-encryption"
+
+
 def tls_secret(deployment: Deployment) -> str:
     return f"{deployment.gateway.name}-tls"
 
 
-def _secret_env(deployment: Deployment, process_database: str | None) -> tuple[SecretEnv, ...]:
+def _secret_env(
+    deployment: Deployment, database_name: str | None, *, encrypts: bool = False
+) -> tuple[SecretEnv, ...]:
     refs = [SecretEnv("SERVICE_TOKEN", shared_secret(deployment), "SERVICE_TOKEN")]
-    if process_database:
-        database = deployment.database(process_database)
+    if database_name:
+        database = deployment.database(database_name)
         refs.insert(0, SecretEnv("DATABASE_URL", database.app_secret, "uri"))
+    if encrypts:
+        refs.append(SecretEnv(ENCRYPTION_KEYS, encryption_secret(deployment), ENCRYPTION_KEYS))
     return tuple(refs)
 
 
@@ -159,7 +168,7 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
         port=process.port,
         config_map=process.name,
         env=(),
-        secret_env=_secret_env(deployment, process.database),
+        secret_env=_secret_env(deployment, process.database, encrypts=process.encrypts),
         secret_files=(
             (SecretFile("jwt", jwt_secret(process), JWT_KEY_FILE, JWT_KEY_DIR),)
             if process.signs_tokens
@@ -326,6 +335,24 @@ def secrets(deployment: Deployment) -> tuple[Secret, ...]:
                     ),
                 )
             )
+    encrypting = tuple(process.name for process in deployment.processes if process.encrypts)
+    if encrypting:
+        name = encryption_secret(deployment)
+        found.append(
+            Secret(
+                name,
+                (ENCRYPTION_KEYS,),
+                encrypting,
+                "file",
+                "the key ring of the columns stored encrypted: `id:base64key` entries, the "
+                "first one writing; keep every key that wrote data (`cloudretail rotate-key` "
+                "moves the data to the first)",
+                (
+                    f"{create} generic {name} "
+                    f'--from-literal={ENCRYPTION_KEYS}="k1:$(openssl rand -base64 32)"',
+                ),
+            )
+        )
     tls = tls_secret(deployment)
     found.append(
         Secret(

@@ -100,6 +100,7 @@ class ServiceCode:
     sagas: tuple[SagaCode, ...]
     event_handlers: tuple[tuple[str, str], ...]  # (event type, handler function)
     token_roles: str  # the spec's `auth.roles` as a Python tuple, or None
+    encrypted_columns: str  # `table.column` of the encrypted columns, as a Python tuple
 
 
 # -- columns -------------------------------------------------------------------------------
@@ -122,8 +123,11 @@ def _python_default(column: Column) -> str | None:
     return column.kind.python_default(column.default)
 
 
-def _model_line(column: Column) -> str:
-    args = [column.kind.model_expr(column)]
+def _model_line(column: Column, table: Table) -> str:
+    if column.encrypted:
+        args = [f"EncryptedText({pystr(table.encrypted_context(column))})"]
+    else:
+        args = [column.kind.model_expr(column)]
     if column.primary_key:
         args.append("primary_key=True")
     elif not column.nullable:
@@ -199,7 +203,7 @@ def _column_code(column: Column, table: Table) -> ColumnCode:
         name=column.name,
         secret=column.secret,
         schema_type=_schema_type(column, table) + (" | None" if column.nullable else ""),
-        model_line=_model_line(column),
+        model_line=_model_line(column, table),
         create_line=_create_line(column, table),
         update_line=_update_line(column, table),
     )
@@ -458,7 +462,9 @@ def _model_imports(tables: tuple[Table, ...]) -> str:
         for column in table.columns:
             kind = column.kind
             _add_type(imports, column)
-            if kind.runtime_type is not None:
+            if column.encrypted:
+                imports.add("runtime.types", "EncryptedText")
+            elif kind.runtime_type is not None:
                 imports.add("runtime.types", kind.runtime_type)
             if isinstance(column.default, str) and column.default in kind.functions:
                 imports.add(*kind.functions[column.default].imports)
@@ -600,6 +606,7 @@ def service_code(service: Service, platform: Platform) -> ServiceCode:
         schema_imports=_schema_imports(service, tuple(tables.values())),
         route_imports=_route_imports(service, routes),
         token_roles=pytuple(platform.auth.roles if platform.auth else None),
+        encrypted_columns=pytuple(service.encrypted_columns),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import httpx
 import pyotp
 import pytest
+import sqlalchemy as sa
 
+from runtime.crypto import KeyRing
 from tests.services.conftest import service_client
 from tests.services.test_identity import (
     BACKEND_IDS,
@@ -96,3 +99,26 @@ async def test_enable_fails_closed_when_the_replay_store_is_down(database_url: s
         assert refused.status_code == 503, refused.text
         assert int(refused.headers["retry-after"]) > 0
         assert refused.headers["content-type"] == "application/problem+json"
+
+
+async def test_the_database_holds_the_two_factor_secret_encrypted(
+    backend: tuple[str, str | None],
+) -> None:
+    """Spec `encrypted: true`: the raw row holds AES-256-GCM ciphertext under the ring's
+    first key, never the secret; the service still verifies codes with it."""
+    database_url, redis_url = backend
+    email = unique_email()
+    async with service_client("user", database_url, None, redis_url=redis_url) as client:
+        totp, _, _ = await with_two_factor(client, email)
+        async with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+            raw = (
+                await session.execute(
+                    sa.text("SELECT two_factor_secret FROM users WHERE email = :email"),
+                    {"email": email},
+                )
+            ).scalar_one()
+        assert (await login(client, email, totp_code=step_code(totp, 0))).status_code == 200
+    ring = KeyRing.parse(os.environ["ENCRYPTION_KEYS"])
+    assert raw.startswith(f"enc:v1:{ring.active}:")
+    assert totp.secret not in raw and totp.secret.lower() not in raw.lower()
+    assert ring.decrypt(raw, "users.two_factor_secret") == totp.secret

@@ -20,6 +20,8 @@ MAX_BODY_BYTES = 1048576
 # The `iss` and `aud` of the platform's tokens, and the roles they may carry (spec: `auth`).
 TOKEN_ISSUER = "cloudretail"
 TOKEN_ROLES = ("customer", "admin", "vendor")
+# Columns stored with AES-256-GCM (spec: `encrypted: true`); keys from ENCRYPTION_KEYS.
+ENCRYPTED_COLUMNS = ("users.two_factor_secret",)
 
 
 def settings_from_env() -> ServiceSettings:
@@ -46,4 +48,5 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         hooks=handlers,
         lifespan=events.lifespan,
         event_bus_check=events.healthy,
+        encrypted_columns=ENCRYPTED_COLUMNS,
     )

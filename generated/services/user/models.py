@@ -9,7 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from runtime.types import UTCDateTime, utc_now
+from runtime.types import EncryptedText, UTCDateTime, utc_now
 
 
 class Base(DeclarativeBase):
@@ -42,7 +42,7 @@ class User(Base):
     two_factor_enabled: Mapped[bool | None] = mapped_column(
         sa.Boolean, default=False, server_default=sa.text("false")
     )
-    two_factor_secret: Mapped[str | None] = mapped_column(sa.String(255))
+    two_factor_secret: Mapped[str | None] = mapped_column(EncryptedText("users.two_factor_secret"))
     created_at: Mapped[datetime | None] = mapped_column(
         UTCDateTime, default=utc_now, server_default=sa.text("CURRENT_TIMESTAMP")
     )
