@@ -445,6 +445,16 @@ class Auth:
 
 
 @dataclass(frozen=True)
+class Vault:
+    server: str
+    path: str
+    version: str
+    auth_mount: str
+    role: str
+    prefix: str
+
+
+@dataclass(frozen=True)
 class Platform:
     name: str
     namespace: str
@@ -457,6 +467,7 @@ class Platform:
     gateway: Gateway
     event_bus: EventBus
     auth: Auth | None = None
+    vault: Vault | None = None  # the prod overlay's Secrets come from it (External Secrets)
 
     @property
     def deployables(self) -> tuple[Deployable, ...]:
@@ -788,6 +799,20 @@ class _Builder:
             gateway=gateway,
             event_bus=event_bus,
             auth=self.auth(spec),
+            vault=self.vault(spec),
+        )
+
+    def vault(self, spec: Spec) -> Vault | None:
+        found = spec.platform.secrets.vault
+        if found is None:
+            return None
+        return Vault(
+            server=found.server.rstrip("/"),
+            path=found.path,
+            version=found.version,
+            auth_mount=found.auth_mount,
+            role=found.role,
+            prefix=found.prefix or spec.platform.name,
         )
 
     def auth(self, spec: Spec) -> Auth | None:

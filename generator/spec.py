@@ -97,12 +97,30 @@ class DefaultsSpec(Strict):
     resources: ResourcesSpec
 
 
+class VaultSpec(Strict):
+    """HashiCorp Vault, read by the External Secrets Operator with Kubernetes auth."""
+
+    server: Annotated[str, StringConstraints(pattern=r"^https://[^\s/]+(:[0-9]+)?/?$")]
+    path: str = "secret"  # the KV secrets engine's mount
+    version: Literal["v1", "v2"] = "v2"
+    auth_mount: str = "kubernetes"  # where Vault's Kubernetes auth method is mounted
+    role: str  # the Vault role bound to the platform's service account
+    prefix: str | None = None  # where the platform's secrets live in the mount (its name)
+
+
+class SecretsSpec(Strict):
+    vault: VaultSpec | None = None
+
+
 class PlatformSpec(Strict):
     name: Identifier
     namespace: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
     registry: str
     domain: str
     cors_origins: list[str] = []
+    # Where the prod overlay's Secrets come from; plain Secrets (secrets.example.env) when
+    # not given, and always in the dev overlay.
+    secrets: SecretsSpec = SecretsSpec()
 
 
 class TopicSpec(Strict):

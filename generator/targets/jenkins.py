@@ -36,6 +36,7 @@ class JenkinsView:
     deployments: tuple[str, ...]
     databases: tuple[str, ...]
     secrets: tuple[str, ...]
+    external_secrets: tuple[str, ...]
     kafka: str
     overlays: tuple[str, ...]
     kubernetes_version: str
@@ -54,6 +55,7 @@ def files(platform: Platform) -> list[OutputFile]:
         deployments=tuple(lists["deployments"]),
         databases=tuple(lists["databases"]),
         secrets=tuple(lists["secrets"]),
+        external_secrets=tuple(lists["external_secrets"]),
         kafka=lists["kafka"],
         overlays=tuple(lists["overlays"]),
         kubernetes_version=KUBERNETES_VERSION,

@@ -14,7 +14,7 @@ from typing import Any
 
 from generator.model import Platform
 from generator.render import OutputFile
-from generator.targets import k8s_data, k8s_monitoring, k8s_network
+from generator.targets import k8s_data, k8s_monitoring, k8s_network, k8s_vault
 from generator.targets.deploy import (
     JWT_KEY_DIR,
     JWT_KEY_FILE,
@@ -378,6 +378,15 @@ def secrets(deployment: Deployment) -> tuple[Secret, ...]:
     return tuple(found)
 
 
+def provided(deployment: Deployment) -> tuple[k8s_vault.Wanted, ...]:
+    """The Secrets whoever deploys provides (all but the ones CloudNativePG makes)."""
+    return tuple(
+        k8s_vault.Wanted(secret.name, secret.keys, secret.kind == "tls")
+        for secret in secrets(deployment)
+        if secret.kind != "operator"
+    )
+
+
 def rollout(deployment: Deployment) -> dict[str, Any]:
     """The lists the CI and deploy pipelines read (`deployables.json` for the GitHub
     workflows, the generated Jenkinsfile), so a new service needs no pipeline edit."""
@@ -395,6 +404,9 @@ def rollout(deployment: Deployment) -> dict[str, Any]:
         "databases": [database.cluster for database in deployment.databases],
         # What must exist before a deploy (the operators make the rest).
         "secrets": [s.name for s in secrets(deployment) if s.kind != "operator"],
+        # Made from Vault by the External Secrets Operator in the prod overlay: applied
+        # (phase `secrets`) and waited for before the Secrets are checked.
+        "external_secrets": list(k8s_vault.external_secrets(deployment, provided(deployment))),
         "kafka": deployment.kafka_cluster,
         "overlays": ["dev", "prod"],
     }
@@ -453,9 +465,13 @@ def files(platform: Platform) -> list[OutputFile]:
     )
     images = tuple(ImageTag(process.image, DEFAULT_TAG) for process in deployment.processes)
     out += k8s_monitoring.files(deployment)
+    out += k8s_vault.files(deployment, provided(deployment))
+    prod: tuple[str, ...] = ("../../base", "../../monitoring")
+    if deployment.platform.vault is not None:
+        prod += ("../../vault",)
     overlays = (
         ("dev", tuple(p.name for p in deployment.processes), ("../../base",)),
-        ("prod", (), ("../../base", "../../monitoring")),
+        ("prod", (), prod),
     )
     for name, hpas, bases in overlays:
         view = OverlayView(name, ns, images, hpas, k8s_data.REPLICATION_SETTINGS, bases)

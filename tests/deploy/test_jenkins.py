@@ -75,6 +75,7 @@ def test_the_stages_are_the_workflows_and_the_lists_are_deployables_json() -> No
     def order(pattern: str) -> list[str]:
         return re.findall(pattern, text)
 
+    assert order(r"externalsecret\.external-secrets\.io/(\S+) ") == lists["external_secrets"]
     assert order(r"get secret (\S+) ") == lists["secrets"]
     assert order(r"cluster\.postgresql\.cnpg\.io/(\S+) ") == lists["databases"]
     assert order(r"wait job/(\S+) ") == lists["migrations"]

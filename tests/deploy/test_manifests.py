@@ -42,6 +42,8 @@ CUSTOM_KINDS = {
     ("postgresql.cnpg.io/v1", "Cluster"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("external-secrets.io/v1", "SecretStore"),
+    ("external-secrets.io/v1", "ExternalSecret"),
 }
 SECRETISH = re.compile(r"TOKEN|PASSWORD|SECRET|PRIVATE|_KEY$|DATABASE_URL")
 CHECKOV_OPTIONS = ("--output", "json", "--quiet", "--skip-download", "--compact")
