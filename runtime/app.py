@@ -41,6 +41,7 @@ def database_from_settings(settings: ServiceSettings) -> Database:
         connect_timeout=settings.database_connect_timeout,
         pool_timeout=settings.database_pool_timeout,
         statement_timeout=settings.database_statement_timeout,
+        ca_file=settings.database_ca_file,
     )
 
 

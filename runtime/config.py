@@ -88,6 +88,9 @@ class ServiceSettings(BaseSettings):
     log_level: LogLevel = "INFO"
 
     database_url: str
+    # PostgreSQL over TLS, verify-full: the server's certificate must chain to this CA and
+    # name the host (the cluster's CA, e.g. CloudNativePG's `<cluster>-ca`). Unset: plaintext.
+    database_ca_file: str | None = None
     # Connections are kept, not churned: with a small pool and a large overflow, every
     # burst above the pool size opened and closed connections per transaction (a third of
     # an order's inventory transactions paid a new connection). Same ceiling of 15.
@@ -113,6 +116,9 @@ class ServiceSettings(BaseSettings):
     # None means in-process fallbacks: a memory cache, no shared state between replicas.
     redis_url: str | None = None
     kafka_bootstrap_servers: str | None = None
+    # Kafka over TLS, the broker's certificate verified against this CA and its host name
+    # (Strimzi's `<cluster>-cluster-ca-cert`). Unset: plaintext, as the local broker speaks.
+    kafka_ca_file: str | None = None
     # Idempotent producers need InitProducerId, which the embedded broker lacks: on for
     # Kafka (the manifests), off for the local embedded broker.
     kafka_idempotent: bool = True

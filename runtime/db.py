@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -90,6 +91,14 @@ class PoolStats:
     overflow: int
 
 
+def tls_connect_args(url: URL, ca_file: str | None) -> dict[str, Any]:
+    """asyncpg's arguments for PostgreSQL over TLS, verify-full: the certificate must chain
+    to `ca_file` and name the host. Nothing for SQLite or without a CA file (plaintext)."""
+    if ca_file is None or is_sqlite(url):
+        return {}
+    return {"ssl": ssl.create_default_context(cafile=ca_file)}
+
+
 class Database:
     """An AsyncEngine plus its session factory, built from one URL."""
 
@@ -104,10 +113,12 @@ class Database:
         pool_timeout: float = 5.0,
         statement_timeout: float | None = None,
         json_serializer: Callable[[Any], str] = dumps,
+        ca_file: str | None = None,
     ) -> None:
         """`connect_timeout`, `pool_timeout` (waiting for a free pooled connection) and
         `statement_timeout` (one statement's answer; None waits forever) are seconds and
         apply to PostgreSQL; past them the caller gets TimeoutError (a 503 in a service).
+        With `ca_file`, PostgreSQL connections use TLS verified as libpq's verify-full does.
         """
         self.url = normalize_database_url(url)
         options: dict[str, Any] = {"echo": echo, "json_serializer": json_serializer}
@@ -119,6 +130,7 @@ class Database:
             options["connect_args"] = {"timeout": 30}
         else:
             connect_args: dict[str, Any] = {"timeout": connect_timeout}
+            connect_args.update(tls_connect_args(self.url, ca_file))
             if statement_timeout is not None:
                 # asyncpg's default for every query on the connection, the pre-ping too: a
                 # server that stops answering mid-request costs this long, then TimeoutError

@@ -33,7 +33,7 @@ from runtime.config import ServiceSettings
 from runtime.db import Database, insert_skipping_duplicates
 from runtime.errors import Problem
 from runtime.events.envelope import EnvelopeError, Event
-from runtime.events.kafka import KafkaProducer, KafkaSource
+from runtime.events.kafka import KafkaProducer, KafkaSource, tls_context
 from runtime.events.registry import EventRegistry, EventValidationError
 from runtime.events.transport import Message
 from runtime.metrics import EventMetrics
@@ -338,6 +338,7 @@ class EventBus:
                 bootstrap,
                 idempotent=self.settings.kafka_idempotent,
                 client_id=self.settings.service_name,
+                tls=tls_context(self.settings.kafka_ca_file),
             )
             group = self.settings.service_name  # the event bus's own consumer group
             source = kafka_source(self.settings, group, list(self.topics))

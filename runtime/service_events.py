@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from runtime.config import ServiceSettings
 from runtime.db import Database
 from runtime.events.consumer import EventConsumer, Handler, consumer_topics
-from runtime.events.kafka import KafkaProducer, KafkaSource
+from runtime.events.kafka import KafkaProducer, KafkaSource, tls_context
 from runtime.events.outbox import OutboxRelay
 from runtime.events.registry import EventRegistry
 from runtime.metrics import EventMetrics, Metrics
@@ -37,6 +37,7 @@ def kafka_source(settings: ServiceSettings, group: str, topics: list[str]) -> Ka
         topics,
         client_id=group,
         check_cluster_id=not settings.kafka_idempotent,
+        tls=tls_context(settings.kafka_ca_file),
     )
 
 
@@ -73,7 +74,10 @@ class ServiceEvents:
         database: Database = app.state.database
         service = self.settings.service_name
         producer = KafkaProducer(
-            bootstrap, idempotent=self.settings.kafka_idempotent, client_id=service
+            bootstrap,
+            idempotent=self.settings.kafka_idempotent,
+            client_id=service,
+            tls=tls_context(self.settings.kafka_ca_file),
         )
         app_metrics: Metrics | None = getattr(app.state, "metrics", None)
         metrics: EventMetrics | None = (

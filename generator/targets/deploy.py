@@ -16,11 +16,16 @@ UID = 10001  # the images' non-root user (see the Dockerfiles)
 HTTP = "TCP"
 POSTGRES_PORT = 5432
 REDIS_PORT = 6379
-KAFKA_PORT = 9092
+KAFKA_PORT = 9092  # plaintext: the local broker and compose
+KAFKA_TLS_PORT = 9093  # the cluster's listener: TLS, verified against Strimzi's cluster CA
 REDIS_HOST = "redis"
 # Where the token issuer's private key is mounted (from a Secret, as a file).
 JWT_KEY_DIR = "/etc/cloudretail/jwt"
 JWT_KEY_FILE = "private.pem"
+# Where the operators' CA certificates are mounted, to verify Kafka's and PostgreSQL's TLS.
+CA_FILE = "ca.crt"
+KAFKA_CA_DIR = "/etc/cloudretail/kafka-ca"
+POSTGRES_CA_DIR = "/etc/cloudretail/postgres-ca"
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,11 @@ class Database:
     def app_secret(self) -> str:
         """The Secret CloudNativePG makes for the database's owner (key `uri`)."""
         return f"{self.cluster}-app"
+
+    @property
+    def ca_secret(self) -> str:
+        """The Secret CloudNativePG makes with the CA of the cluster's server certificate."""
+        return f"{self.cluster}-ca"
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,12 @@ class Deployment:
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.kafka_cluster}-kafka-bootstrap:{KAFKA_PORT}"
+        return f"{self.kafka_cluster}-kafka-bootstrap:{KAFKA_TLS_PORT}"
+
+    @property
+    def kafka_ca_secret(self) -> str:
+        """The Secret Strimzi makes with the cluster CA (key `ca.crt`)."""
+        return f"{self.kafka_cluster}-cluster-ca-cert"
 
     def process(self, name: str) -> Process:
         return next(process for process in self.processes if process.name == name)

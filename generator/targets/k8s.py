@@ -14,10 +14,14 @@ from typing import Any
 
 from generator.model import Platform
 from generator.render import OutputFile
+from generator.targets import deploy as deploy_constants
 from generator.targets import k8s_data, k8s_monitoring, k8s_network, k8s_vault
 from generator.targets.deploy import (
+    CA_FILE,
     JWT_KEY_DIR,
     JWT_KEY_FILE,
+    KAFKA_CA_DIR,
+    POSTGRES_CA_DIR,
     UID,
     Deployment,
     Migration,
@@ -139,6 +143,29 @@ def _secret_env(
     return tuple(refs)
 
 
+def _ca_files(
+    deployment: Deployment, database_name: str | None, kafka: bool
+) -> tuple[SecretFile, ...]:
+    """The operators' CA certificates a process verifies TLS with, mounted as files."""
+    found = []
+    if database_name:
+        database = deployment.database(database_name)
+        found.append(SecretFile("postgres-ca", database.ca_secret, CA_FILE, POSTGRES_CA_DIR))
+    if kafka:
+        found.append(SecretFile("kafka-ca", deployment.kafka_ca_secret, CA_FILE, KAFKA_CA_DIR))
+    return tuple(found)
+
+
+def _tls_settings(database_name: str | None, kafka: bool) -> tuple[Setting, ...]:
+    """Where the runtime finds those CAs: with them it speaks TLS only, verify-full."""
+    found = []
+    if database_name:
+        found.append(Setting("DATABASE_CA_FILE", f"{POSTGRES_CA_DIR}/{CA_FILE}"))
+    if kafka:
+        found.append(Setting("KAFKA_CA_FILE", f"{KAFKA_CA_DIR}/{CA_FILE}"))
+    return tuple(found)
+
+
 def app_labels(deployment: Deployment, process: Process) -> Pairs:
     return pairs(
         {NAME: process.name, COMPONENT: process.kind, PART_OF: deployment.name, PHASE: "app"}
@@ -173,7 +200,8 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
             (SecretFile("jwt", jwt_secret(process), JWT_KEY_FILE, JWT_KEY_DIR),)
             if process.signs_tokens
             else ()
-        ),
+        )
+        + _ca_files(deployment, process.database, process.uses_kafka),
         resources=deployable.resources,
         liveness=deployable.liveness,
         readiness=deployable.readiness,
@@ -196,7 +224,18 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
         ("serviceaccount", ServiceAccountView(meta)),
         (
             "configmap",
-            ConfigMapView(meta, deployment.settings(process, deployment.kafka_bootstrap)),
+            ConfigMapView(
+                meta,
+                tuple(
+                    sorted(
+                        (
+                            *deployment.settings(process, deployment.kafka_bootstrap),
+                            *_tls_settings(process.database, process.uses_kafka),
+                        ),
+                        key=lambda setting: setting.name,
+                    )
+                ),
+            ),
         ),
         (
             "deployment",
@@ -270,9 +309,13 @@ def _migration_files(deployment: Deployment) -> list[OutputFile]:
             command=migration.command,
             port=None,
             config_map=None,
-            env=(Setting("ENVIRONMENT", "production"), Setting("LOG_LEVEL", "INFO")),
+            env=(
+                *_tls_settings(migration.database, kafka=False),
+                Setting("ENVIRONMENT", "production"),
+                Setting("LOG_LEVEL", "INFO"),
+            ),
             secret_env=_secret_env(deployment, migration.database),
-            secret_files=(),
+            secret_files=_ca_files(deployment, migration.database, kafka=False),
             resources=process.deployable.resources,
             liveness=None,
             readiness=None,
@@ -494,6 +537,7 @@ def files(platform: Platform) -> list[OutputFile]:
                 "rows": k8s_network.rows(deployment),
                 "network": k8s_network,
                 "data": k8s_data,
+                "deploy": deploy_constants,
             },
         )
     )

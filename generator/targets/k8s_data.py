@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 from generator.model import Resources
 from generator.render import OutputFile
-from generator.targets.deploy import KAFKA_PORT, REDIS_HOST, REDIS_PORT, UID, Database, Deployment
+from generator.targets.deploy import (
+    KAFKA_TLS_PORT,
+    REDIS_HOST,
+    REDIS_PORT,
+    UID,
+    Database,
+    Deployment,
+)
 from generator.targets.k8s_views import (
     COMPONENT,
     NAME,
@@ -172,7 +179,7 @@ def kafka_files(deployment: Deployment) -> list[OutputFile]:
         pool=KAFKA_POOL,
         version=KAFKA_VERSION,
         metadata_version=KAFKA_METADATA_VERSION,
-        port=KAFKA_PORT,
+        port=KAFKA_TLS_PORT,
         clients=tuple(app_pods(name) for name in sorted(deployment.kafka_clients)),
         config=(
             ("auto.create.topics.enable", False),

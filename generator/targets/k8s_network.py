@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from generator.render import OutputFile
-from generator.targets.deploy import KAFKA_PORT, POSTGRES_PORT, REDIS_PORT, Deployment
+from generator.targets.deploy import KAFKA_TLS_PORT, POSTGRES_PORT, REDIS_PORT, Deployment
 from generator.targets.k8s_data import (
     app_pods,
     entity_operator_pods,
@@ -90,7 +90,7 @@ def rows(deployment: Deployment) -> list[Row]:
             cluster = deployment.database(process.database).cluster
             found.append(Row(process.name, f"postgres {cluster}", str(POSTGRES_PORT), "database"))
         if process.uses_kafka:
-            found.append(Row(process.name, "kafka", str(KAFKA_PORT), "events"))
+            found.append(Row(process.name, "kafka", str(KAFKA_TLS_PORT), "events"))
         if process.uses_redis:
             found.append(Row(process.name, "redis", str(REDIS_PORT), "cache"))
     for migration in deployment.migrations:
@@ -200,7 +200,7 @@ def policies(deployment: Deployment) -> list[NetworkPolicyView]:
                 Rule((_local(postgres_pods(database)),), _tcp(POSTGRES_PORT), "its database")
             )
         if process.uses_kafka:
-            egress.append(Rule((_local(kafka_pods(deployment)),), _tcp(KAFKA_PORT), "Kafka"))
+            egress.append(Rule((_local(kafka_pods(deployment)),), _tcp(KAFKA_TLS_PORT), "Kafka"))
         if process.uses_redis:
             egress.append(Rule((_local(redis_pods()),), _tcp(REDIS_PORT), "Redis"))
         views.append(
@@ -258,7 +258,7 @@ def policies(deployment: Deployment) -> list[NetworkPolicyView]:
                 kafka_pods(deployment),
                 f"Kafka nodes of {cluster}: clients, the other nodes, the Strimzi operators.",
                 [
-                    Rule(_clients(deployment.kafka_clients), _tcp(KAFKA_PORT), "clients"),
+                    Rule(_clients(deployment.kafka_clients), _tcp(KAFKA_TLS_PORT), "clients"),
                     Rule((nodes, operator), _tcp(KAFKA_CONTROL_PORT), "KRaft control plane"),
                     Rule((nodes, operator, entity), _tcp(KAFKA_REPLICATION_PORT), "replication"),
                     Rule((operator,), _tcp(KAFKA_AGENT_PORT), "Strimzi's Kafka agent"),

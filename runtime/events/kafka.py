@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, UnknownError
+from aiokafka.helpers import create_ssl_context
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.events.transport import (
@@ -40,6 +42,25 @@ class KafkaSettings(BaseSettings):
     kafka_idempotent: bool = True
 
 
+def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """TLS to Kafka, the broker's certificate verified against `ca_file` and its host name
+    (KAFKA_CA_FILE); None: plaintext."""
+    if ca_file is None:
+        return None
+    context: ssl.SSLContext = create_ssl_context(cafile=ca_file)
+    return context
+
+
+def tls_options(tls: ssl.SSLContext | None) -> dict[str, Any]:
+    """aiokafka's client options for `tls` (none for plaintext)."""
+    return {} if tls is None else {"security_protocol": "SSL", "ssl_context": tls}
+
+
+def tls_of(options: dict[str, Any]) -> ssl.SSLContext | None:
+    found = options.get("ssl_context")
+    return found if isinstance(found, ssl.SSLContext) else None
+
+
 def _describe(error: BaseException) -> str:
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -63,8 +84,10 @@ class KafkaProducer(BatchSender):
         linger_ms: int = 0,
         client_id: str | None = None,
         refresh_metadata: bool | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.tls = tls
         self.idempotent = idempotent
         self.request_timeout_ms = request_timeout_ms
         self.linger_ms = linger_ms
@@ -97,6 +120,7 @@ class KafkaProducer(BatchSender):
             }
             if self.client_id:
                 options["client_id"] = self.client_id
+            options.update(tls_options(self.tls))
             producer = AIOKafkaProducer(**options)
             try:
                 await producer.start()
@@ -217,6 +241,7 @@ class KafkaSource:
         metadata_max_age_ms: int = 30_000,
         check_cluster_id: bool = False,
         client_id: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self._group_id = group_id
@@ -243,6 +268,7 @@ class KafkaSource:
         }
         if client_id:
             self._options["client_id"] = client_id
+        self._options.update(tls_options(tls))
         self.check_cluster_id = check_cluster_id
         self.restarts = 0
         self._consumer: Any = None
@@ -269,7 +295,9 @@ class KafkaSource:
         try:
             await consumer.start()
             if self.check_cluster_id:
-                self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+                self._admin = AIOKafkaAdminClient(
+                    bootstrap_servers=self.bootstrap_servers, **tls_options(tls_of(self._options))
+                )
                 await self._admin.start()
                 self._cluster_id = await self._read_cluster_id()
         except Exception as error:

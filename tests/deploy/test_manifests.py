@@ -240,7 +240,7 @@ def test_deployments_run_the_spec(manifests: dict[str, Manifest], platform: Plat
             assert settings["REDIS_URL"] == "redis://redis:6379/0"
             assert settings["JWKS_URL"] == jwks
         elif deployable.kind == "event-bus":
-            assert settings["KAFKA_BOOTSTRAP_SERVERS"].endswith("-kafka-bootstrap:9092")
+            assert settings["KAFKA_BOOTSTRAP_SERVERS"].endswith("-kafka-bootstrap:9093")
             assert settings["KAFKA_IDEMPOTENT"] == "true"
             assert settings["REDIS_URL"] == "redis://redis:6379/0"
         else:
@@ -339,7 +339,7 @@ def test_data_services_are_declared(manifests: dict[str, Manifest], platform: Pl
             assert spec["config"]["retention.ms"] == topic.retention_ms
             assert spec["config"]["cleanup.policy"] == topic.cleanup_policy
     (kafka,) = by_kind(manifests, "Kafka").values()
-    assert kafka["spec"]["kafka"]["listeners"][0]["port"] == 9092
+    assert kafka["spec"]["kafka"]["listeners"][0]["port"] == 9093
     (pool,) = by_kind(manifests, "KafkaNodePool").values()
     assert set(pool["spec"]["roles"]) == {"controller", "broker"}
     assert pool["spec"]["replicas"] >= max(topic.replication for topic in platform.topics)

@@ -155,12 +155,12 @@ def expected_edges(platform: Platform, manifests: dict[str, Manifest]) -> set[Ed
         name = service.deployable.name
         edges.add((name, clusters[service.database], 5432, TCP))
         if service.publishes or service.consumes:
-            edges.add((name, kafka, 9092, TCP))
+            edges.add((name, kafka, 9093, TCP))
         if service.uses_cache:
             edges.add((name, "redis", 6379, TCP))
     edges |= {
         (bus.name, clusters[platform.event_bus.database], 5432, TCP),
-        (bus.name, kafka, 9092, TCP),
+        (bus.name, kafka, 9093, TCP),
         (bus.name, "redis", 6379, TCP),
         (gateway.name, "redis", 6379, TCP),
     }

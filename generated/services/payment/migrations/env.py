@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -12,7 +13,7 @@ from sqlalchemy.pool import NullPool
 
 from generated.services.payment.app import settings_from_env
 from generated.services.payment.models import Base
-from runtime.db import normalize_database_url
+from runtime.db import normalize_database_url, tls_connect_args
 
 target_metadata = Base.metadata
 
@@ -39,7 +40,10 @@ def run_with(connection: Connection) -> None:
 
 
 async def run_online() -> None:
-    engine = create_async_engine(normalize_database_url(database_url()), poolclass=NullPool)
+    url = normalize_database_url(database_url())
+    # DATABASE_CA_FILE: TLS, verify-full against the cluster's CA (as the service connects).
+    tls = tls_connect_args(url, os.environ.get("DATABASE_CA_FILE"))
+    engine = create_async_engine(url, poolclass=NullPool, connect_args=tls)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_with)
