@@ -148,6 +148,15 @@ def generate_command(
     )
 
 
+DatabaseUrlTemplateOption = Annotated[
+    str | None,
+    typer.Option(
+        help="URL with {database}, e.g. postgresql://localhost/{database}; "
+        "default: DATABASE_URL if set, else a SQLite file per service under .cloudretail/."
+    ),
+]
+
+
 @app.command()
 def migrate(
     services: Annotated[
@@ -155,13 +164,7 @@ def migrate(
     ] = None,
     spec: SpecOption = DEFAULT_SPEC,
     out: Annotated[Path, typer.Option("--out", help="Generated folder.")] = Path("generated"),
-    database_url_template: Annotated[
-        str | None,
-        typer.Option(
-            help="URL with {database}, e.g. postgresql://localhost/{database}; "
-            "default: DATABASE_URL if set, else a SQLite file per service under .cloudretail/."
-        ),
-    ] = None,
+    database_url_template: DatabaseUrlTemplateOption = None,
 ) -> None:
     """Upgrade each service's database to the newest revision (creating it when missing)."""
     from generator.stack import plan_migrations
@@ -196,13 +199,7 @@ def rotate_key(
         typer.Argument(help="Services whose encrypted columns to re-encrypt [default: all]."),
     ] = None,
     spec: SpecOption = DEFAULT_SPEC,
-    database_url_template: Annotated[
-        str | None,
-        typer.Option(
-            help="URL with {database}, e.g. postgresql://localhost/{database}; "
-            "default: DATABASE_URL if set, else a SQLite file per service under .cloudretail/."
-        ),
-    ] = None,
+    database_url_template: DatabaseUrlTemplateOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 500,
 ) -> None:
     """Re-encrypt every encrypted column under the first key of ENCRYPTION_KEYS (the other

@@ -207,24 +207,13 @@ def plan_migrations(
     `fallback_url(database)`)."""
     platform = load_platform(spec)
     known = [service.name for service in platform.services if service.tables]
-    unknown = [name for name in services if name not in known]
-    if unknown:
-        hints = "".join(suggest(name, known) for name in unknown)
-        raise StackPlanError(
-            f"unknown service {', '.join(unknown)}{hints}; services with tables: "
-            + ", ".join(known)
-        )
     planned = []
-    for name in services or known:
+    for name in _chosen(services, known, "services with tables"):
         database = platform.service(name).database
         ini = generated / "services" / name / "alembic.ini"
         if not ini.exists():
             raise StackPlanError(f"{ini} is missing; run `cloudretail generate` first")
-        url = (
-            database_url_template.format(database=database)
-            if database_url_template
-            else fallback_url(database)
-        )
+        url = _url(database, database_url_template, fallback_url)
         planned.append(PlannedMigration(service=name, database=database, ini=ini, url=url))
     return tuple(planned)
 
@@ -248,25 +237,30 @@ def plan_rotation(
     database's URL (from the template, else `fallback_url(database)`)."""
     platform = load_platform(spec)
     known = [service.name for service in platform.services if service.encrypted_columns]
-    unknown = [name for name in services if name not in known]
-    if unknown:
-        hints = "".join(suggest(name, known) for name in unknown)
-        raise StackPlanError(
-            f"unknown service {', '.join(unknown)}{hints}; services with encrypted columns: "
-            + (", ".join(known) or "none")
-        )
     planned = []
-    for name in services or known:
+    for name in _chosen(services, known, "services with encrypted columns"):
         service = platform.service(name)
         tables = tuple(
             (table.name, columns)
             for table in service.tables
             if (columns := tuple(column.name for column in table.columns if column.encrypted))
         )
-        url = (
-            database_url_template.format(database=service.database)
-            if database_url_template
-            else fallback_url(service.database)
-        )
+        url = _url(service.database, database_url_template, fallback_url)
         planned.append(PlannedRotation(name, service.database, url, tables))
     return tuple(planned)
+
+
+def _chosen(services: tuple[str, ...], known: list[str], what: str) -> list[str]:
+    """The services named (all of `known` when none are), refusing one not in `known`."""
+    unknown = [name for name in services if name not in known]
+    if unknown:
+        hints = "".join(suggest(name, known) for name in unknown)
+        raise StackPlanError(
+            f"unknown service {', '.join(unknown)}{hints}; {what}: {', '.join(known) or 'none'}"
+        )
+    return list(services or known)
+
+
+def _url(database: str, template: str | None, fallback_url: Callable[[str], str]) -> str:
+    """The database's URL: from the template (`{database}` filled in), else the fallback."""
+    return template.format(database=database) if template else fallback_url(database)

@@ -50,6 +50,7 @@ from generator.targets.k8s_views import (
     ServiceAccountView,
     ServiceView,
     Skip,
+    kustomization,
     pairs,
     skip_annotations,
 )
@@ -486,12 +487,17 @@ def files(platform: Platform) -> list[OutputFile]:
     out += _migration_files(deployment)
     out += k8s_network.files(deployment)
     out += k8s_data.files(deployment)
-    resources = sorted(file.path.removeprefix(f"{BASE}/") for file in out)
     out.append(
-        OutputFile(
-            f"{BASE}/kustomization.yaml",
-            "k8s/kustomization.yaml.j2",
-            {"namespace": ns, "resources": resources},
+        kustomization(
+            BASE,
+            ns,
+            out,
+            (
+                "Everything the platform runs, one resource per file. Overlays (../overlays/dev, "
+                "prod) set",
+                "the image tags; `kubectl kustomize` renders it, the deploy workflow applies it "
+                "in phases.",
+            ),
         )
     )
     out.append(

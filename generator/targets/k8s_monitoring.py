@@ -16,7 +16,16 @@ from typing import Any
 
 from generator.render import OutputFile
 from generator.targets.deploy import Deployment, Process
-from generator.targets.k8s_views import COMPONENT, NAME, PART_OF, PHASE, Meta, Pairs, pairs
+from generator.targets.k8s_views import (
+    COMPONENT,
+    NAME,
+    PART_OF,
+    PHASE,
+    Meta,
+    Pairs,
+    kustomization,
+    pairs,
+)
 
 FOLDER = "k8s/monitoring"
 # The label Grafana's dashboard sidecar looks for (kube-prometheus-stack's default); the
@@ -517,12 +526,16 @@ def files(deployment: Deployment) -> list[OutputFile]:
             },
         )
     )
-    resources = sorted(file.path.removeprefix(f"{FOLDER}/") for file in out)
     out.append(
-        OutputFile(
-            f"{FOLDER}/kustomization.yaml",
-            "k8s/monitoring/kustomization.yaml.j2",
-            {"namespace": ns, "resources": resources},
+        kustomization(
+            FOLDER,
+            ns,
+            out,
+            (
+                "What Prometheus scrapes, when it alerts and what Grafana shows. Needs the "
+                "Prometheus",
+                "Operator's CRDs (ServiceMonitor, PrometheusRule); the prod overlay includes it.",
+            ),
         )
     )
     return out

@@ -21,6 +21,7 @@ from generator.targets.k8s_views import (
     Meta,
     Pairs,
     ServiceAccountView,
+    kustomization,
     pairs,
 )
 
@@ -112,12 +113,16 @@ def files(deployment: Deployment, wanted: tuple[Wanted, ...]) -> list[OutputFile
                 {"view": view},
             )
         )
-    resources = sorted(file.path.removeprefix(f"{FOLDER}/") for file in out)
     out.append(
-        OutputFile(
-            f"{FOLDER}/kustomization.yaml",
-            "k8s/vault/kustomization.yaml.j2",
-            {"namespace": ns, "resources": resources},
+        kustomization(
+            FOLDER,
+            ns,
+            out,
+            (
+                "The prod overlay's Secrets, read from Vault by the External Secrets Operator "
+                "(needs its",
+                "CRDs: SecretStore, ExternalSecret); the prod overlay includes it.",
+            ),
         )
     )
     return out

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from generator.model import Probe, Resources
+from generator.render import OutputFile
 from generator.targets.deploy import Setting
 
 Pairs = tuple[tuple[str, str], ...]
@@ -205,3 +206,16 @@ class NetworkPolicyView:
         return (*(("Ingress",) if self.ingress is not None else ()),) + (
             ("Egress",) if self.egress is not None else ()
         )
+
+
+def kustomization(
+    folder: str, namespace: str, files: list[OutputFile], comment: tuple[str, ...]
+) -> OutputFile:
+    """`folder`'s kustomization.yaml, listing `files` (each below `folder`), with `comment`
+    (one line per item) saying what it holds."""
+    resources = sorted(file.path.removeprefix(f"{folder}/") for file in files)
+    return OutputFile(
+        f"{folder}/kustomization.yaml",
+        "k8s/kustomization.yaml.j2",
+        {"namespace": namespace, "resources": resources, "comment": comment},
+    )
