@@ -111,8 +111,8 @@ def create_service_app(
     In production (`ENVIRONMENT=production`) /docs, /redoc and /openapi.json are off unless
     `DOCS_ENABLED=true`. /metrics stays on everywhere: Prometheus scrapes each pod inside
     the cluster, and the gateway routes only the spec's routes, so the public never reaches
-    /metrics, /health or the docs. (The generated NetworkPolicies admit only the gateway and
-    the spec's callers to a service's port; a Prometheus needs an ingress rule of its own.)
+    /metrics, /health or the docs. (The generated NetworkPolicies admit to a service's port
+    only the gateway, the spec's callers and the monitoring namespace's Prometheus.)
     """
     ring = key_ring_from_settings(settings, encrypted_columns)
     if ring is not None:
