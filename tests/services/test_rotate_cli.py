@@ -28,6 +28,14 @@ def _users(database: Path, secrets: list[str]) -> None:
             )
 
 
+def _migrated(folder: Path) -> str:
+    """The user service's database, migrated, as a SQLite file in `folder`: its URL template."""
+    template = f"sqlite+aiosqlite:///{folder}/{{database}}.db"
+    result = runner.invoke(app, ["migrate", "user", "--database-url-template", template])
+    assert result.exit_code == 0, result.output
+    return template
+
+
 def _stored(database: Path) -> list[str]:
     with sqlite3.connect(database) as connection:
         rows = connection.execute("SELECT two_factor_secret FROM users ORDER BY email")
@@ -37,10 +45,7 @@ def _stored(database: Path) -> list[str]:
 def test_rotate_key_moves_every_secret_to_the_new_key(
     in_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    template = f"sqlite+aiosqlite:///{tmp_path}/{{database}}.db"
-    assert (
-        runner.invoke(app, ["migrate", "user", "--database-url-template", template]).exit_code == 0
-    )
+    template = _migrated(tmp_path)
     old, new = KeyRing.new_entry("old"), KeyRing.new_entry("new")
     before = KeyRing.parse(old)
     database = tmp_path / "cloudretail_users.db"
@@ -93,10 +98,7 @@ def test_rotate_key_refuses_bad_input_in_one_line(
 def test_rotate_key_stops_at_a_value_no_key_opens(
     in_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    template = f"sqlite+aiosqlite:///{tmp_path}/{{database}}.db"
-    assert (
-        runner.invoke(app, ["migrate", "user", "--database-url-template", template]).exit_code == 0
-    )
+    template = _migrated(tmp_path)
     lost = KeyRing.parse(KeyRing.new_entry("lost"))
     database = tmp_path / "cloudretail_users.db"
     _users(database, [lost.encrypt("S1", CONTEXT)])
