@@ -19,15 +19,13 @@ from generator.targets.deploy import (
     Deployment,
 )
 from generator.targets.k8s_views import (
-    COMPONENT,
     NAME,
-    PART_OF,
-    PHASE,
     Meta,
     Pairs,
     ServiceAccountView,
     ServiceView,
     Skip,
+    component_labels,
     pairs,
     skip_annotations,
 )
@@ -163,19 +161,15 @@ def kafka_nodes(deployment: Deployment) -> int:
     return max([KAFKA_MIN_NODES, *(topic.replication for topic in deployment.platform.topics)])
 
 
-def _labels(deployment: Deployment, component: str, extra: dict[str, str]) -> Pairs:
-    return pairs({COMPONENT: component, PART_OF: deployment.name, PHASE: "infrastructure", **extra})
-
-
 def kafka_files(deployment: Deployment) -> list[OutputFile]:
     ns = deployment.namespace
     cluster = deployment.kafka_cluster
     strimzi = {"strimzi.io/cluster": cluster}
-    labels = _labels(deployment, "kafka", strimzi)
+    labels = component_labels(deployment.name, "kafka", extra=strimzi)
     nodes = kafka_nodes(deployment)
     factor = min(KAFKA_MIN_NODES, nodes)
     kafka = KafkaView(
-        meta=Meta(cluster, ns, _labels(deployment, "kafka", {})),
+        meta=Meta(cluster, ns, component_labels(deployment.name, "kafka")),
         pool=KAFKA_POOL,
         version=KAFKA_VERSION,
         metadata_version=KAFKA_METADATA_VERSION,
@@ -233,7 +227,7 @@ def postgres_files(deployment: Deployment) -> list[OutputFile]:
             meta=Meta(
                 database.cluster,
                 deployment.namespace,
-                _labels(deployment, "database", {NAME: database.cluster}),
+                component_labels(deployment.name, "database", extra={NAME: database.cluster}),
             ),
             users=", ".join(database.clients),
             instances=POSTGRES_INSTANCES,
@@ -257,7 +251,7 @@ def redis_files(deployment: Deployment) -> list[OutputFile]:
     if not deployment.redis_clients:
         return []
     ns = deployment.namespace
-    labels = _labels(deployment, "cache", {NAME: REDIS_HOST})
+    labels = component_labels(deployment.name, "cache", extra={NAME: REDIS_HOST})
     view = RedisView(
         meta=Meta(REDIS_HOST, ns, labels, skip_annotations([_IMAGE_DIGEST])),
         selector=redis_pods(),

@@ -17,12 +17,10 @@ from typing import Any
 from generator.render import OutputFile
 from generator.targets.deploy import Deployment, Process
 from generator.targets.k8s_views import (
-    COMPONENT,
     NAME,
-    PART_OF,
-    PHASE,
     Meta,
     Pairs,
+    component_labels,
     kustomization,
     pairs,
 )
@@ -108,17 +106,6 @@ def traits(deployment: Deployment) -> list[Traits]:
             )
         )
     return found
-
-
-def _labels(deployment: Deployment, extra: dict[str, str] | None = None) -> Pairs:
-    return pairs(
-        {
-            COMPONENT: "monitoring",
-            PART_OF: deployment.name,
-            PHASE: "infrastructure",
-            **(extra or {}),
-        }
-    )
 
 
 def _jobs(deployment: Deployment, processes: list[Process]) -> str:
@@ -485,7 +472,11 @@ def files(deployment: Deployment) -> list[OutputFile]:
             "k8s/monitoring/servicemonitor.yaml.j2",
             {
                 "view": ServiceMonitorView(
-                    Meta(process.name, ns, _labels(deployment, {NAME: process.name})),
+                    Meta(
+                        process.name,
+                        ns,
+                        component_labels(deployment.name, "monitoring", extra={NAME: process.name}),
+                    ),
                     pairs({NAME: process.name}),
                     PORT_NAME,
                     METRICS_PATH,
@@ -502,7 +493,11 @@ def files(deployment: Deployment) -> list[OutputFile]:
             "k8s/monitoring/prometheusrule.yaml.j2",
             {
                 "view": RuleView(
-                    Meta(f"{deployment.name}-alerts", ns, _labels(deployment)),
+                    Meta(
+                        f"{deployment.name}-alerts",
+                        ns,
+                        component_labels(deployment.name, "monitoring"),
+                    ),
                     deployment.name,
                     alerts(deployment),
                 )
@@ -518,7 +513,9 @@ def files(deployment: Deployment) -> list[OutputFile]:
                     Meta(
                         f"{deployment.name}-dashboard",
                         ns,
-                        _labels(deployment, dict([DASHBOARD_LABEL])),
+                        component_labels(
+                            deployment.name, "monitoring", extra=dict([DASHBOARD_LABEL])
+                        ),
                     ),
                     f"{deployment.name}.json",
                     json.dumps(dashboard(deployment), indent=2, sort_keys=True),

@@ -15,14 +15,10 @@ from generator.model import Vault
 from generator.render import OutputFile
 from generator.targets.deploy import Deployment
 from generator.targets.k8s_views import (
-    COMPONENT,
-    PART_OF,
-    PHASE,
     Meta,
-    Pairs,
     ServiceAccountView,
+    component_labels,
     kustomization,
-    pairs,
 )
 
 FOLDER = "k8s/vault"
@@ -68,10 +64,6 @@ def store_name(deployment: Deployment) -> str:
     return f"{deployment.name}-vault"
 
 
-def _labels(deployment: Deployment) -> Pairs:
-    return pairs({COMPONENT: "secrets", PART_OF: deployment.name, PHASE: PHASE_NAME})
-
-
 def external_secrets(deployment: Deployment, wanted: tuple[Wanted, ...]) -> tuple[str, ...]:
     """The ExternalSecrets the deploy waits for (none without Vault)."""
     return tuple(secret.name for secret in wanted) if deployment.platform.vault else ()
@@ -82,7 +74,7 @@ def files(deployment: Deployment, wanted: tuple[Wanted, ...]) -> list[OutputFile
     if vault is None:
         return []
     ns = deployment.namespace
-    labels = _labels(deployment)
+    labels = component_labels(deployment.name, "secrets", PHASE_NAME)
     store = store_name(deployment)
     out = [
         OutputFile(

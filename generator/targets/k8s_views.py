@@ -27,6 +27,17 @@ def pairs(values: Mapping[str, str]) -> Pairs:
     return tuple(sorted(values.items()))
 
 
+def component_labels(
+    part_of: str,
+    component: str,
+    phase: str = "infrastructure",
+    extra: Mapping[str, str] | None = None,
+) -> Pairs:
+    """The labels of a platform resource that is not one of its deployables: what it is
+    (`component`), whose it is and in which deploy phase it is applied."""
+    return pairs({COMPONENT: component, PART_OF: part_of, PHASE: phase, **(extra or {})})
+
+
 @dataclass(frozen=True)
 class Skip:
     """A checkov check that does not apply, with the reason, printed as an annotation."""

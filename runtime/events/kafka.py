@@ -37,6 +37,7 @@ class KafkaSettings(BaseSettings):
     )
 
     kafka_bootstrap_servers: str | None = None
+    kafka_ca_file: str | None = None  # TLS verified against this CA; unset: plaintext
     # Idempotent producers need InitProducerId, which the embedded tansu broker lacks:
     # deployments on real Kafka keep True, the local embedded broker sets KAFKA_IDEMPOTENT=false.
     kafka_idempotent: bool = True
@@ -54,11 +55,6 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
 def tls_options(tls: ssl.SSLContext | None) -> dict[str, Any]:
     """aiokafka's client options for `tls` (none for plaintext)."""
     return {} if tls is None else {"security_protocol": "SSL", "ssl_context": tls}
-
-
-def tls_of(options: dict[str, Any]) -> ssl.SSLContext | None:
-    found = options.get("ssl_context")
-    return found if isinstance(found, ssl.SSLContext) else None
 
 
 def _describe(error: BaseException) -> str:
@@ -101,7 +97,10 @@ class KafkaProducer(BatchSender):
         if not settings.kafka_bootstrap_servers:
             raise ValueError("KAFKA_BOOTSTRAP_SERVERS is not set")
         return cls(
-            settings.kafka_bootstrap_servers, idempotent=settings.kafka_idempotent, **options
+            settings.kafka_bootstrap_servers,
+            idempotent=settings.kafka_idempotent,
+            tls=tls_context(settings.kafka_ca_file),
+            **options,
         )
 
     async def start(self) -> None:
@@ -268,6 +267,7 @@ class KafkaSource:
         }
         if client_id:
             self._options["client_id"] = client_id
+        self._tls = tls
         self._options.update(tls_options(tls))
         self.check_cluster_id = check_cluster_id
         self.restarts = 0
@@ -296,7 +296,7 @@ class KafkaSource:
             await consumer.start()
             if self.check_cluster_id:
                 self._admin = AIOKafkaAdminClient(
-                    bootstrap_servers=self.bootstrap_servers, **tls_options(tls_of(self._options))
+                    bootstrap_servers=self.bootstrap_servers, **tls_options(self._tls)
                 )
                 await self._admin.start()
                 self._cluster_id = await self._read_cluster_id()
