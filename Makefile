@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 TOOLS := .venv-tools
 
-.PHONY: up test lint setup tools generate clean
+.PHONY: up test lint setup tools artillery generate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "CloudRetail needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -28,6 +28,20 @@ $(TOOLS)/.installed:
 	@touch $@
 
 tools: $(TOOLS)/.installed
+
+# Artillery for the load test (generated/loadtest/artillery.yaml), from npm; not part of
+# `make test`. 2.0.21 is the last release whose package allows Node.js 18.16+ (2.0.22 on ask
+# for 22.13+); its browser engine is not used, so Playwright's Chrome is not downloaded.
+ARTILLERY_VERSION := 2.0.21
+ARTILLERY := $(TOOLS)/artillery/node_modules/.bin/artillery
+
+$(ARTILLERY):
+	@echo "installing Artillery $(ARTILLERY_VERSION) into $(TOOLS)/artillery ..."
+	@mkdir -p $(TOOLS)/artillery
+	@PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --prefix $(TOOLS)/artillery --no-audit \
+		--no-fund --save-exact --loglevel=error artillery@$(ARTILLERY_VERSION)
+
+artillery: $(ARTILLERY)
 
 up: setup
 	$(BIN)/cloudretail generate

@@ -258,6 +258,85 @@ def rotate_key(
         )
 
 
+EXIT_PARTIAL = 1
+
+
+@app.command()
+def replay(
+    service: Annotated[str, typer.Argument(help="The service whose database to rebuild.")],
+    database_url: Annotated[
+        str,
+        typer.Option(
+            "--database-url",
+            help="The database to fill: created when missing, migrated, then filled.",
+        ),
+    ],
+    bootstrap_servers: Annotated[
+        str | None,
+        typer.Option(
+            "--bootstrap-servers",
+            help="Kafka (host:port,...); default KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092.",
+        ),
+    ] = None,
+    spec: SpecOption = DEFAULT_SPEC,
+    out: Annotated[Path, typer.Option("--out", help="Generated folder.")] = Path("generated"),
+    stall_timeout: Annotated[
+        float, typer.Option(min=1, help="Give up after this many seconds without progress.")
+    ] = 60.0,
+) -> None:
+    """Rebuild a service's database from the events its topics retain: every consumed
+    topic read from the start up to where it ends now, each event through the service's
+    handlers. Writes nothing to Kafka; an event already in the database is skipped, so an
+    interrupted replay finishes when run again."""
+    from generator.stack import plan_replay
+    from runtime.events.replay import TopicProgress
+    from runtime.replay import ReplayError, ReplayTarget, replay_service
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connect noise; we report
+    try:
+        planned = plan_replay(spec, service, out, database_url)
+    except CloudRetailError as error:
+        raise _fail(error) from None
+
+    def progress(topics: tuple[TopicProgress, ...]) -> None:
+        done = ", ".join(f"{t.topic} {t.handled}/{t.total}" for t in topics)
+        typer.echo(f"  {done}")
+
+    target = ReplayTarget(planned.service, planned.app_module, planned.ini, planned.database_url)
+    try:
+        report = replay_service(
+            target,
+            bootstrap_servers=bootstrap_servers,
+            progress=progress,
+            stall_timeout=stall_timeout,
+        )
+    except ReplayError as error:
+        typer.echo(f"error: {service}: {error}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    events = report.events
+    typer.echo(f"replayed into {report.database} (at {report.head}) in {events.seconds:.1f} s")
+    for topic in events.topics:
+        typer.echo(f"  {topic.topic:<24} {topic.handled:>8} events, {topic.partitions} partitions")
+    for missing in events.missing_topics:
+        typer.echo(f"  {missing:<24} not on the broker: nothing to read")
+    typer.echo(
+        f"  applied {events.applied}, already there {events.duplicates}, "
+        f"not for {service} {events.skipped}, failed {len(events.dead_letters)}"
+    )
+    if report.unsent:
+        typer.echo(
+            f"note: the handlers published {report.unsent} events; they wait in the "
+            "database's outbox and go out if it goes live",
+            err=True,
+        )
+    for failed in events.dead_letters:
+        typer.echo(
+            f"error: {failed.topic}[{failed.partition}]@{failed.offset}: {failed.error}", err=True
+        )
+    if events.dead_letters:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
 topics_app = typer.Typer(help="Kafka topics of the spec.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 
@@ -363,6 +442,50 @@ def status(data_dir: DataDirOption = Path(".cloudretail")) -> None:
     typer.echo(f"stack {state['status']} (supervisor pid {state['supervisor']})")
     urls = [(name, str(info["url"])) for name, info in state["processes"].items()]
     typer.echo(stack_table(urls, asyncio.run(stack.health(state))))
+
+
+@app.command()
+def mails(
+    data_dir: DataDirOption = Path(".cloudretail"),
+    show: Annotated[
+        int | None, typer.Option(help="Print the whole mail with this number.", min=1)
+    ] = None,
+) -> None:
+    """The mails the services sent to `up`'s local SMTP sink, oldest first."""
+    from runtime.mailsink import received_mails
+
+    kept = received_mails(data_dir / "mail")
+    if show is not None:
+        if show > len(kept):
+            typer.echo(f"error: there is no mail {show}; the sink has {len(kept)}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT)
+        mail = kept[show - 1]
+        typer.echo(f"From: {mail.sender}\nTo: {mail.recipients}\nSubject: {mail.subject}")
+        typer.echo(f"Date: {mail.date}\nMessage-ID: {mail.message_id}\n\n{mail.body()}")
+        return
+    if not kept:
+        typer.echo(f"no mails in {data_dir / 'mail'}")
+        return
+    for number, mail in enumerate(kept, start=1):
+        typer.echo(f"{number:>4}  {mail.date:<31}  {mail.recipients:<32}  {mail.subject}")
+
+
+@app.command()
+def traces(
+    trace_id: Annotated[
+        str | None, typer.Argument(help="Show this trace as a tree (a prefix of its id will do).")
+    ] = None,
+    data_dir: DataDirOption = Path(".cloudretail"),
+    limit: Annotated[int, typer.Option(help="How many recent traces to list.", min=1)] = 20,
+) -> None:
+    """The traces `up` kept, newest first, or one trace's spans as a tree."""
+    from runtime.localtraces import TraceError, show_traces
+
+    try:
+        typer.echo(show_traces(data_dir, trace_id, limit))
+    except TraceError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

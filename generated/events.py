@@ -98,6 +98,7 @@ class PaymentFailed(BaseModel):
 
     payment_id: uuid.UUID
     order_id: uuid.UUID
+    user_id: uuid.UUID | None = None
     reason: str
 
 
@@ -126,6 +127,7 @@ class ProductCreated(BaseModel):
     sku: str
     price: Decimal
     category: str | None = None
+    is_active: bool | None = None
 
 
 class ProductDeleted(BaseModel):

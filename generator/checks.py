@@ -11,9 +11,10 @@ from generator.auth_rules import AUTH_RULES, auth_rule
 from generator.crud_events import crud_events
 from generator.errors import SpecIssue
 from generator.kinds import KINDS, OPTION_GROUPS, kind_of
+from generator.load_checks import check_load_test
 from generator.loader import Document, PathKey, dotted
-from generator.model import singular
-from generator.spec import ColumnSpec, RouteSpec, ScalingSpec, Spec
+from generator.model import SUBJECT_DATA_ROUTE, singular, subject_data_path
+from generator.spec import ColumnSpec, RouteSpec, ScalingSpec, Spec, TableSpec
 from generator.system_tables import SYSTEM_TABLES
 from generator.validation import suggest
 
@@ -49,8 +50,10 @@ class _Checker:
         self.check_names()
         self.check_events_and_topics()
         self.check_services()
+        self.check_personal_data()
         self.check_scaling()
         self.check_auth()
+        check_load_test(self.spec, self.error)
         self.check_descriptions(self.document.data, ())
         return self.issues
 
@@ -478,6 +481,213 @@ class _Checker:
                     f"'{operation}'{suggest(operation, operations)}",
                 )
 
+    # -- personal data (GDPR) ----------------------------------------------------------------
+    def check_personal_data(self) -> None:
+        """A table's `subject` and its columns' `pii` say what erasing a person does: refuse
+        what erasure could not do, and what would leave the person behind."""
+        holders: dict[str, str] = {}  # service -> its first table naming a subject
+        for name, svc in self.spec.services.items():
+            for table, table_spec in svc.tables.items():
+                self.check_subject_table(("services", name, "tables", table), name, table)
+                if table_spec.subject is not None:
+                    holders.setdefault(name, table)
+        self.check_gdpr(holders)
+
+    def check_subject_table(self, path: PathKey, service: str, table: str) -> None:
+        spec = self.spec.services[service].tables[table]
+        columns = spec.columns
+        for column, column_spec in columns.items():
+            for problem in _pii_problems(column_spec):
+                self.error((*path, "columns", column), problem, key=True)
+        subject = spec.subject
+        if subject is None:
+            personal = [column for column, c in columns.items() if c.pii is not None]
+            if personal:
+                self.error(
+                    (*path, "columns", personal[0], "pii"),
+                    f"table '{table}' marks personal data (`pii`) but names no `subject`: "
+                    "say which column names the person its rows are about",
+                )
+            if spec.subject_through is not None:
+                self.error(
+                    (*path, "subject_through"),
+                    f"`subject_through` needs `subject`: the column holding the key of a "
+                    f"'{spec.subject_through}' row",
+                )
+            if spec.erasure != "columns":
+                self.error((*path, "erasure"), "`erasure` needs a `subject`: whose rows?")
+            return
+        if subject not in columns:
+            self.error(
+                (*path, "subject"),
+                f"unknown subject column '{subject}' of table '{table}'{suggest(subject, columns)}",
+            )
+            return
+        if spec.subject_through is not None:
+            self.check_subject_through(path, service, table)
+        elif columns[subject].type != "uuid":
+            kind = columns[subject].type
+            self.error(
+                (*path, "subject"),
+                f"subject column '{subject}' of table '{table}' is {_article(kind)} `{kind}`; "
+                "a subject is named by a `uuid` column",
+            )
+        if spec.erasure == "delete":
+            for column, column_spec in columns.items():
+                if column_spec.pii not in (None, "erase"):
+                    self.error(
+                        (*path, "columns", column, "pii"),
+                        f"the rows of '{table}' are deleted on erasure (`erasure: delete`): "
+                        f"column '{column}' cannot be `pii: {column_spec.pii}`",
+                    )
+            return
+        self.check_erased_columns(path, table, spec)
+
+    def check_erased_columns(self, path: PathKey, table: str, spec: TableSpec) -> None:
+        """Erasure by columns (`erasure: columns`): every column can take what it is given,
+        the subject goes, and no unique constraint refuses a second erased subject."""
+        columns = spec.columns
+        subject = spec.subject or ""
+        if spec.subject_through is None:
+            if columns[subject].primary_key:
+                self.error(
+                    (*path, "subject"),
+                    f"subject column '{subject}' is the primary key of '{table}': its rows "
+                    "cannot lose it, so erase them whole (`erasure: delete`)",
+                )
+            elif columns[subject].pii not in ("anonymise", "erase"):
+                self.error(
+                    (*path, "columns", subject),
+                    f"subject column '{subject}' of '{table}' needs `pii: anonymise` (or "
+                    "`erase`): the rows an erasure keeps must not point at the person",
+                    key=True,
+                )
+        for column, column_spec in columns.items():
+            if (
+                column_spec.pii == "erase"
+                and not column_spec.nullable
+                and not column_spec.primary_key
+                and column_spec.replacement is None
+                and not column_spec.pii_keys
+            ):
+                self.error(
+                    (*path, "columns", column, "pii"),
+                    f"column '{column}' of '{table}' is not nullable: `pii: erase` needs a "
+                    "`replacement` to write instead (or `erasure: delete` for the table)",
+                )
+        unique: list[tuple[PathKey, str, list[str]]] = [
+            ((*path, "columns", column), f"unique column '{column}'", [column])
+            for column, column_spec in columns.items()
+            if column_spec.unique
+        ]
+        unique += [
+            (
+                (*path, "indexes", index),
+                f"unique index '{idx.name or f'idx_{table}_' + '_'.join(idx.columns)}'",
+                idx.columns,
+            )
+            for index, idx in enumerate(spec.indexes)
+            if idx.unique
+        ]
+        for where, what, names in unique:
+            found = [columns[name] for name in names if name in columns]
+            if any(column.primary_key for column in found):
+                continue
+            fixed = [name for name in names if name in columns and _erased_to_one(columns[name])]
+            if fixed and not any(_erased_to_null(column) for column in found):
+                self.error(
+                    where,
+                    f"{what} of '{table}' would refuse a second erased subject: erasure writes "
+                    f"one fixed value to {_ticked(fixed, ' and ')} in every row it keeps; let "
+                    "it erase another of its columns to NULL (`pii: erase`, nullable)",
+                )
+
+    def check_subject_through(self, path: PathKey, service: str, table: str) -> None:
+        tables = self.spec.services[service].tables
+        spec = tables[table]
+        through = spec.subject_through or ""
+        parent = tables.get(through)
+        if parent is None or through == table:
+            self.error(
+                (*path, "subject_through"),
+                f"unknown table '{through}'{suggest(through, [t for t in tables if t != table])}"
+                if parent is None
+                else "a table's subject cannot come through itself",
+            )
+            return
+        if parent.subject is None or parent.subject_through is not None:
+            self.error(
+                (*path, "subject_through"),
+                f"table '{through}' names no `subject` column of its own to take the subject from",
+            )
+            return
+        key = next((c for c, column in parent.columns.items() if column.primary_key), None)
+        subject = spec.subject or ""
+        if key is not None and parent.columns[key].type != spec.columns[subject].type:
+            self.error(
+                (*path, "subject"),
+                f"subject column '{subject}' is {_article(spec.columns[subject].type)} "
+                f"`{spec.columns[subject].type}`, but holds keys of '{through}' "
+                f"('{key}' is {_article(parent.columns[key].type)} `{parent.columns[key].type}`)",
+            )
+
+    def check_gdpr(self, holders: dict[str, str]) -> None:
+        gdpr = self.spec.gdpr
+        if gdpr is None:
+            for service, table in holders.items():
+                self.error(
+                    ("services", service, "tables", table, "subject"),
+                    "a `subject` needs the top-level `gdpr` (`erasure_event`, `subject_key`): "
+                    "which event erases a subject",
+                )
+            return
+        event = self.spec.events.get(gdpr.erasure_event)
+        if event is None:
+            self.error(
+                ("gdpr", "erasure_event"),
+                f"unknown event '{gdpr.erasure_event}'"
+                f"{suggest(gdpr.erasure_event, self.spec.events)}",
+            )
+            return
+        kind = event.payload.get(gdpr.subject_key)
+        if kind is None:
+            self.error(
+                ("gdpr", "subject_key"),
+                f"event '{gdpr.erasure_event}' has no payload field '{gdpr.subject_key}'"
+                f"{suggest(gdpr.subject_key, event.payload)}",
+            )
+        elif kind != "uuid":
+            self.error(
+                ("gdpr", "subject_key"),
+                f"payload field '{gdpr.subject_key}' of '{gdpr.erasure_event}' is `{kind}`; "
+                "the subject is named by a `uuid` that is never null",
+            )
+        if not any(gdpr.erasure_event in s.events.publishes for s in self.spec.services.values()):
+            self.error(
+                ("gdpr", "erasure_event"),
+                f"no service publishes '{gdpr.erasure_event}': the one that does owns the "
+                "subjects (it erases its own rows and gathers their export)",
+            )
+        for service, table in holders.items():
+            svc = self.spec.services[service]
+            if gdpr.erasure_event not in (*svc.events.consumes, *svc.events.publishes):
+                self.error(
+                    ("services", service, "tables", table, "subject"),
+                    f"service '{service}' holds personal data (table '{table}' names a "
+                    f"`subject`) but does not consume '{gdpr.erasure_event}': add it to "
+                    "`events.consumes`, or erasure never reaches it",
+                )
+            path = subject_data_path(service)
+            for index, route in enumerate(svc.routes):
+                if route.path == path or route.name == SUBJECT_DATA_ROUTE:
+                    clash = "path" if route.path == path else "name"
+                    self.error(
+                        ("services", service, "routes", index, clash),
+                        f"route {clash} '{getattr(route, clash)}' is taken by the route the "
+                        f"platform adds to a service holding personal data (GET {path}, "
+                        f"'{SUBJECT_DATA_ROUTE}', for the GDPR export)",
+                    )
+
     # -- scaling -----------------------------------------------------------------------------
     def check_scaling(self) -> None:
         for path, scaling in self.scaling_blocks():
@@ -568,6 +778,59 @@ def _encryption_problems(spec: ColumnSpec) -> Iterator[str]:
             yield f"an encrypted column cannot be {what}: the database sees only ciphertext"
     if spec.default is not None:
         yield "an encrypted column takes no default: the database would store it in plaintext"
+
+
+def _pii_problems(spec: ColumnSpec) -> Iterator[str]:
+    """What a column's own `pii`, `pii_keys` and `replacement` contradict."""
+    kind = kind_of(spec.type)
+    changes = spec.pii in ("erase", "anonymise")
+    if spec.pii is not None and spec.primary_key:
+        yield (
+            "a primary key cannot be `pii`: it is the row's identity (to erase whole rows, "
+            "give the table `erasure: delete`)"
+        )
+    if spec.pii_keys is not None:
+        if not changes:
+            yield "`pii_keys` go with `pii: erase` or `pii: anonymise`"
+        elif not kind.keyed:
+            keyed = [name for name, k in KINDS.items() if k.keyed]
+            yield f"`pii_keys` apply to {_ticked(keyed, ' or ')} columns, not `{spec.type}`"
+    if spec.replacement is not None:
+        if not changes:
+            yield "`replacement` goes with `pii: erase` or `pii: anonymise`"
+        elif spec.pii == "erase" and spec.pii_keys:
+            yield "with `pii_keys`, `erase` sets the keys to null: `replacement` is for `anonymise`"
+        else:
+            yield from _replacement_problems(spec)
+    elif spec.pii == "anonymise" and kind.anonymous is None:
+        yield (
+            f"`pii: anonymise` on {_article(spec.type)} `{spec.type}` column needs a "
+            "`replacement`: the fixed value it writes"
+        )
+
+
+def _replacement_problems(spec: ColumnSpec) -> Iterator[str]:
+    value = spec.replacement
+    allowed = kind_of(spec.type).replacement_types
+    if not allowed:
+        yield f"{_article(spec.type)} `{spec.type}` column takes no `replacement`"
+    elif (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+        yield f"replacement {value!r} does not fit {_article(spec.type)} `{spec.type}` column"
+    elif spec.values and value not in spec.values:
+        yield f"replacement '{value}' is not one of {', '.join(spec.values)}"
+    elif isinstance(value, str) and spec.length is not None and len(value) > spec.length:
+        yield f"replacement '{value}' is longer than length {spec.length}"
+
+
+def _erased_to_one(spec: ColumnSpec) -> bool:
+    """Erasure writes the same value into this column of every row it keeps."""
+    if spec.pii_keys:
+        return False
+    return spec.pii == "anonymise" or (spec.pii == "erase" and spec.replacement is not None)
+
+
+def _erased_to_null(spec: ColumnSpec) -> bool:
+    return spec.pii == "erase" and spec.replacement is None and not spec.pii_keys and spec.nullable
 
 
 def _roles_apply() -> str:

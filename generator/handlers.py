@@ -79,7 +79,10 @@ def needed(service: Service) -> list[Needed]:
                 ("services", service.name, "routes", route.index, "body"),
             )
         )
+    personal = service.personal_data
     for index, event in enumerate(service.consumes):
+        if personal is not None and personal.applies_erasure and event == personal.erasure_event:
+            continue  # the spec's `pii` erase; an `on_<event>` of its own is optional
         name = event_handler_name(event)
         found.append(
             Needed(

@@ -70,6 +70,24 @@ class ColumnKind:
     payload: bool = False  # may type an event payload field
     encryptable: bool = False  # may be stored encrypted (`encrypted: true`)
     number: Callable[[str], str] = str  # a number of the spec (a default, a bound) in Python
+    # GDPR (`pii`): the fixed value `anonymise` writes when the column names no
+    # `replacement` (a Python expression; None: it must name one), what a `replacement` may
+    # be (None: what a `default` may be), and whether `pii_keys` name keys of its values.
+    anonymous: str | None = None
+    replacements: tuple[type, ...] | None = None
+    keyed: bool = False
+
+    @property
+    def replacement_types(self) -> tuple[type, ...]:
+        return self.literal_defaults if self.replacements is None else self.replacements
+
+    def literal(self, value: Default) -> str:
+        """A literal of the spec (a `replacement`) as a Python expression."""
+        if isinstance(value, str):
+            return pystr(value)
+        if isinstance(value, bool):
+            return repr(value)
+        return self.number(repr(value))
 
     def sql_type(self, shape: Shape) -> str:
         return self.sql.format(length=shape.length, precision=shape.precision, scale=shape.scale)
@@ -163,6 +181,7 @@ KINDS: dict[str, ColumnKind] = {
             python_import=("uuid",),
             functions={"gen_random_uuid": _NEW_UUID},
             payload=True,
+            anonymous="uuid.UUID(int=0)",
         ),
         ColumnKind(
             "string",
@@ -254,6 +273,8 @@ KINDS: dict[str, ColumnKind] = {
             python_import=("typing", "Any"),
             runtime_type="JSONType",
             payload=True,
+            replacements=(str, int, float, bool),
+            keyed=True,
         ),
         ColumnKind(
             "enum",

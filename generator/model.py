@@ -9,7 +9,8 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from generator.auth_rules import AuthRule, auth_rule
 from generator.kinds import ColumnKind, kind_of
@@ -102,6 +103,11 @@ class Column:
     encrypted: bool  # stored as AES-256-GCM text; the storage type is TEXT whatever the kind
     renamed_from: str | None
     description: str
+    # GDPR: what erasing the row's subject does ("erase", "anonymise", "keep"; None: not
+    # personal data), the keys of a JSON object it is limited to, and the value it writes.
+    pii: str | None = None
+    pii_keys: tuple[str, ...] = ()
+    replacement: bool | int | float | str | None = None
 
     @property
     def kind(self) -> ColumnKind:
@@ -169,6 +175,11 @@ class Table:
     cache_ttl_seconds: int | None
     allow_destructive: bool
     system: bool = False  # added by the platform (event machinery), not written in the spec
+    # GDPR: the column naming each row's data subject (or, with `subject_through`, the key
+    # of a row of that table, whose subject it is), and how erasure treats the rows.
+    subject: str | None = None
+    subject_through: str | None = None
+    erasure: str = "columns"  # "columns": apply each column's `pii`; "delete": delete the rows
 
     @property
     def primary_key(self) -> Column:
@@ -201,10 +212,12 @@ class Route:
     crud_operation: str | None
     saga: str | None
     description: str
-    index: int  # position in the spec's list of routes, for error locations
+    index: int  # position in the spec's list of routes, for error locations (-1: none)
     body: str | None = None
     status: int | None = None
     errors: tuple[int, ...] = ()
+    # Added by the platform, not written in the spec: a subject's rows for the GDPR export.
+    subject_data: bool = False
 
     @property
     def rule(self) -> AuthRule:
@@ -236,7 +249,7 @@ class Route:
             found.add(401)
         if self.roles or self.rule.token == "service":
             found.add(403)
-        if "{" in self.path:
+        if "{" in self.path and not self.subject_data:  # an unknown subject has no rows
             found.add(404)
         if self.crud_operation in {"create", "replace", "update", "delete"}:
             found.add(409)
@@ -340,6 +353,28 @@ class Deployable:
         return pascal(self.name)
 
 
+SUBJECT_DATA_ROUTE = "subject_data"  # the name of that route (calls and docs name routes)
+
+
+def subject_data_path(service: str) -> str:
+    """The internal route a service holding subject tables answers the GDPR export on."""
+    return f"/internal/{service}/subjects/{{subject_id}}"
+
+
+@dataclass(frozen=True)
+class PersonalData:
+    """A service's part in GDPR erasure and export (spec: `gdpr`, a table's `subject`)."""
+
+    erasure_event: str
+    subject_key: str  # the erasure event's payload field naming the subject
+    # It consumes `erasure_event` and applies its subject tables' `pii` then; false for the
+    # service that owns the subjects, which erases its own when it publishes the event.
+    applies_erasure: bool
+    # The subjects' owner gathers the export: its own tables and these services' (over
+    # their `subject_data_path` route).
+    sources: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -349,6 +384,7 @@ class Service:
     database: str
     prefix: str
     uses_cache: bool
+    uses_mail: bool
     calls: tuple[str, ...]
     tables: tuple[Table, ...]
     publishes: tuple[str, ...]
@@ -356,10 +392,19 @@ class Service:
     routes: tuple[Route, ...]
     sagas: tuple[Saga, ...]
     deployable: Deployable
+    personal_data: PersonalData | None = None
 
     @property
     def env_prefix(self) -> str:
         return self.name.upper()
+
+    @property
+    def subject_tables(self) -> tuple[Table, ...]:
+        """The tables holding a data subject's rows (spec: `subject`)."""
+        return tuple(table for table in self.tables if table.subject is not None)
+
+    def table(self, name: str) -> Table:
+        return next(table for table in self.tables if table.name == name)
 
     @property
     def encrypted_columns(self) -> tuple[str, ...]:
@@ -455,6 +500,52 @@ class Vault:
 
 
 @dataclass(frozen=True)
+class IngressController:
+    """The ingress-nginx controller that terminates the platform's public TLS."""
+
+    class_name: str
+    namespace: str
+    config_map: str
+
+
+@dataclass(frozen=True)
+class CertificateIssuer:
+    """The cert-manager issuer that signs the platform's in-cluster server certificates."""
+
+    name: str
+    kind: str  # ClusterIssuer or Issuer (then in the platform's namespace)
+
+
+@dataclass(frozen=True)
+class LoadAccount:
+    """How a virtual user of the load test gets a token: sign up, then log in; `token` is
+    the login answer's field holding it."""
+
+    signup: Route
+    login: Route
+    token: str
+
+
+@dataclass(frozen=True)
+class LoadTest:
+    """The load test's settings (spec: `load_test`); `generator.journeys` derives what its
+    virtual users do from the routes."""
+
+    duration_seconds: int
+    arrival_rate: int
+    p95_ms: int
+    p99_ms: int
+    max_error_ratio: float
+    account: LoadAccount | None
+    weights: dict[str, int] = field(default_factory=dict, hash=False)
+    # A request body per route body model (`Route.body`), `{placeholder}`s unresolved.
+    bodies: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False)
+
+    def weight(self, journey: str) -> int:
+        return self.weights.get(journey, 1)
+
+
+@dataclass(frozen=True)
 class Platform:
     name: str
     namespace: str
@@ -466,8 +557,16 @@ class Platform:
     services: tuple[Service, ...]
     gateway: Gateway
     event_bus: EventBus
+    ingress: IngressController
+    issuer: CertificateIssuer
     auth: Auth | None = None
     vault: Vault | None = None  # the prod overlay's Secrets come from it (External Secrets)
+    load_test: LoadTest | None = None
+
+    @property
+    def mail_from(self) -> str:
+        """The From address of the platform's mails (services with `uses: [mail]`)."""
+        return f"no-reply@{self.domain}"
 
     @property
     def deployables(self) -> tuple[Deployable, ...]:
@@ -548,6 +647,9 @@ def _column(name: str, spec: ColumnSpec) -> Column:
         encrypted=spec.encrypted,
         renamed_from=spec.renamed_from,
         description=spec.description,
+        pii=spec.pii,
+        pii_keys=tuple(spec.pii_keys or ()),
+        replacement=spec.replacement,
     )
 
 
@@ -576,6 +678,9 @@ def _table(name: str, spec: TableSpec, *, system: bool = False) -> Table:
         cache_ttl_seconds=duration_ms(spec.cache.ttl) // 1000 if spec.cache else None,
         allow_destructive=spec.allow_destructive,
         system=system,
+        subject=spec.subject,
+        subject_through=spec.subject_through,
+        erasure=spec.erasure,
     )
 
 
@@ -603,6 +708,24 @@ def _route(service: str, spec: RouteSpec | GatewayRouteSpec, index: int) -> Rout
         body=own.body if own else None,
         status=own.status if own else None,
         errors=tuple(sorted(set(own.errors))) if own else (),
+    )
+
+
+def _subject_data_route(service: str) -> Route:
+    return Route(
+        method="GET",
+        path=subject_data_path(service),
+        service=service,
+        auth="service",
+        roles=(),
+        name=SUBJECT_DATA_ROUTE,
+        handler=None,
+        crud_table=None,
+        crud_operation=None,
+        saga=None,
+        description="A data subject's rows in this service, for the GDPR export",
+        index=-1,
+        subject_data=True,
     )
 
 
@@ -654,9 +777,36 @@ class _Builder:
             ),
         )
 
+    def personal_data(self, name: str, spec: ServiceSpec) -> PersonalData | None:
+        gdpr = self.spec.gdpr
+        if gdpr is None:
+            return None
+        holders = [
+            holder
+            for holder, holder_spec in self.spec.services.items()
+            if any(table.subject for table in holder_spec.tables.values())
+        ]
+        owner = gdpr.erasure_event in spec.events.publishes
+        if name not in holders and not owner:
+            return None
+        return PersonalData(
+            erasure_event=gdpr.erasure_event,
+            subject_key=gdpr.subject_key,
+            applies_erasure=name in holders and gdpr.erasure_event in spec.events.consumes,
+            sources=tuple(holder for holder in holders if holder != name) if owner else (),
+        )
+
     def service(self, name: str, spec: ServiceSpec) -> Service:
         title = f"{name.capitalize()} Service"
         probes = spec.probes
+        personal = self.personal_data(name, spec)
+        # The subjects' owner calls every other service holding their rows (the export);
+        # joining is declaring a `subject`, so these calls are not written in the spec.
+        sources = personal.sources if personal else ()
+        calls = (*spec.calls, *(source for source in sources if source not in spec.calls))
+        routes = [_route(name, route, index) for index, route in enumerate(spec.routes)]
+        if personal is not None and any(table.subject for table in spec.tables.values()):
+            routes.append(_subject_data_route(name))
         return Service(
             name=name,
             title=title,
@@ -665,23 +815,20 @@ class _Builder:
             database=spec.database,
             prefix=spec.prefix,
             uses_cache="cache" in spec.uses,
-            calls=tuple(spec.calls),
+            uses_mail="mail" in spec.uses,
+            calls=calls,
             tables=(
                 *(_table(table, table_spec) for table, table_spec in spec.tables.items()),
                 *_system_tables(
                     *(["outbox"] if spec.events.publishes else []),
                     *(["processed_events"] if spec.events.consumes else []),
                     *(["saga_instances"] if spec.sagas else []),
+                    *(["mail_outbox"] if "mail" in spec.uses else []),
                 ),
             ),
             publishes=tuple(spec.events.publishes),
             consumes=tuple(spec.events.consumes),
-            routes=tuple(
-                sorted(
-                    (_route(name, route, index) for index, route in enumerate(spec.routes)),
-                    key=_route_order,
-                )
-            ),
+            routes=tuple(sorted(routes, key=_route_order)),
             sagas=tuple(
                 Saga(
                     name=saga,
@@ -703,6 +850,7 @@ class _Builder:
                 probes.liveness if probes else None,
                 probes.readiness if probes else None,
             ),
+            personal_data=personal,
         )
 
     def topic_of(self, event: str) -> str:
@@ -798,8 +946,42 @@ class _Builder:
             services=services,
             gateway=gateway,
             event_bus=event_bus,
+            ingress=IngressController(
+                class_name=spec.platform.ingress.class_name,
+                namespace=spec.platform.ingress.namespace,
+                config_map=spec.platform.ingress.config_map,
+            ),
+            issuer=CertificateIssuer(
+                name=spec.platform.certificates.issuer,
+                kind=spec.platform.certificates.issuer_kind,
+            ),
             auth=self.auth(spec),
             vault=self.vault(spec),
+            load_test=self.load_test(spec, services),
+        )
+
+    def load_test(self, spec: Spec, services: tuple[Service, ...]) -> LoadTest | None:
+        found = spec.load_test
+        if found is None:
+            return None
+        account = None
+        if found.account is not None and spec.auth is not None:
+            issuer = next(service for service in services if service.name == spec.auth.issuer)
+            routes = {(route.method, route.path): route for route in issuer.routes}
+            account = LoadAccount(
+                signup=routes["POST", found.account.signup],
+                login=routes["POST", found.account.login],
+                token=found.account.token,
+            )
+        return LoadTest(
+            duration_seconds=duration_ms(found.duration) // 1000,
+            arrival_rate=found.arrival_rate,
+            p95_ms=duration_ms(found.p95),
+            p99_ms=duration_ms(found.p99),
+            max_error_ratio=found.max_error_ratio,
+            account=account,
+            weights=dict(found.weights),
+            bodies={name: dict(body) for name, body in found.bodies.items()},
         )
 
     def vault(self, spec: Spec) -> Vault | None:

@@ -112,6 +112,27 @@ class SecretsSpec(Strict):
     vault: VaultSpec | None = None
 
 
+K8sName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+]
+
+
+class IngressSpec(Strict):
+    """The ingress-nginx controller in front of the gateway; its TLS settings are its own."""
+
+    class_name: K8sName = "nginx"  # the IngressClass the gateway's Ingress names
+    namespace: K8sName = "ingress-nginx"  # where the controller's pods run
+    # The controller's ConfigMap: `<Helm release>-controller` (the static manifests' name too).
+    config_map: K8sName = "ingress-nginx-controller"
+
+
+class CertificatesSpec(Strict):
+    """The cert-manager issuer of the platform's in-cluster server certificates (Redis)."""
+
+    issuer: K8sName = "cluster-ca"
+    issuer_kind: Literal["ClusterIssuer", "Issuer"] = "ClusterIssuer"
+
+
 class PlatformSpec(Strict):
     name: Identifier
     namespace: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
@@ -121,6 +142,8 @@ class PlatformSpec(Strict):
     # Where the prod overlay's Secrets come from; plain Secrets (secrets.example.env) when
     # not given, and always in the dev overlay.
     secrets: SecretsSpec = SecretsSpec()
+    ingress: IngressSpec = IngressSpec()
+    certificates: CertificatesSpec = CertificatesSpec()
 
 
 class TopicSpec(Strict):
@@ -214,6 +237,38 @@ class ColumnSpec(Strict):
     # plaintext. Such a column cannot be searched, sorted, indexed or unique.
     encrypted: bool = False
     renamed_from: Identifier | None = None
+    # GDPR: what erasing the table's `subject` does to this column (generator/model.py and
+    # runtime/personal_data.py apply it; README "Personal data" tells the whole story).
+    pii: Literal["erase", "anonymise", "keep"] | None = Field(
+        default=None,
+        description=(
+            "Personal data, and what erasing its subject (the table's `subject`) does to it: "
+            "`erase` removes the value (NULL; a non-nullable column writes its `replacement`), "
+            "`anonymise` writes a fixed value that identifies nobody (the `replacement`, or "
+            "the kind's own: the nil UUID for a `uuid`), `keep` keeps it on purpose (amounts, "
+            "statuses, provider references that accounting law requires) and says so. "
+            "Without `pii` the column is not personal data and erasure leaves it alone. Every "
+            "column but a `secret` one is in the subject's export."
+        ),
+    )
+    pii_keys: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "`json` columns with `pii: erase` or `anonymise`: only these keys of the "
+            "stored object are erased (set to null) or anonymised (set to the "
+            "`replacement`); its other keys stay (a country kept for tax, say). Without it "
+            "the whole value goes."
+        ),
+    )
+    replacement: bool | int | float | str | None = Field(
+        default=None,
+        description=(
+            "The value `pii: erase` writes in a non-nullable column, or `pii: anonymise` "
+            "writes instead of the kind's own fixed value: a literal of the column's kind "
+            "(one of an enum's `values`, within a string's `length`)."
+        ),
+    )
 
 
 class IndexSpec(Strict):
@@ -241,6 +296,32 @@ class TableSpec(Strict):
     sort: list[str] = []
     cache: CacheSpec | None = None
     allow_destructive: bool = False
+    subject: Identifier | None = Field(
+        default=None,
+        description=(
+            "GDPR: the `uuid` column naming the person (the data subject) each row is about; "
+            "the platform's `gdpr.erasure_event` erases the rows of the subject it names and "
+            "the export gathers them. With `subject_through`, the column holds the key of a "
+            "row of that table instead, whose subject the row has."
+        ),
+    )
+    subject_through: Identifier | None = Field(
+        default=None,
+        description=(
+            "A table of the same service that names its `subject` itself: this table's "
+            "`subject` column holds the primary key of one of its rows (the history entries "
+            "of a record belong to the record's subject)."
+        ),
+    )
+    erasure: Literal["columns", "delete"] = Field(
+        default="columns",
+        description=(
+            "How the subject's rows are erased: `columns` keeps the rows and applies each "
+            "column's `pii`, so the `subject` column must be `anonymise` or `erase`; "
+            "`delete` deletes the rows (a table that is nothing but the person's data), so "
+            "a column's `pii` can only say `erase`."
+        ),
+    )
 
 
 class ServiceEventsSpec(Strict):
@@ -283,7 +364,9 @@ class ServiceSpec(Strict):
     port: Port
     database: Identifier
     prefix: UrlPath
-    uses: list[Literal["cache"]] = []
+    # `cache`: Redis (REDIS_URL) for cached reads and shared counters. `mail`: the service
+    # queues mails in its database (`runtime.mail.queue_mail`), sent over SMTP_URL after commit.
+    uses: list[Literal["cache", "mail"]] = []
     calls: list[str] = []
     tables: dict[Identifier, TableSpec] = {}
     events: ServiceEventsSpec = ServiceEventsSpec()
@@ -292,6 +375,77 @@ class ServiceSpec(Strict):
     scaling: ScalingSpec = ScalingSpec()
     probes: ProbesSpec | None = None
     resources: ResourcesSpec | None = None
+
+
+class GdprSpec(Strict):
+    """Which event erases a data subject everywhere, and which of its fields names them.
+
+    The service that publishes `erasure_event` owns the subjects: it erases its own tables
+    when it publishes the event, and gathers a subject's export from every service holding
+    tables with a `subject` (it calls them; the spec need not list those calls). Every other
+    such service consumes the event and applies its columns' `pii`.
+    """
+
+    erasure_event: EventName = Field(
+        description='The event meaning "erase this subject" (an account deleted, say).'
+    )
+    subject_key: Identifier = Field(
+        description="The erasure event's `uuid` payload field naming the subject."
+    )
+
+
+class LoadTestAccountSpec(Strict):
+    """How a virtual user of the load test gets a token: it signs up, then logs in."""
+
+    signup: UrlPath = Field(
+        description="The token issuer's public POST route that creates an account."
+    )
+    login: UrlPath = Field(description="The token issuer's public POST route that answers a token.")
+    token: Identifier = Field(
+        default="access_token", description="The field of the login answer that holds the token."
+    )
+
+
+LoadWeight = Annotated[int, Field(ge=0, le=1000)]
+
+
+class LoadTestSpec(Strict):
+    """The load test, `generated/loadtest/artillery.yaml` (Artillery).
+
+    Virtual users arrive at `arrival_rate` per second for `duration`; each runs one journey,
+    drawn by `weights`. The journeys come from the routes: `browse` reads every table's
+    public list (and get) route; `register` signs up and logs in (`account`); a saga route
+    gets a journey named after its saga (sign up and log in when it needs a token, pick the
+    rows its body names while browsing, start it, read the result back). The run fails when
+    its p95 or p99 response time is above `p95` / `p99`, or more than `max_error_ratio` of
+    the journeys fail (an answer other than the route's success status, or no answer).
+    """
+
+    duration: Duration = Field(default="60s", description="How long virtual users arrive.")
+    arrival_rate: int = Field(
+        default=2, ge=1, le=10_000, description="New virtual users per second."
+    )
+    p95: Duration = Field(default="500ms", description="Ceiling of the p95 response time.")
+    p99: Duration = Field(default="1s", description="Ceiling of the p99 response time.")
+    max_error_ratio: float = Field(
+        default=0.01, ge=0, le=1, description="Largest share of journeys that may fail."
+    )
+    weights: dict[Identifier, LoadWeight] = Field(
+        default={},
+        description="Relative weight of each journey (`browse`, `register`, a saga's name); "
+        "1 when not given, 0 leaves a journey out.",
+    )
+    account: LoadTestAccountSpec | None = Field(
+        default=None,
+        description="Sign-up and login routes; without them, journeys that need a token are "
+        "left out.",
+    )
+    bodies: dict[ClassName, dict[str, Any]] = Field(
+        default={},
+        description="A request body for each route `body:` model a journey sends. In its "
+        "strings, `{unique}` is a value unique to the virtual user and `{<row>}` the key of a "
+        "row it picked while browsing (`{item}` for a table `items`).",
+    )
 
 
 class Spec(Strict):
@@ -306,3 +460,13 @@ class Spec(Strict):
     gateway: GatewaySpec
     event_bus: EventBusSpec
     services: dict[ServiceName, ServiceSpec] = Field(min_length=1)
+    gdpr: GdprSpec | None = Field(
+        default=None,
+        description=(
+            "GDPR erasure and export across services; needed once a table names a `subject`."
+        ),
+    )
+    load_test: LoadTestSpec | None = Field(
+        default=None,
+        description="The load test's journeys and thresholds; no load test without it.",
+    )

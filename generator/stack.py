@@ -14,6 +14,7 @@ from generator.model import Platform
 from generator.validation import suggest
 from runtime.stackplan import (
     BrokerAddress,
+    MailSinkPlan,
     PlannedDatabase,
     PlannedProcess,
     PlannedTopic,
@@ -22,6 +23,9 @@ from runtime.stackplan import (
 
 LOCALHOST = "127.0.0.1"
 EMBEDDED_BROKER_PORT = 9092
+# The local SMTP sink of services that send mail (`uses: [mail]`); 1025 is the customary
+# unprivileged SMTP port of development mail catchers.
+MAIL_SINK_PORT = 1025
 
 # The gateway probes every second: after 1.5 s of not-ready it sends a stopping process
 # nothing more, so each one drains that long before it closes its port.
@@ -76,6 +80,15 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
         common["JWKS_URL"] = platform.auth.jwks_url(LOCALHOST)
     processes: list[PlannedProcess] = []
     databases: list[PlannedDatabase] = []
+    mail_sink = (
+        MailSinkPlan(
+            host=LOCALHOST,
+            port=MAIL_SINK_PORT,
+            directory=str((options.data_dir / "mail").resolve()),
+        )
+        if any(service.uses_mail for service in platform.services)
+        else None
+    )
     for service in platform.services:
         env = {
             **common,
@@ -85,6 +98,9 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
         }
         for callee in service.calls:
             env[f"{callee.upper()}_URL"] = f"http://{LOCALHOST}:{platform.service(callee).port}"
+        if service.uses_mail and mail_sink is not None:
+            env["SMTP_URL"] = f"smtp://{mail_sink.host}:{mail_sink.port}"
+            env["MAIL_FROM"] = platform.mail_from
         processes.append(
             PlannedProcess(
                 name=service.name,
@@ -168,6 +184,7 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
         topics=planned_topics(platform),
         gateway=f"http://{LOCALHOST}:{gateway.deployable.port}",
         token_issuer=platform.auth.issuer if platform.auth else None,
+        mail_sink=mail_sink,
     )
 
 
@@ -248,6 +265,26 @@ def plan_rotation(
         url = _url(service.database, database_url_template, fallback_url)
         planned.append(PlannedRotation(name, service.database, url, tables))
     return tuple(planned)
+
+
+@dataclass(frozen=True)
+class PlannedReplay:
+    service: str
+    app_module: str  # names the handlers of the events it consumes
+    ini: Path
+    database_url: str
+
+
+def plan_replay(spec: Path, service: str, generated: Path, database_url: str) -> PlannedReplay:
+    """What `cloudretail replay` rebuilds: a service that consumes events, its generated app
+    and migrations, and the database to fill."""
+    platform = load_platform(spec)
+    known = [s.name for s in platform.services if s.consumes]
+    [name] = _chosen((service,), known, "services that consume events")
+    ini = generated / "services" / name / "alembic.ini"
+    if not ini.exists():
+        raise StackPlanError(f"{ini} is missing; run `cloudretail generate` first")
+    return PlannedReplay(name, f"generated.services.{name}.app", ini, database_url)
 
 
 def _chosen(services: tuple[str, ...], known: list[str], what: str) -> list[str]:

@@ -73,9 +73,28 @@ SAGA_INSTANCES = TableSpec(
     indexes=[IndexSpec(name="idx_saga_instances_status", columns=["status", "updated_at"])],
 )
 
+MAIL_OUTBOX = TableSpec(
+    description="Mails waiting to be sent, written in the transaction that decided to send "
+    "them; `message_key` makes queuing the same mail twice a no-op.",
+    columns={
+        "seq": ColumnSpec(type="integer", primary_key=True),
+        "message_key": ColumnSpec(type="string", length=255, nullable=False, unique=True),
+        "recipient": ColumnSpec(type="string", length=320, nullable=False),
+        "subject": ColumnSpec(type="string", length=255, nullable=False),
+        "body": ColumnSpec(type="text", nullable=False),
+        "created_at": ColumnSpec(type="timestamp", default="now", nullable=False),
+        "sent_at": ColumnSpec(type="timestamp"),
+        "attempts": ColumnSpec(type="integer", default=0, nullable=False),
+        "next_attempt_at": ColumnSpec(type="timestamp"),
+        "last_error": ColumnSpec(type="text"),
+    },
+    indexes=[IndexSpec(name="idx_mail_outbox_unsent", columns=["sent_at", "seq"])],
+)
+
 SYSTEM_TABLES = {
     "outbox": OUTBOX,
     "processed_events": PROCESSED_EVENTS,
     "saga_instances": SAGA_INSTANCES,
     "audit_log": AUDIT_LOG,
+    "mail_outbox": MAIL_OUTBOX,
 }

@@ -2,6 +2,19 @@
 commit stock -> `confirmed` + `order.confirmed`; a failed step undoes the earlier ones and
 the order ends `cancelled`. Prices come from the product service, never from the client.
 
+Names and prices come from a read model of the catalog, `product_snapshots`, kept from the
+product events (event-carried state transfer): each row is refreshed by every event about
+its product, and an event older than the row's values is ignored (a redelivery or a replay
+never rolls a newer price back). An order prices a line from its row while the row is
+fresher than PRODUCT_SNAPSHOT_MAX_AGE (seconds, default 300: the time since an event or a
+call last showed the catalog holding those values); otherwise it asks the product service,
+as for a product it has never heard of, and the answer refreshes the row. A product deleted
+or not for sale in a fresh row is refused without asking. So the price a customer pays may
+be up to PRODUCT_SNAPSHOT_MAX_AGE older than the catalog's newest price change when product
+events are delayed (`product.price_changed` normally arrives within about a second); `0`
+asks the product service for every order. An event's time is read on the product
+service's clock, so skew between the two services' clocks adds to the bound.
+
 The saga owns a pending order: only its end hooks settle it, and a cancel waits (409) until
 it has. An Idempotency-Key names one request: the order keeps a fingerprint of the body it
 came with, so the key reused with another body is refused (422), and reused while the first
@@ -15,25 +28,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
+import os
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import sqlalchemy as sa
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generated.services.order.events import publish
-from generated.services.order.models import Order, OrderEvent
+from generated.services.order.models import Order, OrderEvent, ProductSnapshot
 from generated.services.order.sagas import PLACE_ORDER
+from runtime.db import upsert_newest
 from runtime.errors import Problem
 from runtime.events.consumer import EventContext
 from runtime.events.envelope import Event
 from runtime.handlers import Context, created
 from runtime.http import ServiceCallError, ServiceClients
 from runtime.saga import SagaRunner, start_sagas, stop_sagas
+from runtime.types import utc_now
+
+logger = logging.getLogger(__name__)
 
 # Before shipping, once placed; a pending order belongs to its saga until it settles.
 MAX_OFFSET = 2**63 - 1
@@ -42,9 +63,10 @@ TRANSITIONS = {"confirmed": "processing", "processing": "shipped", "shipped": "d
 STATUS_EVENTS = {"shipped": "order.shipped", "delivered": "order.delivered"}
 # What the saga's failure becomes for the client.
 FAILURE_STATUS = {"rejected": None, "timeout": 504, "unavailable": 503, "unreachable": 503}
-# Who an order belongs to once its customer's account is erased (GDPR): nobody.
-ERASED_USER = uuid.UUID(int=0)
-ERASED_ADDRESS_FIELDS = ("line1", "line2", "city", "postal_code")
+# How long a product snapshot prices orders without asking the product service (seconds).
+SNAPSHOT_MAX_AGE_VARIABLE = "PRODUCT_SNAPSHOT_MAX_AGE"
+DEFAULT_SNAPSHOT_MAX_AGE = 300.0
+LONGEST_SNAPSHOT_MAX_AGE = 86400.0
 
 
 class OrderLine(BaseModel):
@@ -153,28 +175,107 @@ async def _emit(session: AsyncSession, kind: str, order: Order, **extra: Any) ->
     await _record(session, event, order.id)
 
 
-async def _prices(clients: ServiceClients, lines: list[OrderLine]) -> list[dict[str, Any]]:
-    priced = []
-    for line in lines:
+async def _prices(
+    session: AsyncSession, clients: ServiceClients, max_age: timedelta, lines: list[OrderLine]
+) -> list[dict[str, Any]]:
+    """Each line with its product's name and price: from the product's snapshot while it is
+    fresh, else from the product service. One SELECT for all lines; the answers of the calls
+    refresh the snapshots in a transaction of their own, committed before the order's."""
+    wanted = list(dict.fromkeys(line.product_id for line in lines))
+    rows = await session.scalars(
+        sa.select(ProductSnapshot).where(ProductSnapshot.product_id.in_(wanted))
+    )
+    snapshots = {row.product_id: row for row in rows}
+    now = utc_now()
+    catalog: dict[uuid.UUID, tuple[str | None, Decimal]] = {}
+    answers: list[dict[str, Any]] = []
+    problem: Problem | None = None
+    for product_id in wanted:
+        snapshot = snapshots.get(product_id)
+        if snapshot is not None and snapshot.deleted:
+            # A deleted product stays deleted: its id is never sold again.
+            problem = Problem(422, detail=f"product {product_id} does not exist")
+            break
+        if snapshot is not None and now - snapshot.refreshed_at <= max_age:
+            if snapshot.is_active is False:
+                problem = Problem(422, detail=f"product {product_id} is not for sale")
+                break
+            if snapshot.is_active and snapshot.name is not None and snapshot.price is not None:
+                catalog[product_id] = (snapshot.name, snapshot.price)
+                continue
+        asked_at = utc_now()
         try:
-            product = await clients.call("product", "GET", f"/api/products/{line.product_id}")
+            product = await clients.call("product", "GET", f"/api/products/{product_id}")
         except ServiceCallError as error:
             if error.status == 404:
-                raise Problem(422, detail=f"product {line.product_id} does not exist") from None
-            raise Problem(503, detail="the product catalog is unavailable") from None
+                problem = Problem(422, detail=f"product {product_id} does not exist")
+            else:
+                problem = Problem(503, detail="the product catalog is unavailable")
+            break
+        answers.append(_answered(product_id, product, asked_at))
         if product.get("is_active") is False:
-            raise Problem(422, detail=f"product {line.product_id} is not for sale")
-        price = Decimal(str(product["price"]))
+            problem = Problem(422, detail=f"product {product_id} is not for sale")
+            break
+        catalog[product_id] = (product.get("name"), Decimal(str(product["price"])))
+    if answers:
+        await _refresh(session, answers)
+    if problem is not None:
+        raise problem
+    priced = []
+    for line in lines:
+        name, price = catalog[line.product_id]
         priced.append(
             {
                 "product_id": str(line.product_id),
-                "name": product.get("name"),
+                "name": name,
                 "quantity": line.quantity,
                 "unit_price": str(price),
                 "line_total": str(price * line.quantity),
             }
         )
     return priced
+
+
+def _answered(product_id: uuid.UUID, product: dict[str, Any], asked_at: datetime) -> dict[str, Any]:
+    """The snapshot row of the product service's answer, asked at `asked_at`."""
+    changed_at = asked_at
+    if product.get("updated_at"):
+        # Event times carry milliseconds: one of this same change must not look older.
+        updated = datetime.fromisoformat(str(product["updated_at"]))
+        updated = updated.replace(tzinfo=UTC) if updated.tzinfo is None else updated
+        changed_at = updated.replace(microsecond=updated.microsecond // 1000 * 1000)
+    return {
+        "product_id": product_id,
+        "name": product.get("name"),
+        "price": Decimal(str(product["price"])),
+        "is_active": product.get("is_active") is not False,
+        "deleted": False,
+        "changed_at": changed_at,
+        "refreshed_at": asked_at,
+    }
+
+
+async def _refresh(session: AsyncSession, answers: list[dict[str, Any]]) -> None:
+    """Write the answers into the snapshots and commit (the session holds nothing else yet),
+    so no row stays locked while the order is placed. In product id order, so two orders
+    writing the same rows lock them in the same order (no deadlock). A write that fails
+    costs only a later call."""
+    try:
+        await _upsert(session, sorted(answers, key=lambda row: row["product_id"]))
+        await session.commit()
+    except DBAPIError as error:
+        await session.rollback()
+        logger.warning("product snapshots not refreshed", extra={"error": str(error)})
+
+
+async def _upsert(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    table = cast(sa.Table, ProductSnapshot.__table__)
+    dialect = session.get_bind().dialect.name
+    await session.execute(
+        upsert_newest(
+            table, dialect, "product_id", rows, version="changed_at", ascending=("refreshed_at",)
+        )
+    )
 
 
 # -- saga ends ---------------------------------------------------------------------------------
@@ -272,7 +373,9 @@ async def place_order(ctx: Context) -> Any:
         if earlier is not None:
             return await _repeated(ctx, earlier, fingerprint)
     state = ctx.request.app.state
-    items = await _prices(state.service_clients, body.items)
+    items = await _prices(
+        ctx.session, state.service_clients, state.product_snapshot_max_age, body.items
+    )
     total = sum((Decimal(line["line_total"]) for line in items), Decimal("0"))
     order = Order(
         user_id=uuid.UUID(user.subject),
@@ -334,8 +437,8 @@ async def _answer(ctx: Context, order: Order) -> Any:
 async def list_orders(ctx: Context) -> Any:
     """GET /api/orders (authenticated): the caller's orders; an admin sees all."""
     params = ctx.request.query_params
-    limit = _bounded(params.get("limit"), "limit", 20, 1, 100)
-    offset = _bounded(params.get("offset"), "offset", 0, 0, MAX_OFFSET)
+    limit = ctx.query_int("limit", 20, 1, 100)
+    offset = ctx.query_int("offset", 0, 0, MAX_OFFSET)
     query = sa.select(Order)
     if not ctx.user.is_admin:
         query = query.where(Order.user_id == uuid.UUID(ctx.user.subject))
@@ -351,24 +454,6 @@ async def list_orders(ctx: Context) -> Any:
         "limit": limit,
         "offset": offset,
     }
-
-
-def _bounded(raw: str | None, name: str, default: int, low: int, high: int) -> int:
-    """A paging parameter, or 422 naming it (a value beyond BIGINT must not reach SQL)."""
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or not low <= value <= high:
-        message = f"must be an integer from {low} to {high}"
-        raise Problem(
-            422,
-            detail=f"{name} {message}",
-            errors=[{"loc": ["query", name], "msg": message, "type": "value_error"}],
-        )
-    return value
 
 
 async def get_order(ctx: Context) -> Any:
@@ -448,44 +533,81 @@ async def on_inventory_reserved(ctx: EventContext) -> None:
     await _consumed(ctx)
 
 
+async def _snapshot(ctx: EventContext, **values: Any) -> None:
+    """The product's snapshot with `values`, as of the event's time, unless it already holds
+    something newer; a product not seen before gets a row with what the event tells."""
+    at = ctx.event.timestamp
+    row = {
+        "product_id": uuid.UUID(str(ctx.event.data["product_id"])),
+        **values,
+        "changed_at": at,
+        "refreshed_at": at,
+    }
+    await _upsert(ctx.session, [row])
+
+
+async def on_product_created(ctx: EventContext) -> None:
+    """A new product: its name and price; whether it is for sale when the event says (events
+    from before `is_active` was in the payload leave it unknown, so the first order asks)."""
+    data = ctx.event.data
+    values: dict[str, Any] = {"name": data["name"], "price": Decimal(str(data["price"]))}
+    if "is_active" in data:
+        values["is_active"] = data["is_active"] is not False
+    await _snapshot(ctx, **values, deleted=False)
+
+
+async def on_product_updated(ctx: EventContext) -> None:
+    """The changed columns (`fields`) that a snapshot keeps; any update confirms the rest."""
+    fields = ctx.event.data.get("fields")
+    changed = fields if isinstance(fields, dict) else {}
+    values: dict[str, Any] = {}
+    if isinstance(changed.get("name"), str):
+        values["name"] = changed["name"]
+    if changed.get("price") is not None:
+        values["price"] = Decimal(str(changed["price"]))
+    if "is_active" in changed:
+        values["is_active"] = changed["is_active"] is not False
+    await _snapshot(ctx, **values)
+
+
+async def on_product_price_changed(ctx: EventContext) -> None:
+    await _snapshot(ctx, price=Decimal(str(ctx.event.data["new_price"])))
+
+
+async def on_product_deleted(ctx: EventContext) -> None:
+    """Gone from the catalog: orders for it are refused from now on, without asking."""
+    await _snapshot(ctx, deleted=True)
+
+
+class SnapshotConfigError(ValueError):
+    """PRODUCT_SNAPSHOT_MAX_AGE that is not a number of seconds in range."""
+
+
+def snapshot_max_age() -> timedelta:
+    """PRODUCT_SNAPSHOT_MAX_AGE from the environment (seconds), or the default."""
+    raw = os.environ.get(SNAPSHOT_MAX_AGE_VARIABLE, "").strip()
+    if not raw:
+        return timedelta(seconds=DEFAULT_SNAPSHOT_MAX_AGE)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= LONGEST_SNAPSHOT_MAX_AGE:
+        raise SnapshotConfigError(
+            f"{SNAPSHOT_MAX_AGE_VARIABLE}={raw!r} is not a number of seconds from 0 to "
+            f"{LONGEST_SNAPSHOT_MAX_AGE:.0f}"
+        )
+    return timedelta(seconds=seconds)
+
+
 async def startup(app: FastAPI) -> None:
+    try:
+        app.state.product_snapshot_max_age = snapshot_max_age()
+    except SnapshotConfigError as error:
+        logger.critical("%s", error)  # one plain line before uvicorn's traceback
+        raise
     await start_sagas(app, PLACE_ORDER.bind(on_completed=placed, on_failed=not_placed))
 
 
 async def shutdown(app: FastAPI) -> None:
     await stop_sagas(app)
-
-
-def _without(value: Any, user_id: str) -> Any:
-    """`value` (JSON) with every occurrence of the user's id replaced by the erased one."""
-    if isinstance(value, dict):
-        return {key: _without(item, user_id) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_without(item, user_id) for item in value]
-    return str(ERASED_USER) if value == user_id else value
-
-
-async def on_user_deleted(ctx: EventContext) -> None:
-    """GDPR erasure: the customer's orders keep what accounting needs (lines, amounts,
-    statuses, the payment, the country of delivery) and lose the person: the address, the
-    link to the account, the client's idempotency key; their timelines too. Applying it
-    again finds nothing left to change."""
-    user_id = uuid.UUID(str(ctx.event.data["user_id"]))
-    orders = list(await ctx.session.scalars(sa.select(Order).where(Order.user_id == user_id)))
-    for order in orders:
-        address = dict(order.shipping_address or {})
-        order.shipping_address = {
-            **{name: None for name in ERASED_ADDRESS_FIELDS},
-            "country": address.get("country"),
-            "erased": True,
-        }
-        order.user_id = ERASED_USER
-        order.idempotency_key = None
-        order.request_fingerprint = None
-    if not orders:
-        return
-    timeline = await ctx.session.scalars(
-        sa.select(OrderEvent).where(OrderEvent.order_id.in_([order.id for order in orders]))
-    )
-    for entry in timeline:
-        entry.data = _without(entry.data, str(user_id))

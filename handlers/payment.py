@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 PROVIDER_TIMEOUT = float(os.environ.get("PAYMENT_PROVIDER_TIMEOUT", "4"))
 TIMED_OUT = "the payment provider did not answer in time"
 CANCELLED = "the order was cancelled before the charge was made"
-# Who a payment belongs to once its customer's account is erased (GDPR): nobody.
-ERASED_USER = uuid.UUID(int=0)
 
 
 class PaymentMethod(BaseModel):
@@ -319,7 +317,12 @@ async def _settle(ctx: Context, payment: Payment, result: ProviderResult) -> Pay
         await publish(
             session,
             "payment.failed",
-            {"payment_id": payment.id, "order_id": payment.order_id, "reason": result.reason},
+            {
+                "payment_id": payment.id,
+                "order_id": payment.order_id,
+                "user_id": payment.user_id,
+                "reason": result.reason,
+            },
         )
     await session.commit()
     await session.refresh(payment)
@@ -359,7 +362,12 @@ async def _cancelled(ctx: Context, payment: Payment) -> bool:
     await publish(
         ctx.session,
         "payment.failed",
-        {"payment_id": payment.id, "order_id": payment.order_id, "reason": CANCELLED},
+        {
+            "payment_id": payment.id,
+            "order_id": payment.order_id,
+            "user_id": payment.user_id,
+            "reason": CANCELLED,
+        },
     )
     return True
 
@@ -471,7 +479,12 @@ async def _open_cancelled(ctx: Context, order_id: uuid.UUID) -> bool:
     await publish(
         ctx.session,
         "payment.failed",
-        {"payment_id": payment.id, "order_id": order_id, "reason": CANCELLED},
+        {
+            "payment_id": payment.id,
+            "order_id": order_id,
+            "user_id": payment.user_id,
+            "reason": CANCELLED,
+        },
     )
     return True
 
@@ -544,21 +557,8 @@ async def startup(app: FastAPI) -> None:
     except ProviderConfigError as error:
         logger.critical("%s", error)  # one plain line before uvicorn's traceback
         raise
-    app.state.service_clients = ServiceClients(app.state.settings)
+    app.state.service_clients = ServiceClients(app.state.settings, tracer=app.state.tracer)
 
 
 async def shutdown(app: FastAPI) -> None:
     await app.state.service_clients.close()
-
-
-async def on_user_deleted(ctx: EventContext) -> None:
-    """GDPR erasure: the customer's payments keep what accounting needs (amount, status,
-    provider and transaction) and lose the link to the person. Applying it again finds
-    nothing left to change."""
-    user_id = uuid.UUID(str(ctx.event.data["user_id"]))
-    await ctx.session.execute(
-        sa.update(Payment)
-        .where(Payment.user_id == user_id)
-        .values(user_id=ERASED_USER)
-        .execution_options(synchronize_session=False)
-    )

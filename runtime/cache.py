@@ -4,6 +4,9 @@
 `incr`, `add` and `remaining` are for counters, claims and locks, where a guess would open
 what they guard (a failure count read as 0, a one-time claim read as won): they are atomic
 and raise `CacheUnavailableError` instead.
+
+Redis over TLS: a `rediss://` URL, and with REDIS_CA_FILE the server's certificate must
+chain to that CA and name the URL's host (`redis_client`, which the event store uses too).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import math
 import re
 import time
 from collections import OrderedDict
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -65,6 +69,44 @@ class Cache(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+def check_redis_tls(url: str | None, ca_file: str | None) -> None:
+    """Refuse a CA file that would not be used: with REDIS_CA_FILE the URL must ask for TLS
+    (rediss://) and must not weaken the verification with its own `ssl_*` options."""
+    if not ca_file:
+        return
+    parts = urlsplit(url or "")
+    if parts.scheme != "rediss":
+        raise ValueError(
+            f"REDIS_CA_FILE is set, so REDIS_URL must be a rediss:// (TLS) URL, "
+            f"got {parts.scheme + '://' if parts.scheme else 'none'}"
+        )
+    overrides = sorted(name for name in parse_qs(parts.query) if name.startswith("ssl_"))
+    if overrides:
+        raise ValueError(
+            f"REDIS_URL sets {', '.join(overrides)}, which would override the verification "
+            "against REDIS_CA_FILE; leave them out"
+        )
+
+
+def redis_client(url: str, ca_file: str | None = None, **options: Any) -> Redis:
+    """redis-py's asyncio client for `url`; over TLS with `ca_file`, the server verified
+    against it, host name included (CERT_REQUIRED, as a browser checks a site)."""
+    check_redis_tls(url, ca_file)
+    if ca_file:
+        options |= {
+            "ssl_cert_reqs": "required",
+            "ssl_ca_certs": ca_file,
+            "ssl_check_hostname": True,
+        }
+    return Redis.from_url(url, **options)
+
+
+def _describe(error: BaseException) -> str:
+    # redis-py's repr of its errors names only the class ("network:ConnectionError"); the
+    # message says why (refused, timed out, certificate verify failed, ...).
+    return f"{type(error).__name__}: {error}"
 
 
 def _as_bytes(value: CacheValue) -> bytes:
@@ -197,10 +239,13 @@ class RedisCache:
         self._scan_batch = scan_batch
 
     @classmethod
-    def from_url(cls, url: str, namespace: str = "", timeout: float = 2.0) -> RedisCache:
+    def from_url(
+        cls, url: str, namespace: str = "", timeout: float = 2.0, ca_file: str | None = None
+    ) -> RedisCache:
         # Bounded socket timeouts: a stalled Redis must cost milliseconds, not a hung request.
-        client = Redis.from_url(
+        client = redis_client(
             url,
+            ca_file,
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
             health_check_interval=30,
@@ -212,7 +257,7 @@ class RedisCache:
 
     def _warn(self, operation: str, error: Exception) -> None:
         logger.warning(
-            "cache operation failed", extra={"operation": operation, "error": repr(error)}
+            "cache operation failed", extra={"operation": operation, "error": _describe(error)}
         )
 
     async def get(self, key: str) -> bytes | None:
@@ -253,10 +298,10 @@ class RedisCache:
                 raise ValueError(f"the value at {key!r} is not an integer") from None
             # Anything else (read-only replica, out of memory, ...) is the backend failing.
             self._warn("incr", error)
-            raise CacheUnavailableError(f"cache unavailable: {error!r}") from error
+            raise CacheUnavailableError(f"cache unavailable: {_describe(error)}") from error
         except (RedisError, OSError) as error:
             self._warn("incr", error)
-            raise CacheUnavailableError(f"cache unavailable: {error!r}") from error
+            raise CacheUnavailableError(f"cache unavailable: {_describe(error)}") from error
         return int(results[0])
 
     async def add(self, key: str, value: CacheValue, ttl: float | None = None) -> bool:
@@ -266,7 +311,7 @@ class RedisCache:
             stored = await self._client.set(self._key(key), _as_bytes(value), px=expiry, nx=True)
         except (RedisError, OSError) as error:
             self._warn("add", error)
-            raise CacheUnavailableError(f"cache unavailable: {error!r}") from error
+            raise CacheUnavailableError(f"cache unavailable: {_describe(error)}") from error
         return bool(stored)
 
     async def remaining(self, key: str) -> float | None:
@@ -274,7 +319,7 @@ class RedisCache:
             milliseconds = int(await self._client.pttl(self._key(key)))
         except (RedisError, OSError) as error:
             self._warn("remaining", error)
-            raise CacheUnavailableError(f"cache unavailable: {error!r}") from error
+            raise CacheUnavailableError(f"cache unavailable: {_describe(error)}") from error
         if milliseconds == -2:
             return None
         return math.inf if milliseconds == -1 else milliseconds / 1000
@@ -307,8 +352,9 @@ class RedisCache:
         await self._client.aclose()
 
 
-def make_cache(redis_url: str | None, namespace: str = "") -> Cache:
-    """Redis when a URL is configured, otherwise the in-process cache."""
+def make_cache(redis_url: str | None, namespace: str = "", ca_file: str | None = None) -> Cache:
+    """Redis when a URL is configured (over TLS verified against `ca_file` when given),
+    otherwise the in-process cache."""
     if redis_url:
-        return RedisCache.from_url(redis_url, namespace=namespace)
+        return RedisCache.from_url(redis_url, namespace=namespace, ca_file=ca_file)
     return MemoryCache(namespace=namespace)

@@ -115,6 +115,10 @@ class ServiceSettings(BaseSettings):
 
     # None means in-process fallbacks: a memory cache, no shared state between replicas.
     redis_url: str | None = None
+    # Redis over TLS (a rediss:// REDIS_URL), the server's certificate verified against this
+    # CA and the URL's host name (cert-manager's issuer CA in the cluster). Unset: rediss://
+    # verifies against the system's CAs, redis:// is plaintext, as local Redis speaks.
+    redis_ca_file: str | None = None
     kafka_bootstrap_servers: str | None = None
     # Kafka over TLS, the broker's certificate verified against this CA and its host name
     # (Strimzi's `<cluster>-cluster-ca-cert`). Unset: plaintext, as the local broker speaks.
@@ -122,6 +126,10 @@ class ServiceSettings(BaseSettings):
     # Idempotent producers need InitProducerId, which the embedded broker lacks: on for
     # Kafka (the manifests), off for the local embedded broker.
     kafka_idempotent: bool = True
+    # Services that send mail (spec `uses: [mail]`): the SMTP server (smtp:// or smtps://,
+    # credentials in the URL) and the From address. Unset: mails wait in the mail outbox.
+    smtp_url: str | None = None
+    mail_from: str = "no-reply@localhost"
 
     # Tokens are RS256 JWTs from the spec's token issuer; everyone verifies them with its
     # JWKS. `token_roles`: the roles a token may carry (the spec's `auth.roles`; None: any).
@@ -183,6 +191,23 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _normalise_service_keys(cls, value: dict[str, str]) -> dict[str, str]:
         return {service_env_key(name).lower(): url for name, url in value.items()}
+
+    @field_validator("smtp_url", mode="after")
+    @classmethod
+    def _check_smtp_url(cls, value: str | None) -> str | None:
+        if value:
+            from runtime.mail import SmtpServer  # the mail module is only needed when set
+
+            SmtpServer.from_url(value)  # a ValueError names what is wrong
+        return value or None
+
+    @model_validator(mode="after")
+    def _check_redis_tls(self) -> ServiceSettings:
+        if self.redis_ca_file:
+            from runtime.cache import check_redis_tls  # only needed with a CA file
+
+            check_redis_tls(self.redis_url, self.redis_ca_file)  # a ValueError says what
+        return self
 
     @model_validator(mode="after")
     def _refuse_weak_secrets(self) -> ServiceSettings:

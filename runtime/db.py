@@ -82,6 +82,43 @@ def insert_skipping_duplicates(table: sa.Table, dialect: str, key: str) -> sa.In
     raise ValueError(f"no INSERT ... ON CONFLICT for {dialect}")
 
 
+def upsert_newest(
+    table: sa.Table,
+    dialect: str,
+    key: str,
+    rows: list[dict[str, Any]],
+    *,
+    version: str,
+    ascending: tuple[str, ...] = (),
+) -> sa.Insert:
+    """An INSERT of `rows` into `table` that, where a row's `key` is taken, writes the columns
+    `rows` name only if the stored `version` is not newer than the new one (ON CONFLICT DO
+    UPDATE), so a late or replayed write never rolls a newer one back; each column of
+    `ascending` (a last-seen time, say) takes the greater of its stored and its new value
+    either way. Columns `rows` do not name keep their value; every row names the same ones.
+    PostgreSQL and SQLite only."""
+    if dialect == "postgresql":
+        statement: postgresql.Insert | sqlite.Insert = postgresql.insert(table).values(rows)
+    elif dialect == "sqlite":
+        statement = sqlite.insert(table).values(rows)
+    else:
+        raise ValueError(f"no INSERT ... ON CONFLICT for {dialect}")
+    new = statement.excluded
+    newer = table.c[version] <= new[version]
+    values: dict[str, Any] = {}
+    for name in rows[0]:
+        if name == key:
+            continue
+        stored = table.c[name]
+        if name in ascending:
+            values[name] = sa.case(
+                (sa.or_(stored.is_(None), new[name] > stored), new[name]), else_=stored
+            )
+        else:
+            values[name] = sa.case((newer, new[name]), else_=stored)
+    return statement.on_conflict_do_update(index_elements=[key], set_=values)
+
+
 @dataclass(frozen=True)
 class PoolStats:
     """Connection pool occupancy, for metrics. `size` is the configured steady-state size."""

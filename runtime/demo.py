@@ -4,12 +4,15 @@ through the gateway in order, as any client would send it.
 The file says how the platform's admin logs in and which requests to make, each anonymous
 or as that admin. A request answered 409 is taken as "already there" and skipped with the
 requests under its `then`, so loading twice changes nothing. `{field}` in a `then` request's
-path is that field of its parent's answer (the id of what it created, say).
+path or in a string of its body is that field of its parent's answer (the id of what it
+created, say).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,11 +45,25 @@ class DemoRequest(_Strict):
     then: tuple[DemoRequest, ...] = ()
 
 
+class DemoReport(_Strict):
+    """A GET sent after the requests, whose answer's `show` fields are printed. Work the
+    requests started elsewhere (events, say) may take a moment: with `until`, the GET is
+    repeated (up to `wait` seconds) until that field of the answer is truthy."""
+
+    label: str = Field(min_length=1, max_length=40)
+    as_: Literal["admin", "anonymous"] = Field(default="anonymous", alias="as")
+    path: str = Field(pattern=r"^/")
+    show: tuple[str, ...] = Field(min_length=1)  # dotted field paths: `totals.orders`
+    until: str | None = None
+    wait: float = Field(default=20.0, gt=0, le=120)
+
+
 class DemoFile(_Strict):
     login: DemoLogin | None = None
     requests: tuple[DemoRequest, ...] = Field(min_length=1)
     # Printed after loading, e.g. the demo account's credentials.
     show: str = ""
+    report: tuple[DemoReport, ...] = ()
 
 
 class DemoError(Exception):
@@ -59,6 +76,7 @@ class DemoResult:
     created: int
     existing: int
     show: str
+    reports: tuple[tuple[str, str], ...] = ()  # (label, the fields it shows)
 
 
 def read_demo(path: Path) -> DemoFile:
@@ -86,6 +104,16 @@ def _fill(template: str, values: dict[str, Any], where: str) -> str:
         return str(values[name])
 
     return _FIELD.sub(value, template)
+
+
+def _fill_body(body: Any, values: dict[str, Any], where: str) -> Any:
+    if isinstance(body, str):
+        return _fill(body, values, where)
+    if isinstance(body, list):
+        return [_fill_body(item, values, where) for item in body]
+    if isinstance(body, dict):
+        return {key: _fill_body(item, values, where) for key, item in body.items()}
+    return body
 
 
 async def load_demo(
@@ -118,7 +146,7 @@ async def load_demo(
                 answer = await client.request(
                     request.method,
                     _fill(request.path, values, where),
-                    json=request.body,
+                    json=_fill_body(request.body, values, where) if values else request.body,
                     headers=admin if request.as_ == "admin" else None,
                 )
                 counts["sent"] += 1
@@ -134,4 +162,38 @@ async def load_demo(
                 )
 
         await send(demo.requests, {}, "requests")
-    return DemoResult(counts["sent"], counts["created"], counts["existing"], demo.show)
+        reports = []
+        for index, report in enumerate(demo.report):
+            where = f"{source}: report[{index}] GET {report.path}"
+            if report.as_ == "admin" and not admin:
+                raise DemoError(f"{where}: sent as admin, but the file has no `login`")
+            headers = admin if report.as_ == "admin" else None
+            answer = await _poll(client, report, headers, where)
+            shown = ", ".join(f"{name}={_field(answer, name)}" for name in report.show)
+            reports.append((report.label, shown))
+    return DemoResult(
+        counts["sent"], counts["created"], counts["existing"], demo.show, tuple(reports)
+    )
+
+
+def _field(answer: Any, dotted: str) -> Any:
+    value = answer
+    for name in dotted.split("."):
+        if not isinstance(value, dict) or name not in value:
+            return None
+        value = value[name]
+    return value
+
+
+async def _poll(
+    client: httpx.AsyncClient, report: DemoReport, headers: dict[str, str] | None, where: str
+) -> Any:
+    deadline = time.monotonic() + report.wait
+    while True:
+        answer = await client.get(report.path, headers=headers)
+        if not answer.is_success:
+            raise DemoError(f"{where}: answered {answer.status_code}: {answer.text[:300]}")
+        body = answer.json()
+        if report.until is None or _field(body, report.until) or time.monotonic() > deadline:
+            return body
+        await asyncio.sleep(0.5)

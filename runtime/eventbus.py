@@ -25,13 +25,16 @@ from typing import Annotated, Any, Protocol
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
+from opentelemetry.trace import Span
 from redis.asyncio import Redis
 
 from runtime.app import create_service_app
 from runtime.auth import require, require_service
+from runtime.cache import redis_client
 from runtime.config import ServiceSettings
 from runtime.db import Database, insert_skipping_duplicates
 from runtime.errors import Problem
+from runtime.events.consumer import log_event, process_span
 from runtime.events.envelope import EnvelopeError, Event
 from runtime.events.kafka import KafkaProducer, KafkaSource, tls_context
 from runtime.events.registry import EventRegistry, EventValidationError
@@ -39,6 +42,7 @@ from runtime.events.transport import Message
 from runtime.metrics import EventMetrics
 from runtime.openapi import problems, request_body
 from runtime.service_events import kafka_source
+from runtime.tracing import fail, get_tracer
 from runtime.types import UTCDateTime
 
 logger = logging.getLogger(__name__)
@@ -251,6 +255,7 @@ class EventBus:
         self.database: Database | None = None
         self.consumed = 0
         self.metrics: EventMetrics | None = None  # set with the app's registry at start
+        self.tracer = get_tracer()  # the app's, at start
         self._task: asyncio.Task[None] | None = None
         self._healthy = settings.kafka_bootstrap_servers is None
 
@@ -259,18 +264,36 @@ class EventBus:
 
     async def record(self, messages: Sequence[Message]) -> None:
         """Keep a fetched batch: the audit log in one statement and one transaction (an
-        event it has already is left as it is), then the store, then live subscribers."""
+        event it has already is left as it is), then the store, then live subscribers.
+        Each event gets a span in the trace it continues, and a line once kept."""
         kept: list[tuple[Event, str]] = []
+        traced: list[tuple[Message, Event, Span]] = []
         for message in messages:
             try:
-                kept.append((Event.from_bytes(message.value), message.topic))
+                event = Event.from_bytes(message.value)
             except EnvelopeError as error:
                 logger.warning(
                     "not an event; skipped",
                     extra={"topic": message.topic, "offset": message.offset, "error": str(error)},
                 )
+                continue
+            kept.append((event, message.topic))
+            span = process_span(self.tracer, message, event, group=self.settings.service_name)
+            traced.append((message, event, span))
         if not kept:
             return
+        try:
+            await self._keep(kept)
+        except BaseException as error:
+            for _, _, span in traced:
+                fail(span, type(error).__name__)
+                span.end()
+            raise
+        for message, event, span in traced:
+            log_event("event recorded", message, event, span)
+            span.end()
+
+    async def _keep(self, kept: Sequence[tuple[Event, str]]) -> None:
         assert self.database is not None
         recorded_at = datetime.now(UTC)
         rows = [
@@ -331,6 +354,7 @@ class EventBus:
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         self.database = app.state.database
+        self.tracer = app.state.tracer
         bootstrap = self.settings.kafka_bootstrap_servers
         source = None
         if bootstrap:
@@ -461,7 +485,7 @@ def router(prefix: str) -> APIRouter:
 
 def make_store(settings: ServiceSettings, retention: float) -> EventStore:
     if settings.redis_url:
-        return RedisEventStore(Redis.from_url(settings.redis_url), retention)
+        return RedisEventStore(redis_client(settings.redis_url, settings.redis_ca_file), retention)
     return MemoryEventStore(retention)
 
 

@@ -59,6 +59,25 @@ class Context:
                 ]
             ) from None
 
+    def query_int(self, name: str, default: int, low: int, high: int) -> int:
+        """Query parameter `name` as an integer from `low` to `high` (`default` when absent);
+        a 422 naming it otherwise (a value beyond BIGINT must not reach SQL)."""
+        raw = self.request.query_params.get(name)
+        if raw is None:
+            return default
+        try:
+            value: int | None = int(raw)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            message = f"must be an integer from {low} to {high}"
+            raise Problem(
+                422,
+                detail=f"{name} {message}",
+                errors=[{"loc": ["query", name], "msg": message, "type": "value_error"}],
+            )
+        return value
+
     async def json(self) -> Any:
         try:
             return await self.request.json()

@@ -1,5 +1,6 @@
 """Calls to other services: one pooled client per callee, with timeouts, bounded retries of
-idempotent requests, the caller's correlation id and the platform's service token.
+idempotent requests, the caller's correlation id and trace context, and the platform's
+service token. Each call is a client span (its retries included).
 
 Failures come back as `ServiceCallError` with a `kind` a saga can act on: the callee said
 no (`rejected`, with its status and problem body), it took too long (`timeout`), it failed
@@ -14,6 +15,9 @@ import json as json_module
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Tracer
+
 from runtime.auth import SERVICE_TOKEN_HEADER
 from runtime.config import ServiceSettings, service_env_key
 from runtime.correlation import correlation_headers
@@ -26,6 +30,7 @@ from runtime.httpclient import (
     pool_for,
 )
 from runtime.jsonenc import dumps
+from runtime.tracing import get_tracer, inject_headers
 
 # Methods a retry cannot apply twice; the gateway and service calls both go by it.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -65,6 +70,7 @@ class ServiceClients:
     timeout: float = 5.0
     retries: int = 2
     backoff: float = 0.1
+    tracer: Tracer = field(default_factory=get_tracer)
     _callees: dict[str, _Callee] = field(default_factory=dict)
 
     def _callee(self, service: str) -> _Callee:
@@ -93,6 +99,29 @@ class ServiceClients:
         """The JSON body of a 2xx answer; ServiceCallError for anything else."""
         callee = self._callee(service)
         method = method.upper()
+        with self.tracer.start_as_current_span(
+            f"{method} {service}",
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": method, "url.path": path, "peer.service": service},
+        ) as span:
+            try:
+                return await self._call(service, callee, method, path, json, headers, timeout)
+            except ServiceCallError as error:
+                # The span ends marked failed, with the error recorded.
+                if error.status is not None:
+                    span.set_attribute("http.response.status_code", error.status)
+                raise
+
+    async def _call(
+        self,
+        service: str,
+        callee: _Callee,
+        method: str,
+        path: str,
+        json: Any,
+        headers: dict[str, str] | None,
+        timeout: float | None,
+    ) -> Any:
         attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
         body = b"" if json is None else dumps(json).encode()
         sent = {
@@ -100,6 +129,7 @@ class ServiceClients:
             SERVICE_TOKEN_HEADER: self.settings.service_token.get_secret_value(),
             **({"content-type": "application/json"} if json is not None else {}),
             **correlation_headers(),
+            **inject_headers(),
             **(headers or {}),
         }
         wait = self.timeout if timeout is None else timeout
@@ -139,6 +169,7 @@ class ServiceClients:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                 continue
             if 200 <= reply.status < 300:
+                trace.get_current_span().set_attribute("http.response.status_code", reply.status)
                 return _json(reply.body) if reply.body else None
             problem = _json(reply.body) if reply.body else {}
             if not isinstance(problem, dict):

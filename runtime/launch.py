@@ -79,6 +79,11 @@ def launch(
             f"  admin:   {keep['admin_email']} / {keep['admin_password']}"
             + (note if generated else "")
         )
+        if plan.mail_sink:
+            say(
+                f"  mail:    the services' mails land in {plan.mail_sink.directory}; "
+                "`cloudretail mails` lists them"
+            )
         if demo is None:
             return
         try:
@@ -98,6 +103,8 @@ def launch(
             f"  demo:    {loaded.sent} requests ({loaded.created} created, "
             f"{loaded.existing} there already)" + (f"; {loaded.show}" if loaded.show else "")
         )
+        for label, shown in loaded.reports:
+            say(f"  {label + ':':<8} {shown}")
 
     if detach:
         pid = stack.spawn_detached(data_dir, plan, extra_env)

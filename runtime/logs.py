@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.correlation import get_correlation_id
 from runtime.jsonenc import dumps
+from runtime.tracing import current_ids
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged.
 # uvicorn's `color_message` is the message again with ANSI codes, noise in a JSON line.
@@ -32,13 +33,15 @@ def log_timestamp(created: float) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON line: fixed keys first, then the record's extras."""
+    """Formats a record as one JSON line: fixed keys first (the trace and span ids of the
+    span it was written in among them), then the record's extras."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
+        trace_id, span_id = current_ids()
         payload: dict[str, Any] = {
             "timestamp": log_timestamp(record.created),
             "level": record.levelname.lower(),
@@ -46,6 +49,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "correlation_id": get_correlation_id(),
+            # The span the line was written in (null outside one): the trace viewer's way in.
+            "trace_id": trace_id,
+            "span_id": span_id,
         }
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_") and key not in payload:

@@ -21,11 +21,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from opentelemetry.trace import Tracer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runtime.db import Database
 from runtime.http import ServiceCallError, ServiceClients
 from runtime.jsonenc import dumps
+from runtime.tracing import get_tracer
 from runtime.types import UTCDateTime
 
 if TYPE_CHECKING:
@@ -158,6 +160,8 @@ class SagaRunner:
     suspect_timeout: float = 1.0
     # Steps and outcomes, counted once the transaction that records them has committed.
     metrics: SagaMetrics | None = None
+    # Each step and each compensation is a span (its call to the other service inside).
+    tracer: Tracer = field(default_factory=get_tracer)
     _locks: dict[uuid.UUID, asyncio.Lock] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
 
@@ -248,14 +252,18 @@ class SagaRunner:
             failure = _failure(step, None, f"the saga passed its deadline before {step.name}")
         else:
             try:
-                answer = await self.clients.call(
-                    step.call.service,
-                    step.call.method,
-                    step.call.url(data),
-                    json=data,
-                    headers={"Idempotency-Key": f"{saga_id}:{step.name}"},
-                    timeout=min(remaining, self.clients.timeout),
-                )
+                with self.tracer.start_as_current_span(
+                    f"{definition.name} {step.name}",
+                    attributes={"saga.id": str(saga_id), "saga.step": step.name},
+                ):
+                    answer = await self.clients.call(
+                        step.call.service,
+                        step.call.method,
+                        step.call.url(data),
+                        json=data,
+                        headers={"Idempotency-Key": f"{saga_id}:{step.name}"},
+                        timeout=min(remaining, self.clients.timeout),
+                    )
             except ServiceCallError as error:
                 failure = _failure(step, error, error.detail)
             else:
@@ -292,14 +300,20 @@ class SagaRunner:
             unanswered = error.get("status") is None and error.get("kind") != "rejected"
             suspect = waiting and unanswered and error.get("service") == step.compensate.service
             try:
-                await self.clients.call(
-                    step.compensate.service,
-                    step.compensate.method,
-                    step.compensate.url(data),
-                    json=data,
-                    headers={"Idempotency-Key": f"{saga_id}:{step.name}:undo"},
-                    timeout=min(self.suspect_timeout, self.clients.timeout) if suspect else None,
-                )
+                with self.tracer.start_as_current_span(
+                    f"{definition.name} {step.name} undo",
+                    attributes={"saga.id": str(saga_id), "saga.step": step.name},
+                ):
+                    await self.clients.call(
+                        step.compensate.service,
+                        step.compensate.method,
+                        step.compensate.url(data),
+                        json=data,
+                        headers={"Idempotency-Key": f"{saga_id}:{step.name}:undo"},
+                        timeout=(
+                            min(self.suspect_timeout, self.clients.timeout) if suspect else None
+                        ),
+                    )
             except ServiceCallError as failure:
                 # Owed, not forgotten: recovery tries again until the callee answers.
                 logger.warning(
@@ -412,7 +426,8 @@ async def start_sagas(app: FastAPI, *definitions: SagaDefinition) -> SagaRunner:
     """Run a service's sagas: a runner, and the clients it calls other services with, on
     `app.state.sagas` and `app.state.service_clients`, recovering abandoned sagas until
     `stop_sagas`. Call it from the handlers' `startup`, with each saga bound to its hooks."""
-    clients = ServiceClients(app.state.settings)
+    tracer = getattr(app.state, "tracer", None) or get_tracer()  # create_service_app's
+    clients = ServiceClients(app.state.settings, tracer=tracer)
     app.state.service_clients = clients
     metrics = getattr(app.state, "metrics", None)  # create_service_app's
     runner = SagaRunner(
@@ -420,6 +435,7 @@ async def start_sagas(app: FastAPI, *definitions: SagaDefinition) -> SagaRunner:
         clients,
         {saga.name: saga for saga in definitions},
         metrics=metrics.saga_metrics() if metrics is not None else None,
+        tracer=tracer,
     )
     app.state.sagas = runner
     await runner.start()

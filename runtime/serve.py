@@ -1,4 +1,4 @@
-"""Process entry point for generated `__main__.py` modules: logging, then uvicorn.
+"""Process entry point for generated `__main__.py` modules: logging and tracing, then uvicorn.
 
 Stopping (SIGTERM, SIGINT): first drain — readiness answers 503 for `SHUTDOWN_DRAIN`
 seconds while the service keeps serving, so load balancers (the gateway's health checks,
@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from runtime.config import ServiceSettings
 from runtime.logs import configure_logging
+from runtime.tracing import configure_tracing
 
 # uvicorn's own exit status when the app's lifespan startup fails.
 STARTUP_FAILURE = 3
@@ -72,6 +73,7 @@ def uvicorn_config(app: FastAPI, settings: ServiceSettings) -> uvicorn.Config:
 def run(app_factory: Callable[[ServiceSettings], FastAPI], settings: ServiceSettings) -> None:
     """Serve the app until SIGTERM or SIGINT, then shut down gracefully."""
     configure_logging(settings.service_name, settings.log_level)
+    configure_tracing(settings.service_name)
     app = app_factory(settings)
     server = DrainingServer(uvicorn_config(app, settings), app, settings.shutdown_drain)
     server.run()

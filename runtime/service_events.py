@@ -83,8 +83,9 @@ class ServiceEvents:
         metrics: EventMetrics | None = (
             app_metrics.event_metrics() if app_metrics is not None else None
         )
+        tracer = getattr(app.state, "tracer", None)  # create_service_app's
         # The relay also measures the outbox backlog (every 5 s) while it runs.
-        self.relay = OutboxRelay(database, producer, metrics=metrics)
+        self.relay = OutboxRelay(database, producer, metrics=metrics, tracer=tracer)
         await self.relay.start()
         if self.handlers:
             topics = consumer_topics(self.registry, self.handlers)
@@ -96,6 +97,7 @@ class ServiceEvents:
                 service=service,
                 handlers=self.handlers,
                 metrics=metrics,
+                tracer=tracer,
             )
             await self.consumer.start()
         app.state.events = self

@@ -2,9 +2,10 @@
 
 The plan (which processes, their environment, databases, topics) comes from the generator
 as plain JSON. The supervisor starts the embedded broker (unless an external Kafka is
-given), creates the topics, migrates every database, starts each process, waits for their
-readiness, streams their logs with a name prefix, restarts a process that crashes (with
-backoff), and on Ctrl-C / SIGTERM stops everything within 10 seconds. Detached, the same
+given), creates the topics, migrates every database, starts a receiver for the processes'
+spans (`runtime.localtraces`), starts each process, waits for their readiness, streams
+their logs with a name prefix, restarts a process that crashes (with backoff), and on
+Ctrl-C / SIGTERM stops everything within 10 seconds. Detached, the same
 supervisor runs in its own session and records itself in `<data dir>/state.json`, which
 `status` and `down` read.
 """
@@ -30,7 +31,10 @@ from typing import Any, TextIO
 from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError, port_holder
 from runtime.events.topics import TopicSpec, apply_topics
 from runtime.httpclient import UpstreamError, exchange, pool_for
+from runtime.localtraces import TRACES_DIR, SpanFile, TraceReceiver
+from runtime.mailsink import MailSink, ReceivedMail
 from runtime.stackplan import StackPlan
+from runtime.tracing import exporting
 
 STOP_TIMEOUT = 8.0
 # Who stops first: the edge, so no new work arrives; then the services, whose consumers and
@@ -95,6 +99,8 @@ def check_ports(plan: StackPlan) -> None:
     ports = [(p.name, p.port) for p in plan.processes]
     if plan.broker:
         ports.append(("embedded Kafka broker", plan.broker.port))
+    if plan.mail_sink:
+        ports.append(("local SMTP sink", plan.mail_sink.port))
     for name, port in ports:
         holder = port_holder("127.0.0.1", int(port))
         if holder is not None:
@@ -110,6 +116,8 @@ def reset_data(plan: StackPlan) -> None:
     """Start empty: SQLite files are removed, PostgreSQL databases dropped."""
     data = Path(plan.data_dir) / "data"
     shutil.rmtree(data, ignore_errors=True)
+    if plan.mail_sink:
+        shutil.rmtree(plan.mail_sink.directory, ignore_errors=True)
     for database in plan.databases:
         url = database.url
         if url.startswith(("postgresql", "postgres")):
@@ -237,6 +245,8 @@ class Supervisor:
             for index, p in enumerate(plan.processes)
         ]
         self.broker: EmbeddedBroker | None = None
+        self.mail_sink: MailSink | None = None
+        self.traces: TraceReceiver | None = None
         self.stopping = asyncio.Event()
         self._pumps: list[asyncio.Task[None]] = []
 
@@ -258,6 +268,43 @@ class Supervisor:
             await self.broker.start()
         except EmbeddedBrokerError as error:
             raise StackError(str(error)) from None
+
+    def start_trace_receiver(self) -> None:
+        """Keep the stack's spans in the data dir (`cloudretail traces` shows them): a local
+        OTLP receiver, every process's exporter pointed at it. Not when the environment
+        already exports them (OTEL_EXPORTER_OTLP_ENDPOINT): the processes inherit that."""
+        if exporting():
+            self.say("traces go where OTEL_EXPORTER_OTLP_ENDPOINT says")
+            return
+        store = SpanFile(self.data_dir / TRACES_DIR)
+        self.traces = TraceReceiver(store)
+        try:
+            endpoint = self.traces.start()
+        except OSError as error:
+            raise StackError(f"the local trace receiver cannot listen: {error}") from None
+        for child in self.children:
+            child.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+            # Spans reach the receiver within half a second of their request (SDK: 5 s).
+            child.env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
+        self.say(f"keeping traces in {store.directory} (see `cloudretail traces`)")
+
+    async def start_mail_sink(self) -> None:
+        sink = self.plan.mail_sink
+        if not sink:
+            return
+        self.mail_sink = MailSink(
+            sink.host, sink.port, Path(sink.directory), notify=self._mail_received
+        )
+        self.say(
+            f"starting the local SMTP sink on {sink.host}:{sink.port} (mails: {sink.directory})"
+        )
+        try:
+            await self.mail_sink.start()
+        except OSError as error:
+            raise StackError(f"the local SMTP sink cannot listen on {sink.port}: {error}") from None
+
+    def _mail_received(self, mail: ReceivedMail) -> None:
+        self.say(f"mail to {mail.recipients}: {mail.subject} ({mail.path.name})")
 
     async def create_topics(self) -> None:
         report = await apply_topics(self.plan.bootstrap, topic_specs(self.plan))
@@ -345,6 +392,11 @@ class Supervisor:
         if self.broker is not None:
             self.say("stopping the embedded broker")
             await self.broker.stop()
+        if self.mail_sink is not None:
+            await self.mail_sink.stop()
+        if self.traces is not None:
+            # Last: the processes send their final spans as they exit.
+            self.traces.stop()
         self.say("stopped")
 
     async def _stop_group(self, group: list[Child]) -> None:
@@ -407,6 +459,8 @@ async def run_stack(
     try:
         check_ports(plan)
         await supervisor.start_broker()
+        await supervisor.start_mail_sink()
+        supervisor.start_trace_receiver()
         await supervisor.create_topics()
         await migrate_all(plan, supervisor.say)
         for child in supervisor.children:

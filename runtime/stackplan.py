@@ -17,6 +17,14 @@ class BrokerAddress(_Plan):
     port: int
 
 
+class MailSinkPlan(_Plan):
+    """The local SMTP server mail-sending services deliver to; mails land in `directory`."""
+
+    host: str
+    port: int
+    directory: str
+
+
 class PlannedProcess(_Plan):
     name: str
     kind: str  # service | event-bus | gateway: the order they stop in
@@ -53,3 +61,4 @@ class StackPlan(_Plan):
     topics: tuple[PlannedTopic, ...]
     gateway: str
     token_issuer: str | None
+    mail_sink: MailSinkPlan | None = None

@@ -19,6 +19,7 @@ from generator.targets.deploy import (
     KAFKA_PORT,
     POSTGRES_PORT,
     REDIS_HOST,
+    REDIS_PLAIN_URL,
     UID,
     Deployment,
     Process,
@@ -30,6 +31,11 @@ from generator.targets.k8s_data import KAFKA_VERSION
 POSTGRES_IMAGE = "postgres:15.8-bookworm"
 REDIS_IMAGE = "redis:7.2.5-alpine"
 KAFKA_IMAGE = f"apache/kafka:{KAFKA_VERSION}"  # the Kafka the cluster runs
+# Services that send mail deliver to a local mail catcher; its web page lists the mails.
+MAIL_IMAGE = "axllent/mailpit:v1.27"
+MAIL_HOST = "mailpit"
+MAIL_SMTP_PORT = 1025
+MAIL_WEB_PORT = 8025
 KAFKA_HOST = "kafka"
 # Local runs use the runtime's development mode, where the placeholder secrets are accepted.
 PLACEHOLDER = "changethis"
@@ -71,6 +77,8 @@ class ComposeView:
     topic_script: tuple[str, ...]  # shell lines that create the topics
     services: tuple[ComposeService, ...]
     gateway_port: int
+    mail_image: str | None  # None: no service sends mail
+    mail_web_port: int
 
 
 def cluster_id(name: str) -> str:
@@ -95,7 +103,7 @@ def _secrets(database: str | None, *, encrypts: bool = False) -> tuple[Setting, 
 def _environment(deployment: Deployment, process: Process) -> tuple[Setting, ...]:
     settings = {
         setting.name: setting.value
-        for setting in deployment.settings(process, f"{KAFKA_HOST}:{KAFKA_PORT}")
+        for setting in deployment.settings(process, f"{KAFKA_HOST}:{KAFKA_PORT}", REDIS_PLAIN_URL)
     }
     settings["ENVIRONMENT"] = "development"
     settings.pop("JWT_PRIVATE_KEY_FILE", None)
@@ -104,6 +112,8 @@ def _environment(deployment: Deployment, process: Process) -> tuple[Setting, ...
         settings["CLOUDRETAIL_DATA_DIR"] = "/tmp/cloudretail"
     for secret in _secrets(process.database, encrypts=process.encrypts):
         settings[secret.name] = secret.value
+    if process.sends_mail:
+        settings["SMTP_URL"] = f"smtp://{MAIL_HOST}:{MAIL_SMTP_PORT}"
     return tuple(Setting(name, settings[name]) for name in sorted(settings))
 
 
@@ -143,6 +153,8 @@ def view(deployment: Deployment) -> ComposeView:
             needs.append(Dependency("kafka-topics", "service_completed_successfully"))
         if process.uses_redis:
             needs.append(Dependency(REDIS_HOST, "service_healthy"))
+        if process.sends_mail:
+            needs.append(Dependency(MAIL_HOST, "service_healthy"))
         if process.name == gateway:
             needs += [
                 Dependency(edge.target, "service_healthy")
@@ -187,6 +199,8 @@ def view(deployment: Deployment) -> ComposeView:
         topic_script=script,
         services=tuple(services),
         gateway_port=deployment.gateway.port,
+        mail_image=MAIL_IMAGE if deployment.mail_senders else None,
+        mail_web_port=MAIL_WEB_PORT,
     )
 
 

@@ -22,10 +22,14 @@ REDIS_HOST = "redis"
 # Where the token issuer's private key is mounted (from a Secret, as a file).
 JWT_KEY_DIR = "/etc/cloudretail/jwt"
 JWT_KEY_FILE = "private.pem"
-# Where the operators' CA certificates are mounted, to verify Kafka's and PostgreSQL's TLS.
+# Where the operators' CA certificates are mounted, to verify Kafka's, PostgreSQL's and
+# Redis's TLS.
 CA_FILE = "ca.crt"
 KAFKA_CA_DIR = "/etc/cloudretail/kafka-ca"
 POSTGRES_CA_DIR = "/etc/cloudretail/postgres-ca"
+REDIS_CA_DIR = "/etc/cloudretail/redis-ca"
+# Redis on the machine's own network (compose): plaintext, as the local broker speaks.
+REDIS_PLAIN_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Process:
     signs_tokens: bool  # holds the private key the platform's tokens are signed with
     verifies_tokens: bool  # fetches the issuer's JWKS
     encrypts: bool = False  # stores columns encrypted: needs the key ring (ENCRYPTION_KEYS)
+    sends_mail: bool = False  # delivers its mail outbox over SMTP (SMTP_URL, MAIL_FROM)
 
     @property
     def name(self) -> str:
@@ -137,6 +142,17 @@ class Deployment:
         """The Secret Strimzi makes with the cluster CA (key `ca.crt`)."""
         return f"{self.kafka_cluster}-cluster-ca-cert"
 
+    @property
+    def redis_url(self) -> str:
+        """Redis in the cluster: TLS only, verified against REDIS_CA_FILE."""
+        return f"rediss://{REDIS_HOST}:{REDIS_PORT}/0"
+
+    @property
+    def redis_tls_secret(self) -> str:
+        """The Secret cert-manager keeps Redis's certificate in (`tls.crt`, `tls.key` and the
+        issuer's `ca.crt`, which the clients mount)."""
+        return f"{REDIS_HOST}-tls"
+
     def process(self, name: str) -> Process:
         return next(process for process in self.processes if process.name == name)
 
@@ -157,23 +173,34 @@ class Deployment:
     def redis_clients(self) -> tuple[str, ...]:
         return tuple(process.name for process in self.processes if process.uses_redis)
 
-    def settings(self, process: Process, kafka_bootstrap: str) -> tuple[Setting, ...]:
+    @cached_property
+    def mail_senders(self) -> tuple[str, ...]:
+        return tuple(process.name for process in self.processes if process.sends_mail)
+
+    def settings(
+        self, process: Process, kafka_bootstrap: str, redis_url: str
+    ) -> tuple[Setting, ...]:
         """The process's plain settings (secrets are referenced elsewhere), sorted by name."""
         values = {
             "ENVIRONMENT": "production",
             "HOST": "0.0.0.0",
             "LOG_LEVEL": "INFO",
+            # Spans are named for the deployable; OTEL_EXPORTER_OTLP_ENDPOINT, where the
+            # collector is, is the operator's to add.
+            "OTEL_SERVICE_NAME": process.name,
             "PORT": str(process.port),
         }
         if process.uses_kafka:
             values["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
             values["KAFKA_IDEMPOTENT"] = "true"
         if process.uses_redis:
-            values["REDIS_URL"] = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+            values["REDIS_URL"] = redis_url
         if process.verifies_tokens and self.jwks_url:
             values["JWKS_URL"] = self.jwks_url
         if process.signs_tokens:
             values["JWT_PRIVATE_KEY_FILE"] = f"{JWT_KEY_DIR}/{JWT_KEY_FILE}"
+        if process.sends_mail:
+            values["MAIL_FROM"] = self.platform.mail_from
         if process.kind == "gateway":
             # Ready while any upstream is: one service's outage must not take every
             # gateway replica out of the Service (its routes answer 503 meanwhile).
@@ -263,6 +290,7 @@ def build(platform: Platform) -> Deployment:
                 signs_tokens=name == issuer_name,
                 verifies_tokens=name in needs_token and name != issuer_name,
                 encrypts=bool(service.encrypted_columns),
+                sends_mail=service.uses_mail,
             )
         )
     processes.append(

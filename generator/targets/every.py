@@ -15,6 +15,7 @@ from generator.targets import (
     images,
     jenkins,
     k8s,
+    loadtest,
     migrations,
     services,
     topics,
@@ -33,6 +34,7 @@ TARGETS: tuple[Target, ...] = (
     k8s.files,
     jenkins.files,
     compose.files,
+    loadtest.files,
 )
 
 

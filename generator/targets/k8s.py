@@ -15,13 +15,14 @@ from typing import Any
 from generator.model import Platform
 from generator.render import OutputFile
 from generator.targets import deploy as deploy_constants
-from generator.targets import k8s_data, k8s_monitoring, k8s_network, k8s_vault
+from generator.targets import k8s_data, k8s_ingress, k8s_monitoring, k8s_network, k8s_vault
 from generator.targets.deploy import (
     CA_FILE,
     JWT_KEY_DIR,
     JWT_KEY_FILE,
     KAFKA_CA_DIR,
     POSTGRES_CA_DIR,
+    REDIS_CA_DIR,
     UID,
     Deployment,
     Migration,
@@ -57,13 +58,13 @@ from generator.targets.k8s_views import (
 
 BASE = "k8s/base"
 ENCRYPTION_KEYS = "ENCRYPTION_KEYS"
+SMTP_URL = "SMTP_URL"
 # Wait this long before shutting down, so endpoints and the gateway stop sending first;
 # there is no shell in the image guaranteed, so the pause is Python's.
 PRE_STOP = ("python", "-c", "import time; time.sleep(5)")
 GRACE_SECONDS = 30  # pre-stop pause + the server's graceful drain, with room to spare
 SPREAD_KEYS = ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
 TMP_SIZE = "64Mi"
-INGRESS_CLASS = "nginx"
 # The tag of the main branch's newest images; the overlays set tags with kustomize `images`
 # (the deploy workflow pins the commit it built). The base carries it too, so that the base
 # alone is deployable and scans clean.
@@ -107,13 +108,14 @@ class Secret:
     name: str
     keys: tuple[str, ...]
     users: tuple[str, ...]
-    kind: str  # env (from secrets.env), file, tls, operator (made by CloudNativePG)
+    kind: str  # env (from secrets.env), file, tls, operator (made by `operator`)
     purpose: str
     how: tuple[str, ...]  # commands that make it
+    operator: str = "CloudNativePG"
 
     @property
     def made_by(self) -> str:
-        return "CloudNativePG" if self.kind == "operator" else "you"
+        return self.operator if self.kind == "operator" else "you"
 
 
 def shared_secret(deployment: Deployment) -> str:
@@ -128,12 +130,20 @@ def encryption_secret(deployment: Deployment) -> str:
     return f"{deployment.name}-encryption"
 
 
+def smtp_secret(deployment: Deployment) -> str:
+    return f"{deployment.name}-smtp"
+
+
 def tls_secret(deployment: Deployment) -> str:
     return f"{deployment.gateway.name}-tls"
 
 
 def _secret_env(
-    deployment: Deployment, database_name: str | None, *, encrypts: bool = False
+    deployment: Deployment,
+    database_name: str | None,
+    *,
+    encrypts: bool = False,
+    sends_mail: bool = False,
 ) -> tuple[SecretEnv, ...]:
     refs = [SecretEnv("SERVICE_TOKEN", shared_secret(deployment), "SERVICE_TOKEN")]
     if database_name:
@@ -141,29 +151,38 @@ def _secret_env(
         refs.insert(0, SecretEnv("DATABASE_URL", database.app_secret, "uri"))
     if encrypts:
         refs.append(SecretEnv(ENCRYPTION_KEYS, encryption_secret(deployment), ENCRYPTION_KEYS))
+    if sends_mail:
+        refs.append(SecretEnv(SMTP_URL, smtp_secret(deployment), SMTP_URL))
     return tuple(refs)
 
 
 def _ca_files(
-    deployment: Deployment, database_name: str | None, kafka: bool
+    deployment: Deployment, database_name: str | None, kafka: bool, redis: bool = False
 ) -> tuple[SecretFile, ...]:
-    """The operators' CA certificates a process verifies TLS with, mounted as files."""
+    """The CA certificates a process verifies TLS with, mounted as files: the operators'
+    (Strimzi, CloudNativePG) and the issuer's of Redis's certificate (cert-manager)."""
     found = []
     if database_name:
         database = deployment.database(database_name)
         found.append(SecretFile("postgres-ca", database.ca_secret, CA_FILE, POSTGRES_CA_DIR))
     if kafka:
         found.append(SecretFile("kafka-ca", deployment.kafka_ca_secret, CA_FILE, KAFKA_CA_DIR))
+    if redis:
+        found.append(SecretFile("redis-ca", deployment.redis_tls_secret, CA_FILE, REDIS_CA_DIR))
     return tuple(found)
 
 
-def _tls_settings(database_name: str | None, kafka: bool) -> tuple[Setting, ...]:
+def _tls_settings(
+    database_name: str | None, kafka: bool, redis: bool = False
+) -> tuple[Setting, ...]:
     """Where the runtime finds those CAs: with them it speaks TLS only, verify-full."""
     found = []
     if database_name:
         found.append(Setting("DATABASE_CA_FILE", f"{POSTGRES_CA_DIR}/{CA_FILE}"))
     if kafka:
         found.append(Setting("KAFKA_CA_FILE", f"{KAFKA_CA_DIR}/{CA_FILE}"))
+    if redis:
+        found.append(Setting("REDIS_CA_FILE", f"{REDIS_CA_DIR}/{CA_FILE}"))
     return tuple(found)
 
 
@@ -196,13 +215,18 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
         port=process.port,
         config_map=process.name,
         env=(),
-        secret_env=_secret_env(deployment, process.database, encrypts=process.encrypts),
+        secret_env=_secret_env(
+            deployment,
+            process.database,
+            encrypts=process.encrypts,
+            sends_mail=process.sends_mail,
+        ),
         secret_files=(
             (SecretFile("jwt", jwt_secret(process), JWT_KEY_FILE, JWT_KEY_DIR),)
             if process.signs_tokens
             else ()
         )
-        + _ca_files(deployment, process.database, process.uses_kafka),
+        + _ca_files(deployment, process.database, process.uses_kafka, process.uses_redis),
         resources=deployable.resources,
         liveness=deployable.liveness,
         readiness=deployable.readiness,
@@ -230,8 +254,12 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
                 tuple(
                     sorted(
                         (
-                            *deployment.settings(process, deployment.kafka_bootstrap),
-                            *_tls_settings(process.database, process.uses_kafka),
+                            *deployment.settings(
+                                process, deployment.kafka_bootstrap, deployment.redis_url
+                            ),
+                            *_tls_settings(
+                                process.database, process.uses_kafka, process.uses_redis
+                            ),
                         ),
                         key=lambda setting: setting.name,
                     )
@@ -259,8 +287,8 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
             (
                 "ingress",
                 IngressView(
-                    meta,
-                    INGRESS_CLASS,
+                    Meta(process.name, ns, labels, k8s_ingress.ingress_annotations()),
+                    deployment.platform.ingress.class_name,
                     deployment.platform.domain,
                     tls_secret(deployment),
                     process.name,
@@ -397,6 +425,22 @@ def secrets(deployment: Deployment) -> tuple[Secret, ...]:
                 ),
             )
         )
+    if deployment.mail_senders:
+        name = smtp_secret(deployment)
+        found.append(
+            Secret(
+                name,
+                (SMTP_URL,),
+                deployment.mail_senders,
+                "file",
+                "the SMTP server the platform's mails go out through, with its credentials: "
+                "smtps://user:password@host:465, or smtp://...:587 (STARTTLS)",
+                (
+                    f"{create} generic {name} "
+                    f"--from-literal={SMTP_URL}='smtps://USER:PASSWORD@smtp.example.com:465'",
+                ),
+            )
+        )
     tls = tls_secret(deployment)
     found.append(
         Secret(
@@ -419,6 +463,19 @@ def secrets(deployment: Deployment) -> tuple[Secret, ...]:
         )
         for database in deployment.databases
     ]
+    if deployment.redis_clients:
+        issuer = deployment.platform.issuer
+        found.append(
+            Secret(
+                deployment.redis_tls_secret,
+                ("tls.crt", "tls.key", "ca.crt"),
+                ("redis", *deployment.redis_clients),
+                "operator",
+                f"Redis's certificate from {issuer.kind} {issuer.name}; clients mount `ca.crt`",
+                (),
+                operator="cert-manager",
+            )
+        )
     return tuple(found)
 
 
@@ -515,6 +572,7 @@ def files(platform: Platform) -> list[OutputFile]:
     images = tuple(ImageTag(process.image, DEFAULT_TAG) for process in deployment.processes)
     out += k8s_monitoring.files(deployment)
     out += k8s_vault.files(deployment, provided(deployment))
+    out += k8s_ingress.files(deployment)
     prod: tuple[str, ...] = ("../../base", "../../monitoring")
     if deployment.platform.vault is not None:
         prod += ("../../vault",)
@@ -542,6 +600,7 @@ def files(platform: Platform) -> list[OutputFile]:
                 "secrets": secrets(deployment),
                 "rows": k8s_network.rows(deployment),
                 "network": k8s_network,
+                "ingress": k8s_ingress,
                 "data": k8s_data,
                 "deploy": deploy_constants,
             },

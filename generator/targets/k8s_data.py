@@ -1,6 +1,7 @@
 """The platform's data services as declared resources: Strimzi Kafka, CloudNativePG, Redis.
 
 The operators (Strimzi, CloudNativePG) run the clusters; these files say what to run.
+Redis is a plain Deployment speaking TLS only, with a certificate cert-manager issues.
 The pod labels the operators put on their pods are here too, for the network policies.
 """
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from generator.model import Resources
 from generator.render import OutputFile
 from generator.targets.deploy import (
+    CA_FILE,
     KAFKA_TLS_PORT,
     REDIS_HOST,
     REDIS_PORT,
@@ -48,6 +50,19 @@ REDIS_IMAGE = "redis:7.2.5-alpine"
 REDIS_RESOURCES = Resources("100m", "128Mi", "500m", "512Mi")
 REDIS_MAX_MEMORY = "384mb"
 REDIS_DATA_SIZE = "64Mi"
+# Redis's certificate, key and the issuer's CA, from cert-manager's Secret.
+REDIS_TLS_DIR = "/etc/redis/tls"
+REDIS_CA_DIR = "/etc/redis/ca"
+REDIS_TLS_PROTOCOLS = "TLSv1.3"
+# Redis reads its certificate files at start and when told to: a `CONFIG SET` of a tls-*-file
+# re-reads the file even when the path is unchanged. cert-manager renews the certificate
+# (by default a third of its life before it ends) and the kubelet updates the mounted files;
+# the tls-reload container then tells Redis, every this many seconds. It also bounds how long
+# Redis may serve a certificate its clients' CA file no longer vouches for.
+REDIS_RELOAD_SECONDS = 60
+REDIS_RELOAD_RESOURCES = Resources("10m", "16Mi", "100m", "32Mi")
+CERT_MANAGER_GROUP = "cert-manager.io"
+CLUSTER_DOMAIN = "cluster.local"
 # Kafka settings that count replicas (a single-node cluster sets each to 1).
 REPLICATION_SETTINGS = (
     "default.replication.factor",
@@ -152,9 +167,29 @@ class RedisView:
     run_as: int
     image: str
     port: int
-    max_memory: str
+    command: tuple[str, ...]
+    probe: tuple[str, ...]  # a TLS PING, the server verified against the issuer's CA
+    reload_probe: tuple[str, ...]
+    reload_script: tuple[str, ...]  # lines of the tls-reload container's shell loop
+    reload_resources: Resources
+    tls_secret: str
+    tls_dir: str
+    tls_files: tuple[str, ...]
+    ca_dir: str
+    ca_file: str
     data_size: str
     resources: Resources
+
+
+@dataclass(frozen=True)
+class CertificateView:
+    meta: Meta
+    secret: str
+    secret_labels: Pairs
+    issuer: str
+    issuer_kind: str
+    issuer_group: str
+    dns_names: tuple[str, ...]
 
 
 def kafka_nodes(deployment: Deployment) -> int:
@@ -247,6 +282,65 @@ def postgres_files(deployment: Deployment) -> list[OutputFile]:
     return files
 
 
+def redis_dns_names(deployment: Deployment) -> tuple[str, ...]:
+    """The names clients reach Redis's Service by, which its certificate must carry."""
+    service = f"{REDIS_HOST}.{deployment.namespace}"
+    return (REDIS_HOST, service, f"{service}.svc", f"{service}.svc.{CLUSTER_DOMAIN}")
+
+
+def _redis_cli(ca_file: str, *command: str) -> tuple[str, ...]:
+    # redis-cli verifies the chain against the CA, not the host name: 127.0.0.1 will do.
+    return ("redis-cli", "--tls", "--cacert", ca_file, "-p", str(REDIS_PORT), *command)
+
+
+def _redis_command(max_memory: str) -> tuple[str, ...]:
+    tls = {
+        "--tls-cert-file": f"{REDIS_TLS_DIR}/tls.crt",
+        "--tls-key-file": f"{REDIS_TLS_DIR}/tls.key",
+        "--tls-ca-cert-file": f"{REDIS_TLS_DIR}/{CA_FILE}",
+    }
+    return (
+        "redis-server",
+        # TLS only: no plaintext port.
+        "--port",
+        "0",
+        "--tls-port",
+        str(REDIS_PORT),
+        *(part for option, path in tls.items() for part in (option, path)),
+        # Clients prove nothing with a certificate: the NetworkPolicy decides who connects.
+        "--tls-auth-clients",
+        "no",
+        "--tls-protocols",
+        REDIS_TLS_PROTOCOLS,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        "/data",
+        "--maxmemory",
+        max_memory,
+        "--maxmemory-policy",
+        "allkeys-lru",
+    )
+
+
+def _reload_script() -> tuple[str, ...]:
+    """The tls-reload container's loop: every REDIS_RELOAD_SECONDS, Redis re-reads its files."""
+    files = " ".join(
+        f"tls-{kind}-file {REDIS_TLS_DIR}/{name}"
+        for kind, name in (("cert", "tls.crt"), ("key", "tls.key"), ("ca-cert", CA_FILE))
+    )
+    cli = " ".join(_redis_cli(f"{REDIS_CA_DIR}/{CA_FILE}", "CONFIG", "SET"))
+    return (
+        "trap 'exit 0' TERM INT",
+        f"while sleep {REDIS_RELOAD_SECONDS} & wait $!; do",
+        f'  reply="$({cli} {files} 2>&1)"',
+        '  [ "$reply" = OK ] || echo "redis did not reload its certificate: $reply" >&2',
+        "done",
+    )
+
+
 def redis_files(deployment: Deployment) -> list[OutputFile]:
     if not deployment.redis_clients:
         return []
@@ -260,15 +354,39 @@ def redis_files(deployment: Deployment) -> list[OutputFile]:
         run_as=UID,
         image=REDIS_IMAGE,
         port=REDIS_PORT,
-        max_memory=REDIS_MAX_MEMORY,
+        command=_redis_command(REDIS_MAX_MEMORY),
+        probe=_redis_cli(f"{REDIS_TLS_DIR}/{CA_FILE}", "ping"),
+        reload_probe=_redis_cli(f"{REDIS_CA_DIR}/{CA_FILE}", "ping"),
+        reload_script=_reload_script(),
+        reload_resources=REDIS_RELOAD_RESOURCES,
+        tls_secret=deployment.redis_tls_secret,
+        tls_dir=REDIS_TLS_DIR,
+        tls_files=("tls.crt", "tls.key", CA_FILE),
+        ca_dir=REDIS_CA_DIR,
+        ca_file=CA_FILE,
         data_size=REDIS_DATA_SIZE,
         resources=REDIS_RESOURCES,
+    )
+    issuer = deployment.platform.issuer
+    certificate = CertificateView(
+        meta=Meta(REDIS_HOST, ns, labels),
+        secret=deployment.redis_tls_secret,
+        secret_labels=labels,
+        issuer=issuer.name,
+        issuer_kind=issuer.kind,
+        issuer_group=CERT_MANAGER_GROUP,
+        dns_names=redis_dns_names(deployment),
     )
     return [
         OutputFile(
             "k8s/base/redis/serviceaccount.yaml",
             "k8s/serviceaccount.yaml.j2",
             {"view": ServiceAccountView(Meta(REDIS_HOST, ns, labels))},
+        ),
+        OutputFile(
+            "k8s/base/redis/certificate.yaml",
+            "k8s/data/certificate.yaml.j2",
+            {"view": certificate},
         ),
         OutputFile("k8s/base/redis/deployment.yaml", "k8s/data/redis.yaml.j2", {"view": view}),
         OutputFile(

@@ -44,7 +44,7 @@ from generator.targets.k8s_views import (
 )
 
 NAMESPACE_NAME = "kubernetes.io/metadata.name"
-INGRESS_NAMESPACE = "ingress-nginx"
+# The ingress-nginx controller's pods (their namespace is the spec's `platform.ingress`).
 INGRESS_PODS = (("app.kubernetes.io/name", "ingress-nginx"),)
 DNS_NAMESPACE = "kube-system"
 DNS_PODS = (("k8s-app", "kube-dns"),)
@@ -78,7 +78,7 @@ def rows(deployment: Deployment) -> list[Row]:
     gateway = deployment.gateway
     found = [
         Row(
-            f"ingress controller ({INGRESS_NAMESPACE})",
+            f"ingress controller ({deployment.platform.ingress.namespace})",
             gateway.name,
             str(gateway.port),
             "external traffic, TLS ends at the Ingress",
@@ -109,6 +109,10 @@ def _local(pods: Pairs) -> Peer:
 
 def _tcp(*ports: int) -> tuple[Port, ...]:
     return tuple(Port(port) for port in ports)
+
+
+# SMTP submission with STARTTLS, submission over TLS, and relay.
+SMTP_PORTS = (587, 465, 25)
 
 
 def _api_server() -> Rule:
@@ -168,7 +172,7 @@ def policies(deployment: Deployment) -> list[NetworkPolicyView]:
         if process.name == gateway:
             ingress.append(
                 Rule(
-                    (_in(INGRESS_NAMESPACE, INGRESS_PODS),),
+                    (_in(deployment.platform.ingress.namespace, INGRESS_PODS),),
                     _tcp(process.port),
                     "the ingress controller",
                 )
@@ -203,6 +207,12 @@ def policies(deployment: Deployment) -> list[NetworkPolicyView]:
             egress.append(Rule((_local(kafka_pods(deployment)),), _tcp(KAFKA_TLS_PORT), "Kafka"))
         if process.uses_redis:
             egress.append(Rule((_local(redis_pods()),), _tcp(REDIS_PORT), "Redis"))
+        if process.sends_mail:
+            # The SMTP server is outside the cluster, its address in a Secret: any address,
+            # the submission ports only.
+            egress.append(
+                Rule((Peer(cidr=ANY_ADDRESS),), _tcp(*SMTP_PORTS), "the SMTP server (mail)")
+            )
         views.append(
             policy(
                 process.name,

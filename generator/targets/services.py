@@ -16,6 +16,7 @@ from generator.kinds import KINDS
 from generator.model import Column, Platform, Route, Saga, Service, Table, pascal
 from generator.pycode import Imports, call, pytuple
 from generator.render import OutputFile, pystr
+from generator.targets.personal_data import PersonalDataCode, personal_data_code
 
 PAGE_LIMIT_DEFAULT = 20
 PAGE_LIMIT_MAX = 100
@@ -98,9 +99,10 @@ class ServiceCode:
     publishes: bool
     has_handlers: bool
     sagas: tuple[SagaCode, ...]
-    event_handlers: tuple[tuple[str, str], ...]  # (event type, handler function)
+    event_handlers: tuple[tuple[str, str], ...]  # (event type, handler expression)
     token_roles: str  # the spec's `auth.roles` as a Python tuple, or None
     encrypted_columns: str  # `table.column` of the encrypted columns, as a Python tuple
+    personal_data: PersonalDataCode | None = None  # GDPR: its personal_data.py
 
 
 # -- columns -------------------------------------------------------------------------------
@@ -366,11 +368,11 @@ def _route_code(
     route: Route, tables: dict[str, TableCode], published: dict[str, list[str]]
 ) -> RouteCode:
     table = tables.get(route.crud_table or "")
-    kind = route.crud_operation or "handler"
+    kind = route.crud_operation or ("subject_data" if route.subject_data else "handler")
     params = _path_params(route.path)
     key_param = params[-1] if params else None
     if table is None:
-        function = route.handler or ""
+        function = route.handler or route.name or ""
         tag = route.service
     else:
         noun = table.table.name if kind == "list" else table.table.row_name
@@ -379,7 +381,10 @@ def _route_code(
     decorator_args = [pystr(route.path)]
     signature: list[str] = []
     returns = "Any"
-    if table is None:
+    if kind == "subject_data":
+        signature = [f"{name}: uuid.UUID" for name in params] + ["session: SessionDep"]
+        returns = "dict[str, Any]"
+    elif table is None:
         signature = ["ctx: ContextDep", *(f"{name}: str" for name in params)]
     else:
         cls = table.class_name
@@ -501,7 +506,7 @@ def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
     imports = Imports().add("fastapi", "APIRouter").add("runtime.openapi", "problems")
     package = f"generated.services.{service.name}"
     text = "\n".join(param for route in routes for param in route.params)
-    text += "\n".join(route.returns + route.decorator for route in routes)
+    text += "\n" + "\n".join(route.returns + route.decorator for route in routes)
     for route in routes:
         if route.route.rule.dependency_import:
             imports.add(*route.route.rule.dependency_import)
@@ -511,6 +516,10 @@ def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
             imports.add("typing", "Any")
             imports.add("runtime.handlers", "ContextDep")
             imports.add("handlers", f"{service.name} as handlers")
+            continue
+        if route.kind == "subject_data":
+            imports.add("typing", "Any").add("uuid")
+            imports.add(f"{package}.personal_data", "PERSONAL_DATA")
             continue
         assert route.table is not None
         imports.add("runtime", "crud")
@@ -573,6 +582,17 @@ def models_code(tables: tuple[Table, ...]) -> ModelsCode:
     )
 
 
+def _event_handler(service: Service, event: str) -> str:
+    """The consumer's handler of `event`: the hand-written `on_<event>`, or for the erasure
+    event of a service holding personal data the declared erasure, then `on_<event>` if
+    the handlers define one."""
+    function = event_handler_name(event)
+    personal = service.personal_data
+    if personal is not None and personal.applies_erasure and event == personal.erasure_event:
+        return f"PERSONAL_DATA.erasure_handler(getattr(handlers, {pystr(function)}, None))"
+    return f"handlers.{function}"
+
+
 def service_code(service: Service, platform: Platform) -> ServiceCode:
     listed = {route.crud_table for route in service.routes if route.crud_operation == "list"}
     tables = {
@@ -601,12 +621,13 @@ def service_code(service: Service, platform: Platform) -> ServiceCode:
         models=models_code(service.tables),
         publishes=bool(service.publishes),
         has_handlers=any(route.handler for route in service.routes) or bool(service.consumes),
-        event_handlers=tuple((event, event_handler_name(event)) for event in service.consumes),
+        event_handlers=tuple((event, _event_handler(service, event)) for event in service.consumes),
         sagas=tuple(_saga_code(saga, platform) for saga in service.sagas),
         schema_imports=_schema_imports(service, tuple(tables.values())),
         route_imports=_route_imports(service, routes),
         token_roles=pytuple(platform.auth.roles if platform.auth else None),
         encrypted_columns=pytuple(service.encrypted_columns),
+        personal_data=personal_data_code(service) if service.personal_data else None,
     )
 
 
@@ -630,5 +651,8 @@ def files(platform: Platform) -> list[OutputFile]:
             out.append(OutputFile(f"{base}/events.py", "services/events.py.j2", context))
         if code.sagas:
             out.append(OutputFile(f"{base}/sagas.py", "services/sagas.py.j2", context))
+        if code.personal_data:
+            path = f"{base}/personal_data.py"
+            out.append(OutputFile(path, "services/personal_data.py.j2", context))
         out.append(OutputFile(f"{base}/Dockerfile", "services/Dockerfile.j2", context))
     return out

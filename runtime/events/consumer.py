@@ -10,6 +10,11 @@ order, as above, one commit for all); if anything in it fails, nothing of it is 
 its messages are handled one at a time, each in its own transaction, as follows.
 A handler that keeps failing is retried with exponential backoff, then its message goes to
 `<topic>.dlq` and the partition moves on. Messages are handled in order.
+
+Each event's handling is a consumer span continuing the trace the message carries (its
+`traceparent` header, else the one its envelope kept), so the handler's statements and the
+events it publishes join the trace of the request that caused them; an applied event is
+logged once ("event applied") in that span.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Tracer
 from pydantic import BaseModel
 from sqlalchemy import exists, insert, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -38,6 +45,7 @@ from runtime.events.registry import EventRegistry, EventValidationError
 from runtime.events.tables import processed_events
 from runtime.events.topics import dlq_topic
 from runtime.events.transport import BrokerUnavailable, CommitFailed, Message, Producer, Source
+from runtime.tracing import get_tracer, message_context
 
 if TYPE_CHECKING:
     from runtime.metrics import ConsumerOutcome, EventMetrics
@@ -118,6 +126,37 @@ class _Interrupted(Exception):
     """stop() was called while a message waited to be retried; it stays uncommitted."""
 
 
+def process_span(tracer: Tracer, message: Message, event: Event, *, group: str) -> Span:
+    """The span of one event's handling by consumer group `group`, in the trace the message
+    continues (started, not current: the caller makes it current where it works)."""
+    return tracer.start_span(
+        f"process {event.type}",
+        context=message_context(message.headers, event.metadata.traceparent),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": message.topic,
+            "messaging.consumer.group.name": group,
+            "messaging.message.id": str(event.id),
+        },
+    )
+
+
+def log_event(text: str, message: Message, event: Event, span: Span) -> None:
+    """One INFO line about a consumed event, in its span and with its request's
+    correlation id, so the line joins that request's trace and logs."""
+    token = correlation_id_var.set(event.metadata.correlation_id)
+    try:
+        with trace.use_span(span):
+            logger.info(
+                text,
+                extra={"event_type": event.type, "event_id": str(event.id), "topic": message.topic},
+            )
+    finally:
+        correlation_id_var.reset(token)
+
+
 def consumer_topics(registry: EventRegistry, handlers: Iterable[str]) -> list[str]:
     """The topics a service must subscribe to for the event types it handles."""
     return sorted({registry.get(name).topic for name in handlers})
@@ -138,7 +177,8 @@ class EventConsumer:
     """Runs one service's handlers over its consumer group (group id = service name).
 
     With `metrics` it counts each event's outcome as `stats` does, and reports the group's
-    lag (from the source, no extra request) after every fetch.
+    lag (from the source, no extra request) after every fetch. `tracer` makes the spans
+    (default: the process's).
     """
 
     def __init__(
@@ -157,6 +197,7 @@ class EventConsumer:
         poll_timeout: float = 0.5,
         ping_interval: float = 10.0,
         metrics: EventMetrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -184,6 +225,7 @@ class EventConsumer:
         self.poll_timeout = poll_timeout
         self.ping_interval = ping_interval
         self.metrics = metrics
+        self.tracer = tracer or get_tracer()
         if metrics is not None:
             metrics.declare_consumer(service, source.topics)
         self.stats = ConsumerStats()
@@ -315,7 +357,7 @@ class EventConsumer:
         while True:
             attempt += 1
             try:
-                applied = await self._apply(event, payload, handler)
+                applied = await self._apply(message, event, payload, handler)
             except Exception as error:
                 if _is_infrastructure(error):
                     self._healthy = False
@@ -362,7 +404,7 @@ class EventConsumer:
         """Apply the batch in one transaction. On any failure nothing of it is kept and the
         caller takes its messages one by one; the answer then names the event whose handler
         failed, if one did (None: the batch was applied)."""
-        work: list[tuple[str, Event, BaseModel, Handler]] = []
+        work: list[tuple[Message, Event, BaseModel, Handler]] = []
         skipped: Counter[str] = Counter()
         for message in messages:
             try:
@@ -372,20 +414,24 @@ class EventConsumer:
                     skipped[message.topic] += 1
                     continue
                 payload = self.registry.parse(event.type, event.data)
-                work.append((message.topic, event, payload, handler))
+                work.append((message, event, payload, handler))
             except (EnvelopeError, EventValidationError):
                 return _Failure(None, "a message in the batch is not a valid event")
         applied: Counter[str] = Counter()
+        handled: list[tuple[Message, Event, Span]] = []
         current: Event | None = None
         try:
             async with self.database.sessionmaker() as session, session.begin():
                 # One statement claims the lot; only events not seen before are handled.
                 fresh = await _claim_all(session, [event for _, event, _, _ in work])
-                for topic, current, payload, handler in work:
+                for message, current, payload, handler in work:
                     if current.id in fresh:
                         fresh.discard(current.id)  # the same event twice in a batch: once
-                        await self._run_handler(session, current, payload, handler)
-                        applied[topic] += 1
+                        span = self._span(message, current)
+                        with trace.use_span(span, end_on_exit=True):
+                            await self._run_handler(session, current, payload, handler)
+                        handled.append((message, current, span))
+                        applied[message.topic] += 1
                 current = None  # a failing commit is no handler's fault
         except Exception as error:
             blamed = None if current is None or _is_infrastructure(error) else current.id
@@ -395,7 +441,9 @@ class EventConsumer:
             )
             return _Failure(blamed, f"{type(error).__name__}: {error}")
         self._healthy = True
-        duplicates = Counter(topic for topic, _, _, _ in work) - applied
+        for message, event, span in handled:
+            self._log_applied(message, event, span)
+        duplicates = Counter(message.topic for message, _, _, _ in work) - applied
         self.stats.applied += applied.total()
         self.stats.duplicates += duplicates.total()
         self.stats.skipped += skipped.total()
@@ -434,9 +482,22 @@ class EventConsumer:
         finally:
             correlation_id_var.reset(token)
 
-    async def _apply(self, event: Event, payload: BaseModel, handler: Handler) -> bool:
-        async with self.database.sessionmaker() as session, session.begin():
-            return await self._handle(session, event, payload, handler)
+    async def _apply(
+        self, message: Message, event: Event, payload: BaseModel, handler: Handler
+    ) -> bool:
+        span = self._span(message, event)
+        with trace.use_span(span, end_on_exit=True):
+            async with self.database.sessionmaker() as session, session.begin():
+                applied = await self._handle(session, event, payload, handler)
+            if applied:
+                self._log_applied(message, event, span)
+            return applied
+
+    def _span(self, message: Message, event: Event) -> Span:
+        return process_span(self.tracer, message, event, group=self.service)
+
+    def _log_applied(self, message: Message, event: Event, span: Span) -> None:
+        log_event("event applied", message, event, span)
 
     async def _dead_letter(
         self, message: Message, error: str, attempts: int, *, event: Event | None = None

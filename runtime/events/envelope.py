@@ -3,15 +3,19 @@
 ```json
 {"id": "…uuid…", "type": "order.created", "timestamp": "2024-05-01T12:00:00.000Z",
  "version": "1", "data": {...},
- "metadata": {"correlationId": "…", "causationId": null, "service": "order", "userId": null}}
+ "metadata": {"correlationId": "…", "causationId": null, "service": "order", "userId": null,
+              "traceparent": "00-…-…-01"}}
 ```
 
-`causationId` and `userId` are always present and `null` when absent: consumers in any language
-read one fixed shape instead of testing for missing keys.
+`causationId`, `userId` and `traceparent` are always present and `null` when absent: consumers
+in any language read one fixed shape instead of testing for missing keys. `traceparent` is the
+W3C trace context of the span that wrote the event, so its relay and its consumers continue
+that trace.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +29,8 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from runtime.tracing import valid_traceparent
 
 ENVELOPE_VERSION = "1"
 
@@ -55,6 +61,14 @@ class EventMetadata(BaseModel):
     causation_id: str | None = None
     service: str = Field(min_length=1)
     user_id: str | None = None
+    traceparent: str | None = None
+
+    @field_validator("traceparent", mode="before")
+    @classmethod
+    def _w3c_or_nothing(cls, value: object) -> str | None:
+        # From the wire: anything but a well-formed traceparent is dropped, not the event. The
+        # trace is a hint for following it; refusing the event for it would lose data.
+        return valid_traceparent(value)
 
 
 class Event(BaseModel):
@@ -96,6 +110,16 @@ class Event(BaseModel):
             return cls.model_validate_json(raw)
         except ValidationError as error:
             raise EnvelopeError(f"not an event envelope: {_summarise(error)}") from error
+
+
+def kept_traceparent(raw: bytes | str) -> str | None:
+    """The traceparent an envelope's metadata kept, read without validating the rest (the
+    outbox relay reads it from every row it sends); None when there is none or not one."""
+    try:
+        metadata = json.loads(raw)["metadata"]
+        return valid_traceparent(metadata.get("traceparent"))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def _summarise(error: ValidationError) -> str:

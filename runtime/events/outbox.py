@@ -15,10 +15,12 @@ import logging
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Tracer
 from pydantic import BaseModel
 from sqlalchemy import Engine, delete, event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -26,10 +28,18 @@ from sqlalchemy.orm import Session
 
 from runtime.correlation import get_correlation_id, new_correlation_id
 from runtime.db import Database
-from runtime.events.envelope import Event, EventMetadata
+from runtime.events.envelope import Event, EventMetadata, kept_traceparent
 from runtime.events.registry import EventRegistry, EventValidationError
 from runtime.events.tables import outbox
 from runtime.events.transport import BrokerUnavailable, OutgoingMessage, Producer
+from runtime.tracing import (
+    TRACEPARENT,
+    current_traceparent,
+    extract_context,
+    fail,
+    get_tracer,
+    message_headers,
+)
 
 if TYPE_CHECKING:
     from runtime.metrics import EventMetrics
@@ -70,7 +80,9 @@ async def publish(
     """Validate an event and add it to the session's transaction; the caller commits.
 
     Raises `EventValidationError` for an unknown type or a payload that does not fit it. The
-    correlation id defaults to the current request's, so events join that request's logs.
+    correlation id defaults to the current request's, so events join that request's logs; the
+    envelope keeps the current span's trace context, which the relay and the consumers
+    continue.
     """
     spec = registry.get(event_type)
     payload = registry.validate(event_type, data)
@@ -84,6 +96,7 @@ async def publish(
             causation_id=causation_id,
             service=service,
             user_id=user_id,
+            traceparent=current_traceparent(),
         ),
     )
     body = envelope.to_bytes()
@@ -172,6 +185,10 @@ class OutboxRelay:
     With `metrics` it counts what it sends and, every `backlog_interval` seconds while
     started, measures the backlog (unsent rows, the oldest one's age) in a task of its own:
     one query on a timer, never one per pass, as passes follow every commit that published.
+
+    Each send is a producer span continuing the trace the event's envelope kept (the span
+    that wrote it), and the message carries that span's context in its headers
+    (`traceparent`), for the consumers to continue.
     """
 
     def __init__(
@@ -186,6 +203,7 @@ class OutboxRelay:
         ping_interval: float = 10.0,
         metrics: EventMetrics | None = None,
         backlog_interval: float = 5.0,
+        tracer: Tracer | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -198,6 +216,7 @@ class OutboxRelay:
         self.ping_interval = ping_interval
         self.metrics = metrics
         self.backlog_interval = backlog_interval
+        self.tracer = tracer or get_tracer()
         self.sent_total = 0
         self.last_error: str | None = None
         self._healthy = True
@@ -290,7 +309,7 @@ class OutboxRelay:
                 rows = await _unsent(connection, self.batch_size)
                 if not rows:
                     return 0
-                outcomes = await self.producer.send_batch([row.message for row in rows])
+                outcomes = await self._send(rows)
                 await self._record(connection, rows, outcomes)
         else:
             # SQLite: one process per file, so no lock; and the read and the stamp are separate
@@ -301,10 +320,45 @@ class OutboxRelay:
                 await connection.rollback()
             if not rows:
                 return 0
-            outcomes = await self.producer.send_batch([row.message for row in rows])
+            outcomes = await self._send(rows)
             async with self.database.engine.begin() as connection:
                 await self._record(connection, rows, outcomes)
         return self._conclude(outcomes)
+
+    async def _send(self, rows: Sequence[_Unsent]) -> list[BrokerUnavailable | None]:
+        """Send the rows' messages, each in a span of the trace its event was written in."""
+        spans = []
+        messages = []
+        for row in rows:
+            message = row.message
+            headers = dict(message.headers)
+            kept = kept_traceparent(message.value)
+            span = self.tracer.start_span(
+                f"publish {headers['event-type'].decode()}",
+                # No kept context (written outside any span): the send starts the trace.
+                context=extract_context({TRACEPARENT: kept}) if kept else Context(),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": message.topic,
+                    "messaging.message.id": headers["event-id"].decode(),
+                },
+            )
+            spans.append(span)
+            messages.append(replace(message, headers=message.headers + message_headers(span)))
+        try:
+            outcomes = await self.producer.send_batch(messages)
+        except BaseException as error:
+            for span in spans:
+                fail(span, type(error).__name__)
+                span.end()
+            raise
+        for span, outcome in zip(spans, outcomes, strict=True):
+            if outcome is not None:
+                fail(span, str(outcome))
+            span.end()
+        return outcomes
 
     async def _record(
         self,

@@ -1,7 +1,8 @@
 """`python -m runtime.gateway [--routes FILE] [--host H] [--port P] [--workers N]`.
 
-Settings come from the environment: REDIS_URL, JWKS_URL, JWT_ISSUER, JWT_AUDIENCE,
-<SERVICE>_URLS, LOG_LEVEL, ENVIRONMENT, and the GATEWAY_* knobs of runtime.gateway.config.
+Settings come from the environment: REDIS_URL (REDIS_CA_FILE verifies a rediss:// one),
+JWKS_URL, JWT_ISSUER, JWT_AUDIENCE, <SERVICE>_URLS, LOG_LEVEL, ENVIRONMENT, the GATEWAY_*
+knobs of runtime.gateway.config, and OTEL_* for tracing (runtime.tracing).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uvicorn
 from runtime.gateway.app import Gateway, create_gateway
 from runtime.gateway.config import DEFAULT_ROUTES_PATH, load_config
 from runtime.logs import configure_logging
+from runtime.tracing import configure_tracing
 
 # uvicorn's own exit status when the app's lifespan startup fails.
 STARTUP_FAILURE = 3
@@ -25,6 +27,7 @@ _ROUTES_ENV = "GATEWAY_ROUTES"
 def app_from_env() -> Gateway:
     """Factory for worker processes, which cannot receive the parsed arguments."""
     configure_logging("gateway", os.environ.get("LOG_LEVEL", "INFO"))
+    configure_tracing("gateway")
     return create_gateway(load_config(os.environ.get(_ROUTES_ENV, str(DEFAULT_ROUTES_PATH))))
 
 
@@ -37,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     level = os.environ.get("LOG_LEVEL", "INFO")
     configure_logging("gateway", level)
+    configure_tracing("gateway")
     config = load_config(args.routes)
     port = args.port or config.routes_file.port
     options = {

@@ -6,6 +6,10 @@ body size (413), forward. Identifying before limiting means a valid token gets i
 quota wherever its holder connects from, while refused tokens are limited by address, so
 guessing tokens costs quota too.
 
+A routed request is a server span (continuing the client's `traceparent`, if it sent a
+valid one) and the forwarded call a client span inside it, whose context the upstream gets
+in place of the client's trace headers.
+
 No framework router or middleware stack runs per request: on this path every layer of
 wrapping shows up in the latency, and the gateway's own endpoints are four fixed paths.
 """
@@ -15,7 +19,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
 
@@ -58,6 +67,14 @@ from runtime.gateway.responses import Headers, send_body, send_json, send_proble
 from runtime.gateway.routing import MethodMap, Route, RouteTable
 from runtime.health import iso_timestamp
 from runtime.metrics import Metrics
+from runtime.tracing import (
+    extract_context,
+    fail,
+    get_tracer,
+    header_fields,
+    inject_headers,
+    untraced_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +103,11 @@ class _Request:
         "host",
         "origin",
         "preflight",
+        "trace_carrier",
         "xff",
     )
 
-    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, headers: list[tuple[bytes, bytes]], trace_fields: frozenset[bytes]) -> None:
         self.authorization: bytes | None = None
         self.origin: bytes | None = None
         self.preflight = False
@@ -98,6 +116,8 @@ class _Request:
         self.correlation_id: str | None = None
         self.content_length: bytes | None = None
         self.chunked = False
+        # The client's trace headers: continued by the gateway's span, never passed on.
+        self.trace_carrier: dict[str, str] | None = None
         lines: list[bytes] = []
         hop_tokens: frozenset[bytes] | None = None
         for name, value in headers:
@@ -117,6 +137,11 @@ class _Request:
                 elif name == b"connection":
                     hop_tokens = connection_tokens(value)
                 continue
+            if name in trace_fields:
+                if self.trace_carrier is None:
+                    self.trace_carrier = {}
+                self.trace_carrier[name.decode("latin-1")] = value.decode("latin-1")
+                continue
             if name == b"authorization":
                 self.authorization = value
             elif name == b"origin":
@@ -128,7 +153,7 @@ class _Request:
             # Headers the client named in Connection are for this hop only (RFC 9110 7.6.1).
             lines = []
             for name, value in headers:
-                if name not in REQUEST_DROP and name not in hop_tokens:
+                if name not in REQUEST_DROP and name not in hop_tokens and name not in trace_fields:
                     lines += (name, b": ", value, b"\r\n")
         self.forwarded = lines
 
@@ -142,9 +167,12 @@ class Gateway:
         limiter: RateLimiter,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = config
         self.access_log = access_log or AccessLog()
+        self.tracer = tracer or get_tracer()
+        self.trace_fields = frozenset(name.encode() for name in header_fields())
         route_file = config.routes_file
         self.table = RouteTable(Route.from_spec(spec) for spec in route_file.routes)
         self.registry = Registry(
@@ -231,12 +259,16 @@ class Gateway:
         if not self._started:
             await self.startup()
         client = scope.get("client")
-        request = _Request(scope["headers"])
+        request = _Request(scope["headers"], self.trace_fields)
         record = RequestRecord(scope["method"], scope["path"], client[0] if client else "")
         correlation_id = request.correlation_id or new_correlation_id()
         context = correlation_id_var.set(correlation_id)
+        own = self._own_endpoints.get(record.path)
+        # Probes, scrapes and the gateway's own documents start no trace.
+        quiet = own is not None or untraced_path(record.path)
+        span = None if quiet else self._server_span(request, record)
+        traced = None if span is None else otel_context.attach(trace.set_span_in_context(span))
         try:
-            own = self._own_endpoints.get(record.path)
             if own is not None:
                 record.route = record.path
                 headers = [
@@ -258,8 +290,30 @@ class Gateway:
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.observe(record, elapsed)
-            self.access_log.write(record, elapsed)
+            self.access_log.write(record, elapsed)  # in the span: the line has its trace id
             correlation_id_var.reset(context)
+            if span is not None and traced is not None:
+                otel_context.detach(traced)
+                _end_server_span(span, record)
+
+    def _server_span(self, request: _Request, record: RequestRecord) -> Span:
+        carrier = request.trace_carrier
+        return self.tracer.start_span(
+            record.method,
+            context=extract_context(carrier) if carrier else Context(),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": record.method, "url.path": record.path},
+        )
+
+    def _client_span(self, method: str, upstream: str) -> Span | None:
+        """The forwarded call's span, inside the request's; None for an untraced request."""
+        if not trace.get_current_span().get_span_context().is_valid:
+            return None
+        return self.tracer.start_span(
+            f"{method} {upstream}",
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": method, "peer.service": upstream},
+        )
 
     async def _own(
         self,
@@ -390,16 +444,25 @@ class Gateway:
             b"\r\n",
         )
         upstream = self.registry.upstreams[route.upstream]
-        outcome = await self.proxy.forward(
-            upstream,
-            method,
-            request_line,
-            b"".join(request.forwarded),
-            body,
-            receive,
-            send,
-            [*SECURITY_HEADERS, *edge_headers],
-        )
+        span = self._client_span(method, route.upstream)
+        if span is not None:
+            for name, value in inject_headers(trace.set_span_in_context(span)).items():
+                request.forwarded += (name.encode(), b": ", value.encode("latin-1"), b"\r\n")
+        with nullcontext() if span is None else trace.use_span(span, end_on_exit=True):
+            outcome = await self.proxy.forward(
+                upstream,
+                method,
+                request_line,
+                b"".join(request.forwarded),
+                body,
+                receive,
+                send,
+                [*SECURITY_HEADERS, *edge_headers],
+            )
+            if span is not None:
+                span.set_attribute("http.response.status_code", outcome.status)
+                if outcome.failure is not None:
+                    fail(span, outcome.failure.detail)
         record.status = outcome.status
         record.instance = outcome.instance
         record.attempts = outcome.attempts
@@ -527,6 +590,15 @@ class Gateway:
         return int(time.monotonic() - self.started_at)
 
 
+def _end_server_span(span: Span, record: RequestRecord) -> None:
+    span.update_name(f"{record.method} {record.route}")
+    span.set_attribute("http.route", record.route)
+    span.set_attribute("http.response.status_code", record.status)
+    if record.status >= 500:
+        fail(span, f"answered {record.status}")
+    span.end()
+
+
 def create_gateway(
     config: GatewayConfig,
     *,
@@ -535,12 +607,14 @@ def create_gateway(
     limiter: RateLimiter | None = None,
     metrics: Metrics | None = None,
     access_log: AccessLog | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Gateway:
     """The gateway's ASGI app.
 
     `verifier` defaults to one reading the token issuer's JWKS (JWKS_URL, else where the
     route file says); `redis_url` (default: the config's REDIS_URL) shares the rate limit
-    across replicas, otherwise it is kept in process.
+    across replicas, otherwise it is kept in process. Spans go to `tracer_provider`
+    (default: the process's).
     """
     if verifier is None:
         jwks_url = config.default_jwks_url()
@@ -556,10 +630,17 @@ def create_gateway(
         limit = config.rate_limit
         url = redis_url or config.redis_url
         limiter = (
-            RedisRateLimiter(url, limit.requests, limit.window_seconds)
+            RedisRateLimiter(
+                url, limit.requests, limit.window_seconds, ca_file=config.redis_ca_file
+            )
             if url
             else LocalRateLimiter(limit.requests, limit.window_seconds)
         )
     return Gateway(
-        config, verifier=verifier, limiter=limiter, metrics=metrics, access_log=access_log
+        config,
+        verifier=verifier,
+        limiter=limiter,
+        metrics=metrics,
+        access_log=access_log,
+        tracer=get_tracer(tracer_provider),
     )

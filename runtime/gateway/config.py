@@ -125,6 +125,8 @@ class GatewayConfig(_Frozen):
     jwt_audience: str = "cloudretail"
     jwks_url: str | None = None
     redis_url: str | None = None
+    # With it, REDIS_URL is rediss:// and Redis's certificate is verified against this CA.
+    redis_ca_file: str | None = None
     health_interval: float = 5.0
     health_timeout: float = 2.0
     # Consecutive failed probes before an instance is ejected; one success re-admits it.
@@ -243,6 +245,10 @@ def load_config(
         route_file = route_file.model_copy(update={"rate_limit": override})
     token_issuer = route_file.token.issuer if route_file.token else "cloudretail"
     policy = env.get("GATEWAY_READY_POLICY", "all").strip().lower() or "all"
+    redis_url = env.get("REDIS_URL") or None
+    redis_ca_file = env.get("REDIS_CA_FILE") or None
+    if redis_ca_file and not (redis_url or "").startswith("rediss://"):
+        raise ValueError("REDIS_CA_FILE is set, so REDIS_URL must be a rediss:// (TLS) URL")
     if policy not in ("all", "any"):
         raise ValueError(f"GATEWAY_READY_POLICY must be 'all' or 'any', got {policy!r}")
     return GatewayConfig(
@@ -251,7 +257,8 @@ def load_config(
         jwt_issuer=env.get("JWT_ISSUER") or token_issuer,
         jwt_audience=env.get("JWT_AUDIENCE") or token_issuer,
         jwks_url=env.get("JWKS_URL") or None,
-        redis_url=env.get("REDIS_URL") or None,
+        redis_url=redis_url,
+        redis_ca_file=redis_ca_file,
         health_interval=_float(env, "GATEWAY_HEALTH_INTERVAL", 5.0),
         retries=_int(env, "GATEWAY_RETRIES", 2),
         ready_policy="any" if policy == "any" else "all",

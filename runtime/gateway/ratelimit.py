@@ -165,6 +165,7 @@ class RedisRateLimiter:
         *,
         prefix: str = "cloudretail:gateway:ratelimit:",
         timeout: float = 1.0,
+        ca_file: str | None = None,
     ) -> None:
         self.limit = limit
         self.window = window
@@ -173,7 +174,7 @@ class RedisRateLimiter:
         self._member_prefix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._sequence = itertools.count()
         self._prefix = prefix
-        self._redis = RedisPipe(url, timeout=timeout)
+        self._redis = RedisPipe(url, timeout=timeout, ca_file=ca_file)
         self._sha = hashlib.sha1(SLIDING_LOG_SCRIPT.encode()).hexdigest()
         # A Redis outage must not turn into a gateway outage, nor into no limit at all.
         self._fallback = LocalRateLimiter(limit, window)

@@ -5,12 +5,16 @@ asyncio client cost more CPU per call (~300-400 us) than the rest of the gateway
 request; this writes each command straight to the socket and matches replies to callers
 in order (Redis answers a connection's commands in the order sent), so concurrent
 requests share one connection and one read per batch of replies.
+
+`rediss://` speaks TLS, the server's certificate verified against a CA file (REDIS_CA_FILE)
+or the system's CAs, host name included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -118,10 +122,14 @@ class _Protocol(asyncio.Protocol):
 class RedisPipe:
     """Commands over one connection; (re)connects on demand, at most once per second."""
 
-    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 1.0, ca_file: str | None = None) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", ""):
-            raise ValueError(f"only redis:// URLs are supported here, got {url!r}")
+        if parts.scheme not in ("redis", "rediss", ""):
+            raise ValueError(f"only redis:// and rediss:// URLs are supported here, got {url!r}")
+        if ca_file and parts.scheme != "rediss":
+            raise ValueError(f"a CA file needs a rediss:// (TLS) URL, got {url!r}")
+        self.tls = parts.scheme == "rediss"
+        self.ca_file = ca_file
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 6379
         self.username = unquote(parts.username) if parts.username else None
@@ -173,7 +181,8 @@ class RedisPipe:
         self._connecting = loop.create_future()
         try:
             _, protocol = await asyncio.wait_for(
-                loop.create_connection(_Protocol, self.host, self.port), self.timeout
+                loop.create_connection(_Protocol, self.host, self.port, ssl=self._tls()),
+                self.timeout,
             )
             if self.password is not None:
                 credentials = [self.username, self.password] if self.username else [self.password]
@@ -194,6 +203,10 @@ class RedisPipe:
         self._connecting.set_result(protocol)
         self._connecting = None
         return protocol
+
+    def _tls(self) -> ssl.SSLContext | None:
+        # Made per connection, so a CA file the kubelet renewed is read again.
+        return ssl.create_default_context(cafile=self.ca_file) if self.tls else None
 
     async def close(self) -> None:
         if self._watchdog is not None:

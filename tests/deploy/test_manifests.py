@@ -44,6 +44,7 @@ CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("external-secrets.io/v1", "SecretStore"),
     ("external-secrets.io/v1", "ExternalSecret"),
+    ("cert-manager.io/v1", "Certificate"),
 }
 SECRETISH = re.compile(r"TOKEN|PASSWORD|SECRET|PRIVATE|_KEY$|DATABASE_URL")
 CHECKOV_OPTIONS = ("--output", "json", "--quiet", "--skip-download", "--compact")
@@ -237,12 +238,12 @@ def test_deployments_run_the_spec(manifests: dict[str, Manifest], platform: Plat
             for upstream in platform.gateway.upstreams:
                 target = next(d for d in platform.deployables if d.port == upstream.port)
                 assert settings[upstream.env] == f"http://{target.name}:{target.port}"
-            assert settings["REDIS_URL"] == "redis://redis:6379/0"
+            assert settings["REDIS_URL"] == "rediss://redis:6379/0"
             assert settings["JWKS_URL"] == jwks
         elif deployable.kind == "event-bus":
             assert settings["KAFKA_BOOTSTRAP_SERVERS"].endswith("-kafka-bootstrap:9093")
             assert settings["KAFKA_IDEMPOTENT"] == "true"
-            assert settings["REDIS_URL"] == "redis://redis:6379/0"
+            assert settings["REDIS_URL"] == "rediss://redis:6379/0"
         else:
             service = next(s for s in platform.services if s.deployable.name == deployable.name)
             urls = {key for key in settings if key.endswith("_URL")} - {"REDIS_URL", "JWKS_URL"}

@@ -158,6 +158,9 @@ def expected_edges(platform: Platform, manifests: dict[str, Manifest]) -> set[Ed
             edges.add((name, kafka, 9093, TCP))
         if service.uses_cache:
             edges.add((name, "redis", 6379, TCP))
+        if service.uses_mail:
+            # The SMTP server is outside the cluster: submission (587, 465) and relay (25).
+            edges |= {(name, INTERNET.id, port, TCP) for port in (25, 465, 587)}
     edges |= {
         (bus.name, clusters[platform.event_bus.database], 5432, TCP),
         (bus.name, kafka, 9093, TCP),
@@ -227,6 +230,9 @@ def test_the_seed_call_graph_is_allowed_and_nothing_between_services_else(in_roo
         ("order-service", "payment-service", 3005),
         ("order-service", "product-service", 3002),
         ("payment-service", "order-service", 3003),
+        # The GDPR export: the user service asks each service holding personal data.
+        ("user-service", "order-service", 3003),
+        ("user-service", "payment-service", 3005),
     }
     jwks = {(name, "user-service", 3001) for name in services if name != "user-service"}
     assert between == calls | jwks

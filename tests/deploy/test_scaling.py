@@ -19,6 +19,12 @@ SEED_SCALING = {
     "payment-service": (3, 15, 70, 80),
     "event-bus": (3, 10, 70, 80),
 }
+# The event consumers the seed draws without a scaling row take the spec's own policy.
+CONSUMER_SCALING = {
+    "notification-service": (2, 5, 70, 80),
+    "analytics-service": (2, 4, 70, 80),
+}
+SCALING = {**SEED_SCALING, **CONSUMER_SCALING}
 
 
 def _policy(hpa: Manifest) -> tuple[int, int, int, int]:
@@ -40,7 +46,7 @@ def _policy(hpa: Manifest) -> tuple[int, int, int, int]:
 
 def test_every_hpa_is_the_seed_scaling_table(manifests: dict[str, Manifest]):
     hpas = by_kind(manifests, "HorizontalPodAutoscaler")
-    assert {name: _policy(hpa) for name, hpa in hpas.items()} == SEED_SCALING
+    assert {name: _policy(hpa) for name, hpa in hpas.items()} == SCALING
     for name, hpa in hpas.items():
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"] == {
@@ -78,8 +84,8 @@ def test_overlays_scaling(overlay: str, kustomize_builds: dict[str, Path]):
         d["metadata"]["name"]: d["spec"]["replicas"] for d in docs if d["kind"] == "Deployment"
     }
     if overlay == "prod":
-        assert hpas == SEED_SCALING
-        assert all(replicas[name] == policy[0] for name, policy in SEED_SCALING.items())
+        assert hpas == SCALING
+        assert all(replicas[name] == policy[0] for name, policy in SCALING.items())
     else:
         assert hpas == {}
         assert set(replicas.values()) == {1}

@@ -34,6 +34,7 @@ def test_envelope_is_camel_case_on_the_wire_with_nulls_for_absent_metadata() -> 
             "causationId": None,
             "service": "orders",
             "userId": None,
+            "traceparent": None,
         },
     }
     assert event.to_wire() == wire

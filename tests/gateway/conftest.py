@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ROUTES = ROOT / "generated" / "gateway" / "routes.yaml"
 ADMIN_ID = "00000000-0000-4000-8000-00000000000a"
 CUSTOMER_ID = "00000000-0000-4000-8000-00000000000c"
-SERVICES = ("user", "product", "order", "inventory", "payment", "event_bus")
+# Every upstream the route file names (the spec's services and the event bus).
+SERVICES = tuple(upstream.name for upstream in read_route_file(ROUTES).upstreams)
 
 
 def free_port() -> int:
@@ -205,7 +206,7 @@ class CountingFetcher:
 
 
 class Platform:
-    """Six echo upstreams (one per service) behind a gateway."""
+    """An echo upstream per service (and the event bus) behind a gateway."""
 
     def __init__(self, keys: Keys) -> None:
         self.keys = keys

@@ -261,7 +261,7 @@ def test_control_characters_of_the_spec_are_escaped_in_messages(project: Path):
         first, *_, last = result.stderr.splitlines()
         assert first == (
             "spec.yaml:4:3: platform.\\r\\x1b[2J: unknown key '\\r\\x1b[2J'; expected one of: "
-            "name, namespace, registry, domain, cors_origins, secrets"
+            "name, namespace, registry, domain, cors_origins, secrets, ingress, certificates"
         )
         assert last == "1 problem found; nothing was written."
 

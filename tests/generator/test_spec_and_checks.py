@@ -36,6 +36,8 @@ def test_the_real_spec_is_valid():
         "order",
         "inventory",
         "payment",
+        "notification",
+        "analytics",
     ]
 
 

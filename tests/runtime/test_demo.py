@@ -119,3 +119,44 @@ async def test_a_failed_request_and_an_unknown_field_are_named(tmp_path: Path) -
 def read_demo_text(folder: Path, text: str) -> Any:
     (folder / "other.yaml").write_text(text)
     return read_demo(folder / "other.yaml")
+
+
+async def test_then_bodies_are_filled_and_reports_wait_for_their_field(tmp_path: Path) -> None:
+    app = FastAPI()
+    orders: list[Any] = []
+    polls: list[int] = []
+
+    @app.post("/plants")
+    async def plant() -> JSONResponse:
+        return JSONResponse({"id": "p7"}, status_code=201)
+
+    @app.post("/orders")
+    async def order(request: Request) -> JSONResponse:
+        orders.append(await request.json())
+        return JSONResponse({"id": "o1"}, status_code=201)
+
+    @app.get("/summary")
+    async def summary() -> dict[str, Any]:
+        polls.append(1)  # the order is counted from the third look on (events take a moment)
+        return {"totals": {"orders": 1 if len(polls) >= 3 else 0, "revenue": "9.50"}}
+
+    demo = read_demo_text(
+        tmp_path,
+        "requests:\n"
+        "  - method: POST\n"
+        "    path: /plants\n"
+        "    then:\n"
+        "      - {method: POST, path: /orders, body: {items: [{plant: '{id}', n: 1}], note: '{id}!'}}\n"
+        "report:\n"
+        "  - {label: figures, path: /summary, until: totals.orders, show: [totals.orders, totals.revenue, totals.nope]}\n",
+    )
+    server = await Server(app).start()
+    try:
+        loaded = await load_demo(server.url, demo, "a", "b")
+    finally:
+        await server.stop()
+    assert orders == [{"items": [{"plant": "p7", "n": 1}], "note": "p7!"}]
+    assert len(polls) == 3
+    assert loaded.reports == (
+        ("figures", "totals.orders=1, totals.revenue=9.50, totals.nope=None"),
+    )

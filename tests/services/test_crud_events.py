@@ -73,7 +73,13 @@ async def test_crud_changes_are_events_on_the_topic(
     for record, event in zip(records, events, strict=True):
         # The seed's envelope, camelCase on the wire; the key keeps one product in order.
         assert set(event) == {"id", "type", "timestamp", "version", "data", "metadata"}
-        assert set(event["metadata"]) == {"correlationId", "causationId", "service", "userId"}
+        assert set(event["metadata"]) == {
+            "correlationId",
+            "causationId",
+            "service",
+            "userId",
+            "traceparent",
+        }
         assert event["metadata"]["correlationId"] == "crud-corr-1"
         assert event["metadata"]["service"] == "product"
         assert event["metadata"]["userId"] == "00000000-0000-4000-8000-000000000001"

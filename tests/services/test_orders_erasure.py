@@ -1,6 +1,8 @@
 """GDPR erasure reaches orders and payments (issue 11, defect 21): both services consume
 `user.deleted` and anonymise what they hold of the person (the shipping address, the link
-to the account) while keeping what accounting needs (amounts, statuses, transaction ids).
+to the account) while keeping what accounting needs (amounts, statuses, transaction ids),
+as the spec's `subject` and `pii` declare it (tests/services/test_personal_data.py has the
+rest: the whole path from the user service, erasing twice, the export).
 
 The event is delivered through the runtime's consumer (EventConsumer, on a MemoryBus in
 place of Kafka) with the handlers the generated apps wire, as `user-events` would bring it.

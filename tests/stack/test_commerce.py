@@ -16,7 +16,15 @@ from generator import load_platform
 from generator.targets import k8s_monitoring
 from generator.targets.deploy import build
 from tests.deploy.promql import metric_names
-from tests.stack.conftest import ROOT, Stack, assert_invariants, new_product, order_body, stock_of
+from tests.stack.conftest import (
+    ROOT,
+    Stack,
+    assert_invariants,
+    cli,
+    new_product,
+    order_body,
+    stock_of,
+)
 
 
 def _events(stack: Stack, admin: dict[str, str], **params: str) -> list[dict[str, Any]]:
@@ -355,3 +363,39 @@ def test_every_metric_the_monitoring_names_is_exported(sqlite_stack: Stack) -> N
     applied = re.findall(r'consumer_events_total\{[^}]*outcome="applied"[^}]*\} (\S+)', bus)
     assert sum(float(value) for value in applied) > 0, bus
     assert re.search(r"consumer_lag_messages\{", bus), bus
+
+
+def test_a_placed_order_mails_its_customer_once(sqlite_stack: Stack) -> None:
+    """Registration reaches the notification service as `user.created`; the order's
+    `order.confirmed` becomes one mail at `up`'s SMTP sink, listed by `cloudretail mails`,
+    and the customer's GDPR export lists it."""
+    stack = sqlite_stack
+    product_id = new_product(stack, stack.admin(), stock=2)
+    email, customer = stack.customer()
+    with stack.client() as client:
+        placed = client.post("/api/orders", json=order_body(product_id, 1), headers=customer)
+    assert placed.status_code == 201, placed.text
+    order_ref = placed.json()["id"][:8]
+    subject = f"Your order {order_ref} is confirmed"
+
+    def listed() -> str:
+        result = cli("mails", "--data-dir", str(stack.data_dir))
+        assert result.returncode == 0, result.stderr
+        return result.stdout if subject in result.stdout else ""
+
+    lines = [line for line in _wait_for(listed).splitlines() if subject in line]
+    assert len(lines) == 1 and email in lines[0], lines
+    number = lines[0].split()[0]
+    shown = cli("mails", "--data-dir", str(stack.data_dir), "--show", number)
+    assert shown.returncode == 0, shown.stderr
+    assert f"To: {email}" in shown.stdout and placed.json()["id"] in shown.stdout
+    time.sleep(2)  # a second mail for the same event would have come by now
+    again = cli("mails", "--data-dir", str(stack.data_dir)).stdout
+    assert again.count(subject) == 1, again
+
+    # The customer's export gathers the mails sent, from the notification service.
+    with stack.client() as client:
+        export = client.get("/api/users/profile/export", headers=customer)
+    assert export.status_code == 200, export.text
+    sent = export.json()["data"]["notification"]["notifications"]
+    assert [(row["subject"], row["recipient"]) for row in sent] == [(subject, email)]

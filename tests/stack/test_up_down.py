@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from generator import load_platform
+from generator.stack import EMBEDDED_BROKER_PORT, MAIL_SINK_PORT
 from runtime.events.broker import port_holder
-from tests.stack.conftest import Stack, cli, new_product, order_body, stop
+from tests.stack.conftest import ROOT, Stack, cli, new_product, order_body, stop
 
-PORTS = (3001, 3002, 3003, 3004, 3005, 4000, 8080, 9092)
+PLATFORM = load_platform(ROOT / "spec" / "cloudretail.yaml")
+# Every deployable's port, the embedded broker's and the local SMTP sink's.
+PORTS = (*(d.port for d in PLATFORM.deployables), EMBEDDED_BROKER_PORT, MAIL_SINK_PORT)
 
 
 def walk(stack: Stack) -> None:
@@ -22,7 +26,7 @@ def walk(stack: Stack) -> None:
 def status_then_down(stack: Stack) -> None:
     status = cli("status", "--data-dir", str(stack.data_dir))
     assert status.returncode == 0, status.stderr
-    assert status.stdout.count("ready") >= 7, status.stdout
+    assert status.stdout.count("ready") >= len(PLATFORM.deployables), status.stdout
     pids = [info["pid"] for info in stack.state()["processes"].values()]
     supervisor = stack.state()["supervisor"]
     down = stop(stack)

@@ -10,6 +10,7 @@ from generated.services.inventory.routes import router
 from handlers import inventory as handlers
 from runtime.app import create_service_app
 from runtime.config import ServiceSettings, load_settings
+from runtime.events.consumer import Handler
 from runtime.service_events import ServiceEvents
 
 SERVICE = "inventory"
@@ -35,16 +36,18 @@ def settings_from_env() -> ServiceSettings:
     )
 
 
+def event_handlers() -> dict[str, Handler]:
+    """The handler of each event the service consumes (spec: `events.consumes`); the
+    consumer and `cloudretail replay` both run events through these."""
+    return {
+        "order.created": handlers.on_order_created,
+        "order.cancelled": handlers.on_order_cancelled,
+    }
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or settings_from_env()
-    events = ServiceEvents(
-        settings,
-        REGISTRY,
-        handlers={
-            "order.created": handlers.on_order_created,
-            "order.cancelled": handlers.on_order_cancelled,
-        },
-    )
+    events = ServiceEvents(settings, REGISTRY, handlers=event_handlers())
     return create_service_app(
         settings,
         routers=[router],

@@ -6,10 +6,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from generated.events import REGISTRY
+from generated.services.order.personal_data import PERSONAL_DATA
 from generated.services.order.routes import router
 from handlers import order as handlers
 from runtime.app import create_service_app
 from runtime.config import ServiceSettings, load_settings
+from runtime.events.consumer import Handler
 from runtime.service_events import ServiceEvents
 
 SERVICE = "order"
@@ -35,17 +37,23 @@ def settings_from_env() -> ServiceSettings:
     )
 
 
+def event_handlers() -> dict[str, Handler]:
+    """The handler of each event the service consumes (spec: `events.consumes`); the
+    consumer and `cloudretail replay` both run events through these."""
+    return {
+        "payment.completed": handlers.on_payment_completed,
+        "inventory.reserved": handlers.on_inventory_reserved,
+        "user.deleted": PERSONAL_DATA.erasure_handler(getattr(handlers, "on_user_deleted", None)),
+        "product.created": handlers.on_product_created,
+        "product.updated": handlers.on_product_updated,
+        "product.price_changed": handlers.on_product_price_changed,
+        "product.deleted": handlers.on_product_deleted,
+    }
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or settings_from_env()
-    events = ServiceEvents(
-        settings,
-        REGISTRY,
-        handlers={
-            "payment.completed": handlers.on_payment_completed,
-            "inventory.reserved": handlers.on_inventory_reserved,
-            "user.deleted": handlers.on_user_deleted,
-        },
-    )
+    events = ServiceEvents(settings, REGISTRY, handlers=event_handlers())
     return create_service_app(
         settings,
         routers=[router],

@@ -66,6 +66,21 @@ class OrderEvent(Base):
     data: Mapped[Any] = mapped_column(JSONType, nullable=False)
 
 
+class ProductSnapshot(Base):
+    __tablename__ = "product_snapshots"
+    __table_args__ = (sa.CheckConstraint("price >= 0", name="ck_product_snapshots_price"),)
+
+    product_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    name: Mapped[str | None] = mapped_column(sa.String(255))
+    price: Mapped[Decimal | None] = mapped_column(DecimalType(10, 2))
+    is_active: Mapped[bool | None] = mapped_column(sa.Boolean)
+    deleted: Mapped[bool] = mapped_column(
+        sa.Boolean, nullable=False, default=False, server_default=sa.text("false")
+    )
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
 class Outbox(Base):
     __tablename__ = "outbox"
     __table_args__ = (

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends
 
+from generated.services.order.personal_data import PERSONAL_DATA
 from handlers import order as handlers
-from runtime.auth import require
+from runtime.auth import require, require_service
+from runtime.deps import SessionDep
 from runtime.handlers import ContextDep
 from runtime.openapi import problems, request_body
 
@@ -79,3 +82,16 @@ async def update_status(
     id: str,
 ) -> Any:
     return await handlers.update_status(ctx)
+
+
+@router.get(
+    "/internal/order/subjects/{subject_id}",
+    tags=["order"],
+    responses=problems(401, 403, 422, 503),
+    dependencies=[Depends(require_service)],
+)
+async def subject_data(
+    subject_id: uuid.UUID,
+    session: SessionDep,
+) -> dict[str, Any]:
+    return await PERSONAL_DATA.answer(session, subject_id)

@@ -145,3 +145,66 @@ class OrderEventPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class ProductSnapshotCreate(BaseModel):
+    """Body that creates one product snapshot, or replaces one whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: uuid.UUID
+    name: str | None = Field(default=None, max_length=255)
+    price: Decimal | None = Field(
+        default=None,
+        max_digits=10,
+        decimal_places=2,
+        json_schema_extra=decimal_pattern(10, 2),
+        ge=Decimal("0"),
+    )
+    is_active: bool | None = None
+    deleted: bool = False
+    changed_at: datetime
+    refreshed_at: datetime
+
+
+class ProductSnapshotUpdate(PatchModel):
+    """Body of a partial update: only the fields sent change."""
+
+    model_config = ConfigDict(extra="forbid")
+    not_null: ClassVar[frozenset[str]] = frozenset({"changed_at", "deleted", "refreshed_at"})
+
+    name: str | None = Field(default=None, max_length=255)
+    price: Decimal | None = Field(
+        default=None,
+        max_digits=10,
+        decimal_places=2,
+        json_schema_extra=decimal_pattern(10, 2),
+        ge=Decimal("0"),
+    )
+    is_active: bool | None = None
+    deleted: bool | None = None
+    changed_at: datetime | None = None
+    refreshed_at: datetime | None = None
+
+
+class ProductSnapshotRead(BaseModel):
+    """One product snapshot as the API returns it; secrets never included."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    product_id: uuid.UUID
+    name: str | None
+    price: Decimal | None
+    is_active: bool | None
+    deleted: bool
+    changed_at: datetime
+    refreshed_at: datetime
+
+
+class ProductSnapshotPage(BaseModel):
+    """One page of product snapshots: `items` from `offset`, at most `limit`, of `total`."""
+
+    items: list[ProductSnapshotRead]
+    total: int
+    limit: int
+    offset: int

@@ -6,10 +6,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from generated.events import REGISTRY
+from generated.services.payment.personal_data import PERSONAL_DATA
 from generated.services.payment.routes import router
 from handlers import payment as handlers
 from runtime.app import create_service_app
 from runtime.config import ServiceSettings, load_settings
+from runtime.events.consumer import Handler
 from runtime.service_events import ServiceEvents
 
 SERVICE = "payment"
@@ -35,16 +37,18 @@ def settings_from_env() -> ServiceSettings:
     )
 
 
+def event_handlers() -> dict[str, Handler]:
+    """The handler of each event the service consumes (spec: `events.consumes`); the
+    consumer and `cloudretail replay` both run events through these."""
+    return {
+        "order.created": handlers.on_order_created,
+        "user.deleted": PERSONAL_DATA.erasure_handler(getattr(handlers, "on_user_deleted", None)),
+    }
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or settings_from_env()
-    events = ServiceEvents(
-        settings,
-        REGISTRY,
-        handlers={
-            "order.created": handlers.on_order_created,
-            "user.deleted": handlers.on_user_deleted,
-        },
-    )
+    events = ServiceEvents(settings, REGISTRY, handlers=event_handlers())
     return create_service_app(
         settings,
         routers=[router],

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends
 
+from generated.services.payment.personal_data import PERSONAL_DATA
 from handlers import payment as handlers
 from runtime.auth import require, require_service
+from runtime.deps import SessionDep
 from runtime.handlers import ContextDep
 from runtime.openapi import problems, request_body
 
@@ -40,6 +43,19 @@ async def get_payment(
     id: str,
 ) -> Any:
     return await handlers.get_payment(ctx)
+
+
+@router.get(
+    "/internal/payment/subjects/{subject_id}",
+    tags=["payment"],
+    responses=problems(401, 403, 422, 503),
+    dependencies=[Depends(require_service)],
+)
+async def subject_data(
+    subject_id: uuid.UUID,
+    session: SessionDep,
+) -> dict[str, Any]:
+    return await PERSONAL_DATA.answer(session, subject_id)
 
 
 @router.post(

@@ -94,6 +94,7 @@ async def create_product(
             "sku": row.sku,
             "price": row.price,
             "category": row.category,
+            "is_active": row.is_active,
         },
     )
     await crud.commit(session, row)

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
 from generated.services.user.models import User
+from generated.services.user.personal_data import PERSONAL_DATA
 from generated.services.user.schemas import UserPage, UserRead, UserSort
 from handlers import user as handlers
 from runtime import crud
-from runtime.auth import require
+from runtime.auth import require, require_service
 from runtime.deps import SessionDep
 from runtime.handlers import ContextDep
 from runtime.openapi import problems, request_body
@@ -169,3 +171,16 @@ async def register(
     ctx: ContextDep,
 ) -> Any:
     return await handlers.register(ctx)
+
+
+@router.get(
+    "/internal/user/subjects/{subject_id}",
+    tags=["user"],
+    responses=problems(401, 403, 422, 503),
+    dependencies=[Depends(require_service)],
+)
+async def subject_data(
+    subject_id: uuid.UUID,
+    session: SessionDep,
+) -> dict[str, Any]:
+    return await PERSONAL_DATA.answer(session, subject_id)
