@@ -668,6 +668,22 @@ class _Checker:
                 f"no service publishes '{gdpr.erasure_event}': the one that does owns the "
                 "subjects (it erases its own rows and gathers their export)",
             )
+        owners = [
+            name
+            for name, svc in self.spec.services.items()
+            if gdpr.erasure_event in svc.events.publishes
+        ]
+        for owner in owners:
+            # The export calls each holder: a call the spec shows, like every other edge.
+            calls = self.spec.services[owner].calls
+            for service, table in holders.items():
+                if service != owner and service not in calls:
+                    self.error(
+                        ("services", owner, "calls"),
+                        f"service '{service}' holds personal data (table '{table}' names a "
+                        f"`subject`) and '{owner}' gathers the GDPR export: add '{service}' "
+                        f"to services.{owner}.calls",
+                    )
         for service, table in holders.items():
             svc = self.spec.services[service]
             if gdpr.erasure_event not in (*svc.events.consumes, *svc.events.publishes):

@@ -800,10 +800,6 @@ class _Builder:
         title = f"{name.capitalize()} Service"
         probes = spec.probes
         personal = self.personal_data(name, spec)
-        # The subjects' owner calls every other service holding their rows (the export);
-        # joining is declaring a `subject`, so these calls are not written in the spec.
-        sources = personal.sources if personal else ()
-        calls = (*spec.calls, *(source for source in sources if source not in spec.calls))
         routes = [_route(name, route, index) for index, route in enumerate(spec.routes)]
         if personal is not None and any(table.subject for table in spec.tables.values()):
             routes.append(_subject_data_route(name))
@@ -816,7 +812,7 @@ class _Builder:
             prefix=spec.prefix,
             uses_cache="cache" in spec.uses,
             uses_mail="mail" in spec.uses,
-            calls=calls,
+            calls=tuple(spec.calls),
             tables=(
                 *(_table(table, table_spec) for table, table_spec in spec.tables.items()),
                 *_system_tables(

@@ -14,6 +14,7 @@ import yaml
 
 from generator import generate, load_platform, render
 from generator.checks import check_spec
+from generator.errors import SpecError
 from generator.handlers import needed
 from generator.loader import load_text
 from generator.spec import Spec
@@ -310,9 +311,15 @@ def test_the_owner_calls_each_holder_and_each_holder_erases_on_the_event(tmp_pat
     data = gdpr_spec()
     cart_spec = data["services"]["cart"]
     del cart_spec["calls"], cart_spec["sagas"], cart_spec["routes"][0]["saga"]
+    # The export's calls are declared like every other: without it the spec is refused.
+    with pytest.raises(
+        SpecError, match=r"services\.cart\.calls: service 'catalog' holds personal data"
+    ):
+        _platform(tmp_path, data)
+    cart_spec["calls"] = ["catalog"]
     platform = _platform(tmp_path, data)
     cart, catalog = platform.service("cart"), platform.service("catalog")
-    # Joining is declaring a `subject`: the call and the route come with it.
+    # Joining is declaring a `subject` (and the owner's call): the route comes with it.
     assert cart.calls == ("catalog",)
     assert cart.personal_data is not None and cart.personal_data.sources == ("catalog",)
     assert catalog.personal_data is not None and catalog.personal_data.applies_erasure
@@ -375,8 +382,13 @@ def test_declaring_personal_data_needs_no_migration(tmp_path: Path) -> None:
 def test_the_real_spec_declares_orders_payments_and_users() -> None:
     platform = load_platform(ROOT / "spec" / "cloudretail.yaml")
     spec = yaml.safe_load((ROOT / "spec" / "cloudretail.yaml").read_text())
-    assert "calls" not in spec["services"]["user"]
-    assert {"order", "payment"} <= set(platform.service("user").calls)
+    holders = {
+        service.name
+        for service in platform.services
+        if service.name != "user" and any(table.subject for table in service.tables)
+    }
+    assert holders == {"order", "payment", "notification", "analytics"}
+    assert set(spec["services"]["user"]["calls"]) == holders  # declared, not derived
     order = (GENERATED / "services" / "order" / "personal_data.py").read_text()
     assert 'Pii("user_id", "anonymise", uuid.UUID(int=0))' in order
     assert 'keys=("line1", "line2", "city", "postal_code")' in order
