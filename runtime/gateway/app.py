@@ -6,9 +6,10 @@ body size (413), forward. Identifying before limiting means a valid token gets i
 quota wherever its holder connects from, while refused tokens are limited by address, so
 guessing tokens costs quota too.
 
-A routed request is a server span (continuing the client's `traceparent`, if it sent a
-valid one) and the forwarded call a client span inside it, whose context the upstream gets
-in place of the client's trace headers.
+A routed request is the root span of a new trace (linked to the client's `traceparent`, if
+it sent a valid one: the edge does not let clients choose trace ids or sampling) and the
+forwarded call a client span inside it, whose context the upstream gets in place of the
+client's trace headers.
 
 No framework router or middleware stack runs per request: on this path every layer of
 wrapping shows up in the latency, and the gateway's own endpoints are four fixed paths.
@@ -24,7 +25,7 @@ from contextlib import nullcontext
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
+from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
 
@@ -297,12 +298,19 @@ class Gateway:
                 _end_server_span(span, record)
 
     def _server_span(self, request: _Request, record: RequestRecord) -> Span:
+        """A new trace per request. The gateway is the edge: a client's `traceparent` is
+        linked, not continued, so no client chooses the platform's trace ids or switches
+        its recording off (sampled flag 00); the link still joins the client's trace."""
         carrier = request.trace_carrier
+        client = (
+            trace.get_current_span(extract_context(carrier)).get_span_context() if carrier else None
+        )
         return self.tracer.start_span(
             record.method,
-            context=extract_context(carrier) if carrier else Context(),
+            context=Context(),
             kind=SpanKind.SERVER,
             attributes={"http.request.method": record.method, "url.path": record.path},
+            links=[Link(client)] if client is not None and client.is_valid else None,
         )
 
     def _client_span(self, method: str, upstream: str) -> Span | None:

@@ -215,7 +215,7 @@ async def _through_gateway(server: Server, value: str) -> int:
     return response.status_code
 
 
-async def test_the_gateway_continues_a_valid_trace_and_passes_its_own_span_on(
+async def test_the_gateway_links_a_clients_trace_and_passes_its_own_span_on(
     gateway: tuple[Server, EchoState], spans: InMemorySpanExporter
 ) -> None:
     server, state = gateway
@@ -227,11 +227,23 @@ async def test_the_gateway_continues_a_valid_trace_and_passes_its_own_span_on(
         if s.kind is SpanKind.CLIENT and s.parent is not None
         if s.parent.span_id == edge.context.span_id
     ]
-    assert f"{edge.context.trace_id:032x}" == TRACE
-    assert edge.parent is not None and f"{edge.parent.span_id:016x}" == PARENT
+    # The edge starts the platform's own trace; the client's is a link, not the parent.
+    assert edge.parent is None and f"{edge.context.trace_id:032x}" != TRACE
+    [link] = edge.links
+    assert (f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}") == (TRACE, PARENT)
     # The upstream got the gateway's client span as its parent, not the caller's header.
     sent = state.requests[-1]["headers"]["traceparent"]
-    assert sent == f"00-{TRACE}-{hop.context.span_id:016x}-01"
+    assert sent.startswith(f"00-{edge.context.trace_id:032x}-{hop.context.span_id:016x}-")
+    assert int(sent.rsplit("-", 1)[1], 16) & 1  # sampled
+
+
+async def test_a_client_cannot_switch_the_gateways_recording_off(
+    gateway: tuple[Server, EchoState], spans: InMemorySpanExporter
+) -> None:
+    server, _ = gateway
+    assert await _through_gateway(server, f"00-{TRACE}-{PARENT}-00") == 200
+    edge = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER][-1]
+    assert edge.context.trace_flags.sampled
 
 
 @pytest.mark.parametrize("value", MALFORMED[:7])
