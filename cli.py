@@ -38,6 +38,29 @@ EXIT_STALE = 1
 EXIT_BAD_INPUT = 2
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"cloudretail {version('cloudretail')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("cloudretail (not installed: run `make setup`)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_show_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Describe a microservice platform in one YAML file; generate and run it."""
+
+
 def _fail(error: CloudRetailError) -> typer.Exit:
     if isinstance(error, SpecError | GeneratedFileError):
         lines = (

@@ -404,6 +404,26 @@ def test_images_are_multi_stage_pinned_and_non_root(dockerfile: str):
     assert re.search(r'^CMD \["python", "-m", ', text, re.MULTILINE)
 
 
+def test_the_build_context_leaves_out_local_state_but_not_what_images_copy():
+    """The images build from the repository root: .dockerignore keeps the virtual
+    environments, `up`'s data (secrets.json, the signing key) and git out of the context,
+    and no COPY source of any Dockerfile is left out."""
+    from pathspec import PathSpec
+
+    ignored = PathSpec.from_lines("gitignore", (ROOT / ".dockerignore").read_text().splitlines())
+    for local in (".venv/bin/python", ".cloudretail/secrets.json", ".git/config", "secrets.env"):
+        assert ignored.match_file(local), local
+    dockerfiles = sorted(GENERATED.rglob("Dockerfile"))
+    assert dockerfiles
+    for dockerfile in dockerfiles:
+        for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile.read_text(), re.MULTILINE):
+            *sources, _ = line.split()
+            for source in sources:
+                assert (ROOT / source).exists(), (dockerfile, source)
+                assert not ignored.match_file(source), (dockerfile, source)
+                assert not ignored.match_file(f"{source}/x.py"), (dockerfile, source)
+
+
 def test_compose_runs_the_whole_platform(platform: Platform):
     import yaml
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from pathspec import PathSpec
 from typer.testing import CliRunner
 
 from cli import app
@@ -29,6 +32,33 @@ def test_init_makes_a_project_that_generates(tmp_path: Path, monkeypatch: pytest
     assert (folder / "handlers" / "cart.py").exists()
     # ... after which the spec is complete: validate finds every handler.
     load_platform(Path("spec/cloudretail.yaml"), handlers_dir=Path("handlers"))
+
+
+def test_a_new_project_keeps_its_local_state_out_of_git_and_images(tmp_path: Path):
+    """`up` keeps secrets.json and the JWT signing key in .cloudretail/: a new project's
+    git and its image build context both leave it out, with the virtual environment."""
+    folder = tmp_path / "acme"
+    assert runner.invoke(app, ["init", str(folder), "--name", "acme"]).exit_code == 0
+    subprocess.run(["git", "init", "-q", str(folder)], check=True)
+    local = [".cloudretail/secrets.json", ".cloudretail/keys/dev.pem", ".venv/bin/python"]
+    for path in local:
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text("x")
+    ignored = subprocess.run(
+        ["git", "-C", str(folder), "check-ignore", *local, "spec/cloudretail.yaml"],
+        capture_output=True,
+        text=True,
+    )
+    assert ignored.stdout.split() == local  # ... and the spec is not ignored
+    docker = PathSpec.from_lines("gitignore", (folder / ".dockerignore").read_text().splitlines())
+    assert all(docker.match_file(path) for path in local)
+    assert not docker.match_file("handlers/__init__.py")
+
+
+def test_version(tmp_path: Path):
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"cloudretail {version('cloudretail')}"
 
 
 def test_init_refuses_a_bad_name_and_a_full_folder(tmp_path: Path):
