@@ -63,8 +63,8 @@ def test_an_order_is_one_trace_in_the_logs_and_the_trace_view(sqlite_stack: Stac
     admin = stack.admin()
     product_id = new_product(stack, admin, stock=3)
     _, customer = stack.customer()
-    trace_id = uuid.uuid4().hex
-    correlation = f"trace-test-{trace_id[:8]}"
+    client_trace = uuid.uuid4().hex
+    correlation = f"trace-test-{client_trace[:8]}"
     with stack.client() as client:
         placed = client.post(
             "/api/orders",
@@ -72,8 +72,8 @@ def test_an_order_is_one_trace_in_the_logs_and_the_trace_view(sqlite_stack: Stac
             headers={
                 **customer,
                 "X-Correlation-ID": correlation,
-                # The caller's trace: every hop continues it, so its id is the order's.
-                "traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01",
+                # The caller's trace: the gateway links it and starts the platform's own.
+                "traceparent": f"00-{client_trace}-{uuid.uuid4().hex[:16]}-01",
             },
         )
     assert placed.status_code == 201, placed.text
@@ -88,9 +88,11 @@ def test_an_order_is_one_trace_in_the_logs_and_the_trace_view(sqlite_stack: Stac
 
     events = _wait_for(order_events)
     assert events, "the order's events did not reach the event bus"
-    for event in events:
-        # The envelope kept the trace context of the span that wrote the event.
-        assert event["metadata"]["traceparent"].split("-")[1] == trace_id, event
+    # The envelopes kept the trace context of the spans that wrote them: one trace, the
+    # platform's, not the client's.
+    traces = {event["metadata"]["traceparent"].split("-")[1] for event in events}
+    assert len(traces) == 1 and client_trace not in traces, events
+    (trace_id,) = traces
     event_types = {event["type"] for event in events}
 
     consumers = _consumers(stack, event_types)
