@@ -6,25 +6,37 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 TOOLS := .venv-tools
+# Installs come from uv.lock (uv, pinned, bootstrapped from PyPI with pip: Python and make
+# are all a fresh machine needs). `make lock` re-resolves after a change to pyproject.toml.
+UV_VERSION := 0.13.9
+UV := $(TOOLS)/uv/bin/uv
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: up test lint setup tools artillery generate clean
+.PHONY: up test lint setup tools artillery generate clean lock
 
-$(STAMP): pyproject.toml
+$(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "CloudRetail needs Python 3.11 or newer; found " + sys.version.split()[0])'
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing CloudRetail and its dependencies into $(VENV) ..."
-	@$(BIN)/python -m pip install --quiet --upgrade pip
-	@$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@test -x $(TOOLS)/uv/bin/python || $(PYTHON) -m venv $(TOOLS)/uv
+	@$(TOOLS)/uv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+# Everything a developer needs: the runtime, both extras (cli, local) and the dev and
+# handlers groups, at the versions uv.lock pins; --frozen fails rather than re-resolve.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	@echo "installing CloudRetail and its dependencies into $(VENV) from uv.lock ..."
+	@$(UV) sync --quiet --frozen --all-extras --python $(PYTHON)
 	@touch $@
 
 setup: $(STAMP)
+
+lock: | $(UV)
+	$(UV) lock
 
 # Manifest checkers in a venv of their own: checkov pins packaging<24, pytest needs newer.
 $(TOOLS)/.installed:
 	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
 	@echo "installing checkov into $(TOOLS) ..."
-	@$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
-	@$(TOOLS)/bin/python -m pip install --quiet "checkov>=3.2"
+	@$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(TOOLS)/bin/python -m pip install --quiet "checkov==3.3.30"
 	@touch $@
 
 tools: $(TOOLS)/.installed

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from generator import (
+from cloudretail.generator import (
     CloudRetailError,
     GeneratedFileError,
     SpecError,
@@ -19,8 +18,8 @@ from generator import (
     generate,
     load_platform,
 )
-from generator.handlers import project_handlers
-from generator.model import Platform
+from cloudretail.generator.handlers import project_handlers
+from cloudretail.generator.model import Platform
 
 app = typer.Typer(
     name="cloudretail",
@@ -190,10 +189,10 @@ def migrate(
     database_url_template: DatabaseUrlTemplateOption = None,
 ) -> None:
     """Upgrade each service's database to the newest revision (creating it when missing)."""
-    from generator.stack import plan_migrations
-    from runtime.config import default_database_url
-    from runtime.migrate import MigrationError
-    from runtime.migrate import migrate as upgrade_database
+    from cloudretail.generator.stack import plan_migrations
+    from cloudretail.runtime.config import default_database_url
+    from cloudretail.runtime.migrate import MigrationError
+    from cloudretail.runtime.migrate import migrate as upgrade_database
 
     env_url = os.environ.get("DATABASE_URL")
     try:
@@ -230,12 +229,11 @@ def rotate_key(
     while the services run. Safe to stop and run again: it continues where it stopped."""
     import asyncio
 
+    from cloudretail.generator.stack import plan_rotation
+    from cloudretail.runtime.config import default_database_url
+    from cloudretail.runtime.crypto import EncryptionError, KeyRing
+    from cloudretail.runtime.rotate import EncryptedTable, RotationError, rotate_keys
     from sqlalchemy.exc import SQLAlchemyError
-
-    from generator.stack import plan_rotation
-    from runtime.config import default_database_url
-    from runtime.crypto import EncryptionError, KeyRing
-    from runtime.rotate import EncryptedTable, RotationError, rotate_keys
 
     keys = os.environ.get("ENCRYPTION_KEYS")
     if not keys:
@@ -311,9 +309,9 @@ def replay(
     topic read from the start up to where it ends now, each event through the service's
     handlers. Writes nothing to Kafka; an event already in the database is skipped, so an
     interrupted replay finishes when run again."""
-    from generator.stack import plan_replay
-    from runtime.events.replay import TopicProgress
-    from runtime.replay import ReplayError, ReplayTarget, replay_service
+    from cloudretail.generator.stack import plan_replay
+    from cloudretail.runtime.events.replay import TopicProgress
+    from cloudretail.runtime.replay import ReplayError, ReplayTarget, replay_service
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connect noise; we report
     try:
@@ -375,8 +373,8 @@ def topics_apply(
     broker allows it, report drift where it does not; never delete. Safe to run again."""
     import asyncio
 
-    from generator.stack import planned_topics
-    from runtime.events.topics import apply_topics
+    from cloudretail.generator.stack import planned_topics
+    from cloudretail.runtime.events.topics import apply_topics
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connect noise; we report
     try:
@@ -419,9 +417,9 @@ def up(
 ) -> None:
     """Run the whole platform on this machine: broker, topics, migrations, every service,
     the event bus and the gateway, each in its own process on its spec port."""
-    from generator.stack import StackOptions, plan_stack
-    from runtime.demo import DemoError, read_demo
-    from runtime.launch import LaunchError, launch
+    from cloudretail.generator.stack import StackOptions, plan_stack
+    from cloudretail.runtime.demo import DemoError, read_demo
+    from cloudretail.runtime.launch import LaunchError, launch
 
     names = tuple(name.strip() for name in (only or "").split(",") if name.strip())
     options = StackOptions(data_dir, database_url_template, redis_url, kafka_bootstrap, names)
@@ -455,8 +453,8 @@ def status(data_dir: DataDirOption = Path(".cloudretail")) -> None:
     """Each process of a detached stack and its health."""
     import asyncio
 
-    from runtime import stack
-    from runtime.launch import stack_table
+    from cloudretail.runtime import stack
+    from cloudretail.runtime.launch import stack_table
 
     state = stack.read_state(data_dir)
     if state is None or not stack.alive(state.get("supervisor")):
@@ -475,7 +473,7 @@ def mails(
     ] = None,
 ) -> None:
     """The mails the services sent to `up`'s local SMTP sink, oldest first."""
-    from runtime.mailsink import received_mails
+    from cloudretail.runtime.mailsink import received_mails
 
     kept = received_mails(data_dir / "mail")
     if show is not None:
@@ -502,7 +500,7 @@ def traces(
     limit: Annotated[int, typer.Option(help="How many recent traces to list.", min=1)] = 20,
 ) -> None:
     """The traces `up` kept, newest first, or one trace's spans as a tree."""
-    from runtime.localtraces import TraceError, show_traces
+    from cloudretail.runtime.localtraces import TraceError, show_traces
 
     try:
         typer.echo(show_traces(data_dir, trace_id, limit))
@@ -514,8 +512,8 @@ def traces(
 @app.command()
 def down(data_dir: DataDirOption = Path(".cloudretail")) -> None:
     """Stop a detached stack (everything it started) and check its ports are free."""
-    from runtime import stack
-    from runtime.events.broker import port_holder
+    from cloudretail.runtime import stack
+    from cloudretail.runtime.events.broker import port_holder
 
     state = stack.read_state(data_dir)
     if state is None:
@@ -541,8 +539,7 @@ def init(
 ) -> None:
     """Start a new project: a small spec to grow, a handlers package and a README."""
     import copier
-
-    from generator.render import TEMPLATES
+    from cloudretail.generator.render import TEMPLATES
 
     if folder.exists() and any(folder.iterdir()):
         typer.echo(f"error: {folder} is not empty; choose a new folder", err=True)
@@ -565,7 +562,7 @@ def init(
 @app.command()
 def schema() -> None:
     """Print the spec's JSON Schema (point your editor's YAML support at it)."""
-    from generator.spec import Spec
+    from cloudretail.generator.spec import Spec
 
     typer.echo(json.dumps(Spec.model_json_schema(), indent=2, sort_keys=True))
 

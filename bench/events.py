@@ -33,15 +33,15 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, Uuid, insert
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.db import Database  # noqa: E402
-from runtime.events.broker import EmbeddedBroker  # noqa: E402
-from runtime.events.consumer import EventConsumer, EventContext  # noqa: E402
-from runtime.events.kafka import KafkaProducer, KafkaSource  # noqa: E402
-from runtime.events.outbox import OutboxRelay, publish  # noqa: E402
-from runtime.events.registry import EventRegistry, EventType  # noqa: E402
-from runtime.events.tables import create_event_tables, outbox  # noqa: E402
-from runtime.events.topics import TopicSpec  # noqa: E402
-from runtime.migrate import create_database_if_missing  # noqa: E402
+from cloudretail.runtime.db import Database  # noqa: E402
+from cloudretail.runtime.events.broker import EmbeddedBroker  # noqa: E402
+from cloudretail.runtime.events.consumer import EventConsumer, EventContext  # noqa: E402
+from cloudretail.runtime.events.kafka import KafkaProducer, KafkaSource  # noqa: E402
+from cloudretail.runtime.events.outbox import OutboxRelay, publish  # noqa: E402
+from cloudretail.runtime.events.registry import EventRegistry, EventType  # noqa: E402
+from cloudretail.runtime.events.tables import create_event_tables, outbox  # noqa: E402
+from cloudretail.runtime.events.topics import TopicSpec  # noqa: E402
+from cloudretail.runtime.migrate import create_database_if_missing  # noqa: E402
 
 TOPIC = "bench.orders"
 

@@ -77,13 +77,13 @@ for name in USER PRODUCT ORDER INVENTORY PAYMENT EVENT_BUS; do
   gateway_env+=("${name}_URLS=http://127.0.0.1:$UP")
 done
 # Access logs stay on (one JSON line per request), written to a file as in production.
-env "${gateway_env[@]}" "$PY" -m runtime.gateway --routes "$ROOT/generated/gateway/routes.yaml" \
+env "${gateway_env[@]}" "$PY" -m cloudretail.runtime.gateway --routes "$ROOT/generated/gateway/routes.yaml" \
   --port "$GW" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
 PID_OF[gateway]=$!
 TARGETS=(direct gateway nginx express)
 if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
-  env "${gateway_env[@]}" REDIS_URL=redis://127.0.0.1:6379/14 "$PY" -m runtime.gateway \
+  env "${gateway_env[@]}" REDIS_URL=redis://127.0.0.1:6379/14 "$PY" -m cloudretail.runtime.gateway \
     --routes "$ROOT/generated/gateway/routes.yaml" --port "$GWR" >"$WORK/gateway-redis.log" 2>&1 &
   PIDS+=($!)
   PID_OF[gateway+redis]=$!

@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from generator import generate  # noqa: E402
+from cloudretail.generator import generate  # noqa: E402
 
 
 def synthetic_spec(services: int) -> dict:

@@ -9,9 +9,8 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+from cloudretail.runtime.events.registry import EventRegistry, EventType
 from pydantic import BaseModel
-
-from runtime.events.registry import EventRegistry, EventType
 
 
 class InventoryLowStock(BaseModel):

@@ -10,29 +10,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from generator.checks import check_spec
-from generator.errors import (
+from cloudretail.generator.checks import check_spec
+from cloudretail.generator.errors import (
     CloudRetailError,
     GeneratedFileError,
     OutputConflictError,
     SpecError,
     SpecIssue,
 )
-from generator.formatting import format_python
-from generator.handlers import (
+from cloudretail.generator.formatting import format_python
+from cloudretail.generator.handlers import (
     HandlerChange,
     missing_handlers,
     plan_stubs,
     project_handlers,
     write_stubs,
 )
-from generator.loader import Document, dotted, load_file
-from generator.model import Platform, build_platform
-from generator.render import render_files
-from generator.targets.migrations import MigrationRefusedError, versions_folder
-from generator.targets.migrations import files as migration_files
-from generator.validation import parse_spec
-from generator.writer import Plan, apply, plan, read_manifest, read_owned
+from cloudretail.generator.loader import Document, dotted, load_file
+from cloudretail.generator.model import Platform, build_platform
+from cloudretail.generator.render import render_files
+from cloudretail.generator.targets.migrations import MigrationRefusedError, versions_folder
+from cloudretail.generator.targets.migrations import files as migration_files
+from cloudretail.generator.validation import parse_spec
+from cloudretail.generator.writer import Plan, apply, plan, read_manifest, read_owned
 
 __all__ = [
     "CloudRetailError",
@@ -186,7 +186,7 @@ def check_platform(spec_path: Path, out_dir: Path, *, handlers_dir: Path | None 
 def render(platform: Platform, existing: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every generated file's text, keyed by its path inside the output folder. `existing`:
     the generated files already there (from `read_owned`), which migrations build on."""
-    from generator.targets.every import all_files  # only rendering loads every target
+    from cloudretail.generator.targets.every import all_files  # only rendering loads every target
 
     return format_python(render_files(all_files(platform, existing or {}), platform.source))
 

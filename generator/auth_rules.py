@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from generator.render import pystr
+from cloudretail.generator.render import pystr
 
 Token = Literal["user", "service"]
 
@@ -63,7 +63,7 @@ AUTH_RULES: dict[str, AuthRule] = {
             roles=None,
             gateway="authenticated",
             dependency=_REQUIRE,
-            dependency_import=("runtime.auth", "require"),
+            dependency_import=("cloudretail.runtime.auth", "require"),
         ),
         AuthRule(
             "admin",
@@ -71,7 +71,7 @@ AUTH_RULES: dict[str, AuthRule] = {
             roles=("admin",),
             gateway="admin",
             dependency=_REQUIRE,
-            dependency_import=("runtime.auth", "require"),
+            dependency_import=("cloudretail.runtime.auth", "require"),
         ),
         AuthRule(
             "service",
@@ -79,7 +79,7 @@ AUTH_RULES: dict[str, AuthRule] = {
             roles=(),
             gateway=None,
             dependency="Depends(require_service)",
-            dependency_import=("runtime.auth", "require_service"),
+            dependency_import=("cloudretail.runtime.auth", "require_service"),
         ),
     )
 }

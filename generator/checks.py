@@ -7,16 +7,16 @@ import keyword
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from generator.auth_rules import AUTH_RULES, auth_rule
-from generator.crud_events import crud_events
-from generator.errors import SpecIssue
-from generator.kinds import KINDS, OPTION_GROUPS, kind_of
-from generator.load_checks import check_load_test
-from generator.loader import Document, PathKey, dotted
-from generator.model import SUBJECT_DATA_ROUTE, singular, subject_data_path
-from generator.spec import ColumnSpec, RouteSpec, ScalingSpec, Spec, TableSpec
-from generator.system_tables import SYSTEM_TABLES
-from generator.validation import suggest
+from cloudretail.generator.auth_rules import AUTH_RULES, auth_rule
+from cloudretail.generator.crud_events import crud_events
+from cloudretail.generator.errors import SpecIssue
+from cloudretail.generator.kinds import KINDS, OPTION_GROUPS, kind_of
+from cloudretail.generator.load_checks import check_load_test
+from cloudretail.generator.loader import Document, PathKey, dotted
+from cloudretail.generator.model import SUBJECT_DATA_ROUTE, singular, subject_data_path
+from cloudretail.generator.spec import ColumnSpec, RouteSpec, ScalingSpec, Spec, TableSpec
+from cloudretail.generator.system_tables import SYSTEM_TABLES
+from cloudretail.generator.validation import suggest
 
 CRUD_OPERATIONS = ("list", "get", "create", "replace", "update", "delete")
 

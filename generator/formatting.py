@@ -10,14 +10,15 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from generator.errors import CloudRetailError
+from cloudretail.generator.errors import CloudRetailError
 
 # The settings generated code is written in, whatever the project around it configures.
 SETTINGS = (
     "--isolated",
     "--line-length=100",
     "--target-version=py311",
-    "--config=lint.isort.known-first-party=['generated', 'handlers', 'runtime']",
+    "--config=lint.isort.known-first-party=['generated', 'handlers']",
+    "--config=lint.isort.known-third-party=['cloudretail']",
 )
 
 

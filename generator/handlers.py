@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from generator.model import Platform, Service
+from cloudretail.generator.model import Platform, Service
 
 _HEADER = '''"""Hand-written logic of the {service} service: its routes and the events it consumes.
 
@@ -25,13 +25,14 @@ from __future__ import annotations
 '''
 
 # What a stub may use, and where it comes from: (isort section, module). Sections in isort
-# order: the standard library, third-party packages, this project's own.
+# order: the standard library, third-party packages (CloudRetail's runtime is one), this
+# project's own.
 _IMPORTS: dict[str, tuple[int, str]] = {
     "Any": (0, "typing"),
     "BaseModel": (1, "pydantic"),
-    "EventContext": (2, "runtime.events.consumer"),
-    "Context": (2, "runtime.handlers"),
-    "not_implemented": (2, "runtime.handlers"),
+    "EventContext": (1, "cloudretail.runtime.events.consumer"),
+    "Context": (1, "cloudretail.runtime.handlers"),
+    "not_implemented": (1, "cloudretail.runtime.handlers"),
 }
 
 

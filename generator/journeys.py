@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from generator.model import LoadTest, Platform, Route, Table
+from cloudretail.generator.model import LoadTest, Platform, Route, Table
 
 # `{name}` in a body string: UNIQUE, or the row name of a browsable table.
 PLACEHOLDER = re.compile(r"{([a-z][a-z0-9_]*)}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from generator.render import pystr
+from cloudretail.generator.render import pystr
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -58,7 +58,7 @@ class ColumnKind:
     schema_type: Callable[[Shape], sa.types.TypeEngine[Any]]  # plain type for migrations
     python: str  # Python annotation (columns, schemas, event payload fields)
     python_import: tuple[str, ...] = ()  # what `python` needs, as Imports.add arguments
-    runtime_type: str | None = None  # name `model_type` imports from runtime.types
+    runtime_type: str | None = None  # name `model_type` imports from cloudretail.runtime.types
     options: frozenset[str] = frozenset()  # of length/precision/scale/values: taken, needed
     max_length: bool = False  # pydantic max_length=<length>
     digits: bool = False  # pydantic max_digits/decimal_places and the decimal pattern
@@ -163,7 +163,10 @@ def _decimal(text: str) -> str:
 
 
 _NOW = DefaultFunction(
-    python="utc_now", imports=("runtime.types", "utc_now"), server="CURRENT_TIMESTAMP", docs="NOW()"
+    python="utc_now",
+    imports=("cloudretail.runtime.types", "utc_now"),
+    server="CURRENT_TIMESTAMP",
+    docs="NOW()",
 )
 _NEW_UUID = DefaultFunction(
     python="uuid.uuid4", imports=("uuid",), server=None, docs="gen_random_uuid()"

@@ -1,16 +1,16 @@
 """Cross-reference checks of the spec's `load_test`: the routes, journeys, bodies and
-placeholders it names exist (generator.journeys derives the journeys from the model)."""
+placeholders it names exist (cloudretail.generator.journeys derives the journeys from the model)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from generator.auth_rules import auth_rule
-from generator.journeys import BROWSE, REGISTER, UNIQUE, Access, access, placeholders
-from generator.loader import PathKey
-from generator.model import duration_ms, singular
-from generator.spec import RouteSpec, Spec
-from generator.validation import suggest
+from cloudretail.generator.auth_rules import auth_rule
+from cloudretail.generator.journeys import BROWSE, REGISTER, UNIQUE, Access, access, placeholders
+from cloudretail.generator.loader import PathKey
+from cloudretail.generator.model import duration_ms, singular
+from cloudretail.generator.spec import RouteSpec, Spec
+from cloudretail.generator.validation import suggest
 
 Report = Callable[..., None]  # (path, message, *, key=False), as _Checker.error
 

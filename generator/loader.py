@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from generator.errors import Location, SpecError, SpecIssue
+from cloudretail.generator.errors import Location, SpecError, SpecIssue
 
 PathKey = tuple[str | int, ...]
 

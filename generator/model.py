@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from generator.auth_rules import AuthRule, auth_rule
-from generator.kinds import ColumnKind, kind_of
-from generator.spec import (
+from cloudretail.generator.auth_rules import AuthRule, auth_rule
+from cloudretail.generator.kinds import ColumnKind, kind_of
+from cloudretail.generator.spec import (
     ColumnSpec,
     GatewayRouteSpec,
     ProbeSpec,
@@ -25,7 +25,7 @@ from generator.spec import (
     Spec,
     TableSpec,
 )
-from generator.system_tables import SYSTEM_TABLES
+from cloudretail.generator.system_tables import SYSTEM_TABLES
 
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _UNIT_BYTES = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
@@ -528,8 +528,8 @@ class LoadAccount:
 
 @dataclass(frozen=True)
 class LoadTest:
-    """The load test's settings (spec: `load_test`); `generator.journeys` derives what its
-    virtual users do from the routes."""
+    """The load test's settings (spec: `load_test`); `journeys.py` derives what its virtual
+    users do from the routes."""
 
     duration_seconds: int
     arrival_rate: int

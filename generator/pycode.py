@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from generator.render import pystr
+from cloudretail.generator.render import pystr
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from generator import cache
+from cloudretail.generator import cache
 
 if TYPE_CHECKING:
     import jinja2

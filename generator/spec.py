@@ -1,6 +1,6 @@
 """The spec's input schema: pydantic models that mirror spec/cloudretail.yaml one to one.
 
-Nothing here is resolved or defaulted beyond what the YAML says; `generator.model` does
+Nothing here is resolved or defaulted beyond what the YAML says; `cloudretail.generator.model` does
 that. Unknown keys are refused everywhere (`extra="forbid"`), so a typo never passes
 silently.
 """
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from cloudretail.generator.auth_rules import rule_names
+from cloudretail.generator.choices import Matching, OneOf
+from cloudretail.generator.kinds import KINDS
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
-
-from generator.auth_rules import rule_names
-from generator.choices import Matching, OneOf
-from generator.kinds import KINDS
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=63)]
 ServiceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9]*$", max_length=30)]
@@ -365,7 +364,8 @@ class ServiceSpec(Strict):
     database: Identifier
     prefix: UrlPath
     # `cache`: Redis (REDIS_URL) for cached reads and shared counters. `mail`: the service
-    # queues mails in its database (`runtime.mail.queue_mail`), sent over SMTP_URL after commit.
+    # queues mails in its database (`cloudretail.runtime.mail.queue_mail`), sent over SMTP_URL
+    # after commit.
     uses: list[Literal["cache", "mail"]] = []
     calls: list[str] = []
     tables: dict[Identifier, TableSpec] = {}

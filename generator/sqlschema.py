@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-
-from generator.model import Column, Table
+from cloudretail.generator.model import Column, Table
 
 
 def column_type(column: Column) -> sa.types.TypeEngine[Any]:

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from generator import load_platform
-from generator.errors import CloudRetailError
-from generator.model import Platform
-from generator.validation import suggest
-from runtime.stackplan import (
+from cloudretail.generator import load_platform
+from cloudretail.generator.errors import CloudRetailError
+from cloudretail.generator.model import Platform
+from cloudretail.generator.validation import suggest
+from cloudretail.runtime.stackplan import (
     BrokerAddress,
     MailSinkPlan,
     PlannedDatabase,
@@ -152,7 +152,7 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
             kind="gateway",
             command=(
                 "-m",
-                "runtime.gateway",
+                "cloudretail.runtime.gateway",
                 "--routes",
                 str(generated / "gateway" / "routes.yaml"),
                 "--host",

@@ -7,7 +7,7 @@ which the event tests check against migrated databases.
 
 from __future__ import annotations
 
-from generator.spec import ColumnSpec, IndexSpec, TableSpec
+from cloudretail.generator.spec import ColumnSpec, IndexSpec, TableSpec
 
 OUTBOX = TableSpec(
     description="Events waiting to be published, written in the same transaction as the "

@@ -8,11 +8,10 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
+from cloudretail.generator.errors import SpecError, SpecIssue
+from cloudretail.generator.loader import Document, PathKey, dotted
+from cloudretail.generator.spec import Spec
 from pydantic import BaseModel, ValidationError
-
-from generator.errors import SpecError, SpecIssue
-from generator.loader import Document, PathKey, dotted
-from generator.spec import Spec
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from generator.errors import GeneratedFileError, OutputConflictError
+from cloudretail.generator.errors import GeneratedFileError, OutputConflictError
 
 MANIFEST = ".cloudretail-manifest"
 _MANIFEST_HEADER = "# files owned by `cloudretail generate`; it replaces and removes only these\n"

@@ -31,6 +31,9 @@ from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
+from cloudretail.runtime.db import insert_skipping_duplicates
+from cloudretail.runtime.events.consumer import EventContext
+from cloudretail.runtime.handlers import Context
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -54,9 +57,6 @@ from generated.services.analytics.models import (
     ProductFact,
     ProductSale,
 )
-from runtime.db import insert_skipping_duplicates
-from runtime.events.consumer import EventContext
-from runtime.handlers import Context
 
 # The order topic keeps 30 days of events; a longer window would show hours a rebuild lacks.
 MAX_HOURS = 720

@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from cloudretail.runtime.db import normalize_database_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from generated.services.inventory.models import Inventory, InventoryReservation
 from generated.services.order.models import Order
 from generated.services.payment.models import Payment
-from runtime.db import normalize_database_url
 
 SETTLED = ("confirmed", "processing", "shipped", "delivered")
 # How long an order may stay pending: the saga's deadline, plus time for recovery to run.

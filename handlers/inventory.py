@@ -13,14 +13,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.events.consumer import EventContext
+from cloudretail.runtime.handlers import Context
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generated.services.inventory.events import publish
 from generated.services.inventory.models import Inventory, InventoryReservation
-from runtime.errors import Problem
-from runtime.events.consumer import EventContext
-from runtime.handlers import Context
 
 HELD = ("reserved", "committed")
 

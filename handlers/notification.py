@@ -19,11 +19,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from cloudretail.runtime.events.consumer import EventContext
+from cloudretail.runtime.mail import queue_mail
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from generated.services.notification.models import Notification, Recipient
-from runtime.events.consumer import EventContext
-from runtime.mail import queue_mail
 
 MAILS = Path(__file__).with_name("mails")
 

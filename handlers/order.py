@@ -37,6 +37,14 @@ from decimal import Decimal
 from typing import Any, Literal, cast
 
 import sqlalchemy as sa
+from cloudretail.runtime.db import upsert_newest
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.events.consumer import EventContext
+from cloudretail.runtime.events.envelope import Event
+from cloudretail.runtime.handlers import Context, created
+from cloudretail.runtime.http import ServiceCallError, ServiceClients
+from cloudretail.runtime.saga import SagaRunner, start_sagas, stop_sagas
+from cloudretail.runtime.types import utc_now
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -45,14 +53,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from generated.services.order.events import publish
 from generated.services.order.models import Order, OrderEvent, ProductSnapshot
 from generated.services.order.sagas import PLACE_ORDER
-from runtime.db import upsert_newest
-from runtime.errors import Problem
-from runtime.events.consumer import EventContext
-from runtime.events.envelope import Event
-from runtime.handlers import Context, created
-from runtime.http import ServiceCallError, ServiceClients
-from runtime.saga import SagaRunner, start_sagas, stop_sagas
-from runtime.types import utc_now
 
 logger = logging.getLogger(__name__)
 

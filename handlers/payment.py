@@ -26,6 +26,10 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.events.consumer import EventContext
+from cloudretail.runtime.handlers import Context, created
+from cloudretail.runtime.http import ServiceCallError, ServiceClients
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
@@ -34,10 +38,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from generated.services.payment.events import publish
 from generated.services.payment.models import Payment
 from generated.services.payment.schemas import PaymentRead
-from runtime.errors import Problem
-from runtime.events.consumer import EventContext
-from runtime.handlers import Context, created
-from runtime.http import ServiceCallError, ServiceClients
 
 logger = logging.getLogger(__name__)
 

@@ -39,6 +39,12 @@ import pyotp.utils
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cloudretail.runtime.auth import RevocationList, start_issuing, token_issuer
+from cloudretail.runtime.cache import Cache, CacheUnavailableError
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.handlers import Context, created
+from cloudretail.runtime.http import ServiceClients
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from sqlalchemy.exc import IntegrityError
@@ -48,12 +54,6 @@ from generated.services.user.events import publish
 from generated.services.user.models import TokenRevocation, User
 from generated.services.user.personal_data import PERSONAL_DATA
 from generated.services.user.schemas import UserRead
-from runtime.auth import RevocationList, start_issuing, token_issuer
-from runtime.cache import Cache, CacheUnavailableError
-from runtime.config import ServiceSettings
-from runtime.errors import Problem
-from runtime.handlers import Context, created
-from runtime.http import ServiceClients
 
 logger = logging.getLogger(__name__)
 

@@ -6,28 +6,27 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
-
-from runtime.auth import (
+from cloudretail.runtime.auth import (
     RevocationList,
     TokenVerifier,
     http_jwks_fetcher,
     http_revocations_fetcher,
     revocations_url_for,
 )
-from runtime.cache import Cache, make_cache
-from runtime.config import ServiceSettings
-from runtime.correlation import CorrelationIdMiddleware
-from runtime.crypto import EncryptionError, KeyRing, configure
-from runtime.db import Database
-from runtime.errors import install_problem_handlers
-from runtime.guard import RequestGuardMiddleware
-from runtime.health import HealthCheck, HealthChecks, always_healthy, health_router
-from runtime.logs import AccessLogMiddleware
-from runtime.mail import mail_relay
-from runtime.metrics import Metrics, MetricsMiddleware, metrics_router
-from runtime.openapi import complete_openapi
-from runtime.tracing import get_tracer, provider_for, trace_statements, untraced
+from cloudretail.runtime.cache import Cache, make_cache
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.correlation import CorrelationIdMiddleware
+from cloudretail.runtime.crypto import EncryptionError, KeyRing, configure
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.errors import install_problem_handlers
+from cloudretail.runtime.guard import RequestGuardMiddleware
+from cloudretail.runtime.health import HealthCheck, HealthChecks, always_healthy, health_router
+from cloudretail.runtime.logs import AccessLogMiddleware
+from cloudretail.runtime.mail import mail_relay
+from cloudretail.runtime.metrics import Metrics, MetricsMiddleware, metrics_router
+from cloudretail.runtime.openapi import complete_openapi
+from cloudretail.runtime.tracing import get_tracer, provider_for, trace_statements, untraced
+from fastapi import APIRouter, FastAPI
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ def create_service_app(
     `sends_mail` (spec `uses: [mail]`) a `MailRelay` sends the service's mail outbox over
     SMTP_URL; its state shows as "mail" on readiness (non-critical, like the event bus).
 
-    Requests and the statements they run are traced (`runtime.tracing`: the process's
+    Requests and the statements they run are traced (`cloudretail.runtime.tracing`: the process's
     provider, or the one `use_provider` gave this service); the app's tracer is
     `app.state.tracer`, for what the service runs beside its requests (event relay and
     consumers, sagas).
@@ -140,7 +139,7 @@ def create_service_app(
     tracer = get_tracer(provider)
     trace_statements(database.engine.sync_engine, tracer)
     # Registered now, so /metrics lists them before the first event or saga. The events
-    # layer (runtime.service_events) and `start_sagas` report into these.
+    # layer (cloudretail.runtime.service_events) and `start_sagas` report into these.
     metrics.event_metrics()
     metrics.saga_metrics()
 

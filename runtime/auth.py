@@ -33,16 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import jwt
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.httpclient import UpstreamError, exchange, pool_for
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from runtime.errors import Problem
-from runtime.httpclient import UpstreamError, exchange, pool_for
-
 if TYPE_CHECKING:
-    from runtime.config import ServiceSettings
+    from cloudretail.runtime.config import ServiceSettings
 
 logger = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
+from cloudretail.runtime.crypto import DEVELOPMENT_KEYS
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -14,8 +15,6 @@ from pydantic_settings import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
-
-from runtime.crypto import DEVELOPMENT_KEYS
 
 Environment = Literal["development", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -196,7 +195,9 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _check_smtp_url(cls, value: str | None) -> str | None:
         if value:
-            from runtime.mail import SmtpServer  # the mail module is only needed when set
+            from cloudretail.runtime.mail import (
+                SmtpServer,  # the mail module is only needed when set
+            )
 
             SmtpServer.from_url(value)  # a ValueError names what is wrong
         return value or None
@@ -204,7 +205,7 @@ class ServiceSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_redis_tls(self) -> ServiceSettings:
         if self.redis_ca_file:
-            from runtime.cache import check_redis_tls  # only needed with a CA file
+            from cloudretail.runtime.cache import check_redis_tls  # only needed with a CA file
 
             check_redis_tls(self.redis_url, self.redis_ca_file)  # a ValueError says what
         return self

@@ -10,14 +10,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from cloudretail.runtime.cache import Cache
+from cloudretail.runtime.errors import Problem
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute
-
-from runtime.cache import Cache
-from runtime.errors import Problem
 
 Row = TypeVar("Row", bound=DeclarativeBase)
 Condition = sa.ColumnElement[bool]

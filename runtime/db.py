@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import sqlalchemy as sa
+from cloudretail.runtime.jsonenc import dumps
 from fastapi import Depends, Request
 from sqlalchemy import event, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,8 +24,6 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool, StaticPool
-
-from runtime.jsonenc import dumps
 
 logger = logging.getLogger(__name__)
 

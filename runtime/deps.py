@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, cast
 
+from cloudretail.runtime.cache import Cache
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.db import Database, SessionDep, get_database, get_session
 from fastapi import Depends, Request
-
-from runtime.cache import Cache
-from runtime.config import ServiceSettings
-from runtime.db import Database, SessionDep, get_database, get_session
 
 __all__ = [
     "CacheDep",

@@ -23,27 +23,26 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
 import sqlalchemy as sa
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.auth import require, require_service
+from cloudretail.runtime.cache import redis_client
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.db import Database, insert_skipping_duplicates
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.events.consumer import log_event, process_span
+from cloudretail.runtime.events.envelope import EnvelopeError, Event
+from cloudretail.runtime.events.kafka import KafkaProducer, KafkaSource, tls_context
+from cloudretail.runtime.events.registry import EventRegistry, EventValidationError
+from cloudretail.runtime.events.transport import Message
+from cloudretail.runtime.metrics import EventMetrics
+from cloudretail.runtime.openapi import problems, request_body
+from cloudretail.runtime.service_events import kafka_source
+from cloudretail.runtime.tracing import fail, get_tracer
+from cloudretail.runtime.types import UTCDateTime
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 from opentelemetry.trace import Span
 from redis.asyncio import Redis
-
-from runtime.app import create_service_app
-from runtime.auth import require, require_service
-from runtime.cache import redis_client
-from runtime.config import ServiceSettings
-from runtime.db import Database, insert_skipping_duplicates
-from runtime.errors import Problem
-from runtime.events.consumer import log_event, process_span
-from runtime.events.envelope import EnvelopeError, Event
-from runtime.events.kafka import KafkaProducer, KafkaSource, tls_context
-from runtime.events.registry import EventRegistry, EventValidationError
-from runtime.events.transport import Message
-from runtime.metrics import EventMetrics
-from runtime.openapi import problems, request_body
-from runtime.service_events import kafka_source
-from runtime.tracing import fail, get_tracer
-from runtime.types import UTCDateTime
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,10 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
+from cloudretail.runtime.correlation import correlation_id_from_scope
+from cloudretail.runtime.errors import problem_response, validation_problem
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from runtime.correlation import correlation_id_from_scope
-from runtime.errors import problem_response, validation_problem
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_JSON_DEPTH = 32

@@ -6,18 +6,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
+from cloudretail.runtime.auth import OptionalPrincipalDep, Principal
+from cloudretail.runtime.cache import Cache
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.deps import CacheDep, SessionDep, SettingsDep
+from cloudretail.runtime.errors import Problem
 from fastapi import Depends, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from runtime.auth import OptionalPrincipalDep, Principal
-from runtime.cache import Cache
-from runtime.config import ServiceSettings
-from runtime.deps import CacheDep, SessionDep, SettingsDep
-from runtime.errors import Problem
 
 Model = TypeVar("Model", bound=BaseModel)
 

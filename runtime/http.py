@@ -15,13 +15,10 @@ import json as json_module
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Tracer
-
-from runtime.auth import SERVICE_TOKEN_HEADER
-from runtime.config import ServiceSettings, service_env_key
-from runtime.correlation import correlation_headers
-from runtime.httpclient import (
+from cloudretail.runtime.auth import SERVICE_TOKEN_HEADER
+from cloudretail.runtime.config import ServiceSettings, service_env_key
+from cloudretail.runtime.correlation import correlation_headers
+from cloudretail.runtime.httpclient import (
     ConnectionPool,
     UpstreamConnectError,
     UpstreamError,
@@ -29,8 +26,10 @@ from runtime.httpclient import (
     exchange,
     pool_for,
 )
-from runtime.jsonenc import dumps
-from runtime.tracing import get_tracer, inject_headers
+from cloudretail.runtime.jsonenc import dumps
+from cloudretail.runtime.tracing import get_tracer, inject_headers
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Tracer
 
 # Methods a retry cannot apply twice; the gateway and service calls both go by it.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})

@@ -8,10 +8,10 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime import stack
-from runtime.auth import DEV_KEY_NAME, kept_private_key
-from runtime.demo import DemoError, DemoFile, load_demo
-from runtime.stackplan import StackPlan
+from cloudretail.runtime import stack
+from cloudretail.runtime.auth import DEV_KEY_NAME, kept_private_key
+from cloudretail.runtime.demo import DemoError, DemoFile, load_demo
+from cloudretail.runtime.stackplan import StackPlan
 
 Say = Callable[[str], None]
 

@@ -8,11 +8,10 @@ import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from cloudretail.runtime.correlation import get_correlation_id
+from cloudretail.runtime.jsonenc import dumps
+from cloudretail.runtime.tracing import current_ids
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from runtime.correlation import get_correlation_id
-from runtime.jsonenc import dumps
-from runtime.tracing import current_ids
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged.
 # uvicorn's `color_message` is the message again with ANSI codes, noise in a JSON line.

@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.db import Database, insert_skipping_duplicates
 from sqlalchemy import (
     Column,
     DateTime,
@@ -43,9 +45,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-
-from runtime.config import ServiceSettings
-from runtime.db import Database, insert_skipping_duplicates
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """Run a service's Alembic migrations against a database URL.
 
-`python -m runtime.migrate` upgrades the databases it reads on stdin, one JSON object per
-line (`{"name": ..., "ini": ..., "url": ...}`; on stdin, so passwords stay off the process
-list), printing `<name> <head>` as each is done; on a failure it prints `<name>: <error>` on
-stderr and exits 2. `cloudretail up` runs it so the supervisor, which lives as long as the
-stack, never loads Alembic.
+`python -m cloudretail.runtime.migrate` upgrades the databases it reads on stdin, one JSON
+object per line (`{"name": ..., "ini": ..., "url": ...}`; on stdin, so passwords stay off
+the process list), printing `<name> <head>` as each is done; on a failure it prints
+`<name>: <error>` on stderr and exits 2. `cloudretail up` runs it so the supervisor, which
+lives as long as the stack, never loads Alembic.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-
-from runtime.db import normalize_database_url
+from cloudretail.runtime.db import normalize_database_url
 
 
 def alembic_config(ini: Path, database_url: str) -> Config:

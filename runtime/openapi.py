@@ -15,10 +15,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from cloudretail.runtime.errors import PROBLEM_MEDIA_TYPE, status_title
 from fastapi import FastAPI
 from pydantic import BaseModel
-
-from runtime.errors import PROBLEM_MEDIA_TYPE, status_title
 
 SCHEMA_REF = "#/components/schemas/"
 PROBLEM_SCHEMA: dict[str, Any] = {

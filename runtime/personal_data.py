@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from cloudretail.runtime.config import MissingServiceUrlError
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.events.consumer import EventContext, Handler
+from cloudretail.runtime.http import ServiceCallError, ServiceClients
+from cloudretail.runtime.jsonenc import dumps
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from runtime.config import MissingServiceUrlError
-from runtime.errors import Problem
-from runtime.events.consumer import EventContext, Handler
-from runtime.http import ServiceCallError, ServiceClients
-from runtime.jsonenc import dumps
 
 Action = Literal["erase", "anonymise", "keep"]
 Rows = list[dict[str, Any]]

@@ -18,17 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from cloudretail.runtime.db import Database, normalize_database_url
+from cloudretail.runtime.events.consumer import Handler
+from cloudretail.runtime.events.kafka import KafkaSettings, tls_context
+from cloudretail.runtime.events.registry import EventRegistry
+from cloudretail.runtime.events.replay import (
+    EventReplay,
+    ReplayReport,
+    ReplayStalled,
+    TopicProgress,
+)
+from cloudretail.runtime.events.tables import outbox
+from cloudretail.runtime.events.transport import BrokerUnavailable
+from cloudretail.runtime.migrate import MigrationError, migrate, project_imports
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
-from runtime.db import Database, normalize_database_url
-from runtime.events.consumer import Handler
-from runtime.events.kafka import KafkaSettings, tls_context
-from runtime.events.registry import EventRegistry
-from runtime.events.replay import EventReplay, ReplayReport, ReplayStalled, TopicProgress
-from runtime.events.tables import outbox
-from runtime.events.transport import BrokerUnavailable
-from runtime.migrate import MigrationError, migrate, project_imports
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from cloudretail.runtime.crypto import PREFIX, EncryptionError, KeyRing, is_encrypted
+from cloudretail.runtime.db import Database
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from runtime.crypto import PREFIX, EncryptionError, KeyRing, is_encrypted
-from runtime.db import Database
 
 Progress = Callable[[str, int], None]
 

@@ -21,19 +21,17 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.http import ServiceCallError, ServiceClients
+from cloudretail.runtime.jsonenc import dumps
+from cloudretail.runtime.tracing import get_tracer
+from cloudretail.runtime.types import UTCDateTime
 from opentelemetry.trace import Tracer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from runtime.db import Database
-from runtime.http import ServiceCallError, ServiceClients
-from runtime.jsonenc import dumps
-from runtime.tracing import get_tracer
-from runtime.types import UTCDateTime
-
 if TYPE_CHECKING:
+    from cloudretail.runtime.metrics import SagaMetrics, SagaOutcome, SagaStepOutcome
     from fastapi import FastAPI
-
-    from runtime.metrics import SagaMetrics, SagaOutcome, SagaStepOutcome
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.logs import configure_logging
+from cloudretail.runtime.tracing import configure_tracing
 from fastapi import FastAPI
-
-from runtime.config import ServiceSettings
-from runtime.logs import configure_logging
-from runtime.tracing import configure_tracing
 
 # uvicorn's own exit status when the app's lifespan startup fails.
 STARTUP_FAILURE = 3

@@ -13,15 +13,14 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.events.consumer import EventConsumer, Handler, consumer_topics
+from cloudretail.runtime.events.kafka import KafkaProducer, KafkaSource, tls_context
+from cloudretail.runtime.events.outbox import OutboxRelay
+from cloudretail.runtime.events.registry import EventRegistry
+from cloudretail.runtime.metrics import EventMetrics, Metrics
 from fastapi import FastAPI
-
-from runtime.config import ServiceSettings
-from runtime.db import Database
-from runtime.events.consumer import EventConsumer, Handler, consumer_topics
-from runtime.events.kafka import KafkaProducer, KafkaSource, tls_context
-from runtime.events.outbox import OutboxRelay
-from runtime.events.registry import EventRegistry
-from runtime.metrics import EventMetrics, Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The plan (which processes, their environment, databases, topics) comes from the generator
 as plain JSON. The supervisor starts the embedded broker (unless an external Kafka is
 given), creates the topics, migrates every database, starts a receiver for the processes'
-spans (`runtime.localtraces`), starts each process, waits for their readiness, streams
+spans (`cloudretail.runtime.localtraces`), starts each process, waits for their readiness, streams
 their logs with a name prefix, restarts a process that crashes (with backoff), and on
 Ctrl-C / SIGTERM stops everything within 10 seconds. Detached, the same
 supervisor runs in its own session and records itself in `<data dir>/state.json`, which
@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError, port_holder
-from runtime.events.topics import TopicSpec, apply_topics
-from runtime.httpclient import UpstreamError, exchange, pool_for
-from runtime.localtraces import TRACES_DIR, SpanFile, TraceReceiver
-from runtime.mailsink import MailSink, ReceivedMail
-from runtime.stackplan import StackPlan
-from runtime.tracing import exporting
+from cloudretail.runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError, port_holder
+from cloudretail.runtime.events.topics import TopicSpec, apply_topics
+from cloudretail.runtime.httpclient import UpstreamError, exchange, pool_for
+from cloudretail.runtime.localtraces import TRACES_DIR, SpanFile, TraceReceiver
+from cloudretail.runtime.mailsink import MailSink, ReceivedMail
+from cloudretail.runtime.stackplan import StackPlan
+from cloudretail.runtime.tracing import exporting
 
 STOP_TIMEOUT = 8.0
 # Who stops first: the edge, so no new work arrives; then the services, whose consumers and
@@ -72,7 +72,7 @@ def stack_secrets(data_dir: Path, platform: str) -> dict[str, str]:
             kept[name] = secrets.token_urlsafe(size)
             changed = True
     if "encryption_keys" not in kept:
-        from runtime.crypto import KeyRing  # cryptography: only the first run needs it
+        from cloudretail.runtime.crypto import KeyRing  # cryptography: only the first run needs it
 
         kept["encryption_keys"] = KeyRing.new_entry("local")
         changed = True
@@ -147,7 +147,7 @@ async def migrate_all(plan: StackPlan, say: Callable[[str], None]) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "runtime.migrate",
+        "cloudretail.runtime.migrate",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -534,7 +534,7 @@ def spawn_detached(data_dir: Path, plan: StackPlan, extra_env: dict[str, str]) -
         (data_dir / STATE_FILE).unlink()
     log = open(data_dir / "logs" / "supervisor.out", "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
-        [sys.executable, "-m", "runtime.stack", str(data_dir / PLAN_FILE)],
+        [sys.executable, "-m", "cloudretail.runtime.stack", str(data_dir / PLAN_FILE)],
         stdout=log,
         stderr=log,
         stdin=subprocess.DEVNULL,

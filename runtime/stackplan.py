@@ -3,9 +3,8 @@ supervisor (possibly another process, reading `stack.json`) runs it."""
 
 from __future__ import annotations
 
+from cloudretail.runtime.events.topics import TopicSpec
 from pydantic import BaseModel, ConfigDict
-
-from runtime.events.topics import TopicSpec
 
 
 class _Plan(BaseModel):

@@ -9,7 +9,7 @@ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (and OTEL_TRACES_EXPORTER is not `none
 SDK reads the other OTEL_* variables itself (sampler, batch sizes, headers, timeouts,
 OTEL_PROPAGATORS, OTEL_SDK_DISABLED).
 
-The hops: incoming requests (FastAPI's own server span, set up in `runtime.app`; the
+The hops: incoming requests (FastAPI's own server span, set up in `cloudretail.runtime.app`; the
 gateway opens its own), outgoing calls (`inject_headers`), SQL statements
 (`trace_statements`), events (`current_traceparent` into the envelope, the Kafka record's
 headers, `message_context` on the consuming side).
@@ -51,7 +51,7 @@ UNTRACED_PATHS = ("/health/", "/metrics")
 _WELL_KNOWN = "/.well-known/"
 # A statement's text is kept on its span up to this many characters (a long IN list).
 _MAX_STATEMENT = 2000
-_STATEMENT_SPAN = "runtime.tracing.statement_span"
+_STATEMENT_SPAN = "cloudretail.runtime.tracing.statement_span"
 
 _configured: TracerProvider | None = None
 _configure_lock = threading.Lock()

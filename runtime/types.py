@@ -6,12 +6,11 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+from cloudretail.runtime.crypto import current_ring, is_encrypted
 from sqlalchemy import JSON, DateTime, Numeric, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
-
-from runtime.crypto import current_ring, is_encrypted
 
 # JSONB on PostgreSQL for indexing and containment queries; plain JSON text elsewhere.
 JSONType: TypeEngine[Any] = JSON().with_variant(JSONB(), "postgresql")

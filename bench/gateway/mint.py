@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from runtime.auth import TokenIssuer, generate_private_key_pem
+from cloudretail.runtime.auth import TokenIssuer, generate_private_key_pem
 
 issuer = TokenIssuer(generate_private_key_pem(), issuer="cloudretail", audience="cloudretail")
 Path(sys.argv[1]).write_text(json.dumps(issuer.jwks()))

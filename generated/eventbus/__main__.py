@@ -7,13 +7,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from cloudretail.runtime.serve import run
+
 from generated.eventbus.app import create_app, settings_from_env
-from runtime.serve import run
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["migrate"]:
         # Alembic is imported only here: serving does not pay for it.
-        from runtime.migrate import upgrade
+        from cloudretail.runtime.migrate import upgrade
 
         upgrade(Path(__file__).parent / "alembic.ini", settings_from_env().database_url)
     else:

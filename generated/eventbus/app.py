@@ -4,11 +4,11 @@ audit log, served at `/api/events`."""
 
 from __future__ import annotations
 
+from cloudretail.runtime.config import ServiceSettings, load_settings
+from cloudretail.runtime.eventbus import create_event_bus_app
 from fastapi import FastAPI
 
 from generated.events import REGISTRY
-from runtime.config import ServiceSettings, load_settings
-from runtime.eventbus import create_event_bus_app
 
 SERVICE = "eventbus"
 PORT = 4000

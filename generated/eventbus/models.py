@@ -7,9 +7,8 @@ import uuid
 from datetime import datetime
 
 import sqlalchemy as sa
+from cloudretail.runtime.types import UTCDateTime, utc_now
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-from runtime.types import UTCDateTime, utc_now
 
 
 class Base(DeclarativeBase):

@@ -17,17 +17,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import sqlalchemy as sa
-
-from generator.migrations.compare import autogenerate, unbuildable
-from generator.migrations.plan import (
+from cloudretail.generator.migrations.compare import autogenerate, unbuildable
+from cloudretail.generator.migrations.plan import (
     DestructiveChange,
     DestructiveChangeError,
     Plan,
     destructive_changes,
     reverse_op,
 )
-from generator.migrations.render import HEADER, NewRevision, UnknownNameError, render_revision
-from generator.migrations.replay import RevisionError, replay, unnameable_types
+from cloudretail.generator.migrations.render import (
+    HEADER,
+    NewRevision,
+    UnknownNameError,
+    render_revision,
+)
+from cloudretail.generator.migrations.replay import RevisionError, replay, unnameable_types
 
 __all__ = [
     "HEADER",

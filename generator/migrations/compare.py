@@ -16,10 +16,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import produce_migrations
 from alembic.migration import MigrationContext
 from alembic.operations import ops
-from sqlalchemy.schema import FetchedValue
-from sqlalchemy.types import TypeEngine
-
-from generator.migrations.state import (
+from cloudretail.generator.migrations.state import (
     PG,
     SQLITE,
     SchemaState,
@@ -27,6 +24,8 @@ from generator.migrations.state import (
     sql_text,
     type_sql,
 )
+from sqlalchemy.schema import FetchedValue
+from sqlalchemy.types import TypeEngine
 
 
 def types_differ(old: TypeEngine[Any], new: TypeEngine[Any]) -> bool:

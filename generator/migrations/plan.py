@@ -13,11 +13,9 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from alembic.operations import ops
-from sqlalchemy.types import TypeEngine
-
-from generator.errors import CloudRetailError
-from generator.migrations.compare import default_key, is_plain_default, types_differ
-from generator.migrations.state import (
+from cloudretail.generator.errors import CloudRetailError
+from cloudretail.generator.migrations.compare import default_key, is_plain_default, types_differ
+from cloudretail.generator.migrations.state import (
     PG,
     build_column,
     build_constraint,
@@ -30,6 +28,7 @@ from generator.migrations.state import (
     sql_text,
     type_sql,
 )
+from sqlalchemy.types import TypeEngine
 
 _ALLOW_HINT: Final = "mark the change allowed in the spec (allow_destructive)"
 # the bases of all types, not kinds of data

@@ -16,10 +16,9 @@ from typing import Any, cast
 import sqlalchemy as sa
 from alembic.migration import MigrationContext
 from alembic.operations import BatchOperations, Operations, ops
+from cloudretail.generator.errors import CloudRetailError
+from cloudretail.generator.migrations.state import SchemaState
 from sqlalchemy.types import TypeEngine
-
-from generator.errors import CloudRetailError
-from generator.migrations.state import SchemaState
 
 
 class RevisionError(CloudRetailError, ValueError):

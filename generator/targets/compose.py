@@ -13,9 +13,9 @@ import base64
 import hashlib
 from dataclasses import dataclass
 
-from generator.model import Platform
-from generator.render import OutputFile
-from generator.targets.deploy import (
+from cloudretail.generator.model import Platform
+from cloudretail.generator.render import OutputFile
+from cloudretail.generator.targets.deploy import (
     KAFKA_PORT,
     POSTGRES_PORT,
     REDIS_HOST,
@@ -26,7 +26,7 @@ from generator.targets.deploy import (
     Setting,
     build,
 )
-from generator.targets.k8s_data import KAFKA_VERSION
+from cloudretail.generator.targets.k8s_data import KAFKA_VERSION
 
 POSTGRES_IMAGE = "postgres:15.8-bookworm"
 REDIS_IMAGE = "redis:7.2.5-alpine"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from generator.model import Deployable, Platform, Service
+from cloudretail.generator.model import Deployable, Platform, Service
 
 UID = 10001  # the images' non-root user (see the Dockerfiles)
 HTTP = "TCP"
@@ -225,7 +225,7 @@ class Deployment:
 
 
 def env_key(name: str) -> str:
-    """`inventory` -> `INVENTORY`, `event-bus` -> `EVENT_BUS` (as runtime.config reads them)."""
+    """`inventory` -> `INVENTORY`, `event-bus` -> `EVENT_BUS` (as the runtime reads them)."""
     return name.upper().replace("-", "_").replace(".", "_")
 
 
@@ -263,7 +263,7 @@ def build(platform: Platform) -> Deployment:
             command=(
                 "python",
                 "-m",
-                "runtime.gateway",
+                "cloudretail.runtime.gateway",
                 "--routes",
                 "generated/gateway/routes.yaml",
                 "--host",

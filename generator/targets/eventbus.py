@@ -3,9 +3,9 @@ migrations target, like every database's)."""
 
 from __future__ import annotations
 
-from generator.model import Platform
-from generator.pycode import pytuple
-from generator.render import OutputFile
+from cloudretail.generator.model import Platform
+from cloudretail.generator.pycode import pytuple
+from cloudretail.generator.render import OutputFile
 
 
 def files(platform: Platform) -> list[OutputFile]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from generator.kinds import kind_of
-from generator.model import Event, Platform
-from generator.pycode import Imports
-from generator.render import OutputFile
+from cloudretail.generator.kinds import kind_of
+from cloudretail.generator.model import Event, Platform
+from cloudretail.generator.pycode import Imports
+from cloudretail.generator.render import OutputFile
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ def _fields(event: Event) -> tuple[str, ...]:
 
 def files(platform: Platform) -> list[OutputFile]:
     imports = Imports().add("pydantic", "BaseModel")
-    imports.add("runtime.events.registry", "EventRegistry", "EventType")
+    imports.add("cloudretail.runtime.events.registry", "EventRegistry", "EventType")
     for event in platform.events:
         for field in event.payload:
             needed = kind_of(field.type).python_import

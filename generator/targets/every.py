@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from generator.model import Platform
-from generator.render import OutputFile
-from generator.targets import (
+from cloudretail.generator.model import Platform
+from cloudretail.generator.render import OutputFile
+from cloudretail.generator.targets import (
     compose,
     docs,
     eventbus,

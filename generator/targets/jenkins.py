@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from generator.model import Platform
-from generator.render import OutputFile
-from generator.targets.deploy import build
-from generator.targets.k8s import rollout
+from cloudretail.generator.model import Platform
+from cloudretail.generator.render import OutputFile
+from cloudretail.generator.targets.deploy import build
+from cloudretail.generator.targets.k8s import rollout
 
 # Versions the pipeline's checks use, as the GitHub workflows pin them.
 KUBERNETES_VERSION = "1.30.0"

@@ -12,11 +12,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from generator.model import Platform
-from generator.render import OutputFile
-from generator.targets import deploy as deploy_constants
-from generator.targets import k8s_data, k8s_ingress, k8s_monitoring, k8s_network, k8s_vault
-from generator.targets.deploy import (
+from cloudretail.generator.model import Platform
+from cloudretail.generator.render import OutputFile
+from cloudretail.generator.targets import deploy as deploy_constants
+from cloudretail.generator.targets import (
+    k8s_data,
+    k8s_ingress,
+    k8s_monitoring,
+    k8s_network,
+    k8s_vault,
+)
+from cloudretail.generator.targets.deploy import (
     CA_FILE,
     JWT_KEY_DIR,
     JWT_KEY_FILE,
@@ -30,7 +36,7 @@ from generator.targets.deploy import (
     Setting,
     build,
 )
-from generator.targets.k8s_views import (
+from cloudretail.generator.targets.k8s_views import (
     COMPONENT,
     NAME,
     PART_OF,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from generator.model import Resources
-from generator.render import OutputFile
-from generator.targets.deploy import (
+from cloudretail.generator.model import Resources
+from cloudretail.generator.render import OutputFile
+from cloudretail.generator.targets.deploy import (
     CA_FILE,
     KAFKA_TLS_PORT,
     REDIS_HOST,
@@ -20,7 +20,7 @@ from generator.targets.deploy import (
     Database,
     Deployment,
 )
-from generator.targets.k8s_views import (
+from cloudretail.generator.targets.k8s_views import (
     NAME,
     Meta,
     Pairs,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from generator.render import OutputFile
-from generator.targets.deploy import Deployment
-from generator.targets.k8s_views import Meta, Pairs
+from cloudretail.generator.render import OutputFile
+from cloudretail.generator.targets.deploy import Deployment
+from cloudretail.generator.targets.k8s_views import Meta, Pairs
 
 FOLDER = "k8s/ingress-nginx"
 TLS_PROTOCOLS = "TLSv1.3"

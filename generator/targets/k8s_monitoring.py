@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from generator.render import OutputFile
-from generator.targets.deploy import Deployment, Process
-from generator.targets.k8s_views import (
+from cloudretail.generator.render import OutputFile
+from cloudretail.generator.targets.deploy import Deployment, Process
+from cloudretail.generator.targets.k8s_views import (
     NAME,
     Meta,
     Pairs,

@@ -22,16 +22,21 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from generator.render import OutputFile
-from generator.targets.deploy import KAFKA_TLS_PORT, POSTGRES_PORT, REDIS_PORT, Deployment
-from generator.targets.k8s_data import (
+from cloudretail.generator.render import OutputFile
+from cloudretail.generator.targets.deploy import (
+    KAFKA_TLS_PORT,
+    POSTGRES_PORT,
+    REDIS_PORT,
+    Deployment,
+)
+from cloudretail.generator.targets.k8s_data import (
     app_pods,
     entity_operator_pods,
     kafka_pods,
     postgres_pods,
     redis_pods,
 )
-from generator.targets.k8s_views import (
+from cloudretail.generator.targets.k8s_views import (
     PART_OF,
     PHASE,
     Meta,

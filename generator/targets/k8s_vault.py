@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from generator.model import Vault
-from generator.render import OutputFile
-from generator.targets.deploy import Deployment
-from generator.targets.k8s_views import (
+from cloudretail.generator.model import Vault
+from cloudretail.generator.render import OutputFile
+from cloudretail.generator.targets.deploy import Deployment
+from cloudretail.generator.targets.k8s_views import (
     Meta,
     ServiceAccountView,
     component_labels,

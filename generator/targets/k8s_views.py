@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from generator.model import Probe, Resources
-from generator.render import OutputFile
-from generator.targets.deploy import Setting
+from cloudretail.generator.model import Probe, Resources
+from cloudretail.generator.render import OutputFile
+from cloudretail.generator.targets.deploy import Setting
 
 Pairs = tuple[tuple[str, str], ...]
 

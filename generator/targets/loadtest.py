@@ -1,6 +1,6 @@
 """The load test as an Artillery script, `generated/loadtest/artillery.yaml`: the journeys
-of generator.journeys, one scenario each, and the spec's thresholds as Artillery's `ensure`
-checks (a run that misses one exits non-zero).
+of `cloudretail.generator.journeys`, one scenario each, and the spec's thresholds as Artillery's
+`ensure` checks (a run that misses one exits non-zero).
 
 Each request is named after its route (`GET /api/items/{id}`), so the per-endpoint
 figures group a route's requests whatever ids they carry. A request that does not answer its
@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from generator.journeys import ANY_ITEM, PLACEHOLDER, UNIQUE, Journey, Step, journeys
-from generator.model import Platform
-from generator.render import OutputFile
+from cloudretail.generator.journeys import ANY_ITEM, PLACEHOLDER, UNIQUE, Journey, Step, journeys
+from cloudretail.generator.model import Platform
+from cloudretail.generator.render import OutputFile
 
 FOLDER = "loadtest"
 # Artillery's value unique to a virtual user (the same in every request it sends).

@@ -10,15 +10,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from generator import cache
-from generator.errors import GeneratedFileError, Location, SpecError, SpecIssue
-from generator.loader import Document, PathKey, dotted
-from generator.model import Platform, Schema
-from generator.render import OutputFile
-from generator.targets.services import models_code
+from cloudretail.generator import cache
+from cloudretail.generator.errors import GeneratedFileError, Location, SpecError, SpecIssue
+from cloudretail.generator.loader import Document, PathKey, dotted
+from cloudretail.generator.model import Platform, Schema
+from cloudretail.generator.render import OutputFile
+from cloudretail.generator.targets.services import models_code
 
 if TYPE_CHECKING:
-    from generator.migrations import DestructiveChange, NewRevision
+    from cloudretail.generator.migrations import DestructiveChange, NewRevision
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,8 @@ def _plan(
     schema: Schema, revisions: Mapping[str, str], *, allow_destructive: bool
 ) -> NewRevision | None:
     # SQLAlchemy and Alembic load here, when a plan is not already known to be empty
-    from generator.migrations import plan_migration
-    from generator.sqlschema import schema_metadata
+    from cloudretail.generator.migrations import plan_migration
+    from cloudretail.generator.sqlschema import schema_metadata
 
     return plan_migration(
         schema_metadata(schema.tables),
@@ -180,7 +180,7 @@ def files(platform: Platform, existing: Mapping[str, str]) -> list[OutputFile]:
         unchanged = unchanged_entry(schema, revisions)
         if cache.has("migrations", unchanged):
             continue
-        from generator.migrations import HEADER, DestructiveChangeError, RevisionError
+        from cloudretail.generator.migrations import HEADER, DestructiveChangeError, RevisionError
 
         try:
             revision = _plan(schema, revisions, allow_destructive=False)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from generator.model import Column, Service, Table, subject_data_path
-from generator.pycode import Imports, call
-from generator.render import pystr
+from cloudretail.generator.model import Column, Service, Table, subject_data_path
+from cloudretail.generator.pycode import Imports, call
+from cloudretail.generator.render import pystr
 
 
 @dataclass(frozen=True)
@@ -56,21 +56,21 @@ def _table(table: Table, service: Service) -> str:
 
 def personal_data_code(service: Service) -> PersonalDataCode:
     tables = service.subject_tables
-    imports = Imports().add("runtime.personal_data", "PersonalData")
+    imports = Imports().add("cloudretail.runtime.personal_data", "PersonalData")
     if tables:
-        imports.add("runtime.personal_data", "SubjectTable")
+        imports.add("cloudretail.runtime.personal_data", "SubjectTable")
         imports.add(f"generated.services.{service.name}.models", *(t.class_name for t in tables))
     if any(table.subject_through for table in tables):
-        imports.add("runtime.personal_data", "Through")
+        imports.add("cloudretail.runtime.personal_data", "Through")
     columns = [column for table in tables for column in table.columns if column.pii is not None]
     if columns:
-        imports.add("runtime.personal_data", "Pii")
+        imports.add("cloudretail.runtime.personal_data", "Pii")
     for column in columns:
         if _value(column) is not None and column.kind.python_import:
             imports.add(*column.kind.python_import)
     sources = service.personal_data.sources if service.personal_data else ()
     if sources:
-        imports.add("runtime.personal_data", "Source")
+        imports.add("cloudretail.runtime.personal_data", "Source")
     return PersonalDataCode(
         imports=imports.lines(),
         tables=tuple(_table(table, service) for table in tables),

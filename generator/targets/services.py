@@ -10,13 +10,13 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from generator.crud_events import CrudEvent, FieldSource, crud_events
-from generator.handlers import event_handler_name
-from generator.kinds import KINDS
-from generator.model import Column, Platform, Route, Saga, Service, Table, pascal
-from generator.pycode import Imports, call, pytuple
-from generator.render import OutputFile, pystr
-from generator.targets.personal_data import PersonalDataCode, personal_data_code
+from cloudretail.generator.crud_events import CrudEvent, FieldSource, crud_events
+from cloudretail.generator.handlers import event_handler_name
+from cloudretail.generator.kinds import KINDS
+from cloudretail.generator.model import Column, Platform, Route, Saga, Service, Table, pascal
+from cloudretail.generator.pycode import Imports, call, pytuple
+from cloudretail.generator.render import OutputFile, pystr
+from cloudretail.generator.targets.personal_data import PersonalDataCode, personal_data_code
 
 PAGE_LIMIT_DEFAULT = 20
 PAGE_LIMIT_MAX = 100
@@ -468,9 +468,9 @@ def _model_imports(tables: tuple[Table, ...]) -> str:
             kind = column.kind
             _add_type(imports, column)
             if column.encrypted:
-                imports.add("runtime.types", "EncryptedText")
+                imports.add("cloudretail.runtime.types", "EncryptedText")
             elif kind.runtime_type is not None:
-                imports.add("runtime.types", kind.runtime_type)
+                imports.add("cloudretail.runtime.types", kind.runtime_type)
             if isinstance(column.default, str) and column.default in kind.functions:
                 imports.add(*kind.functions[column.default].imports)
             if column.on_update_now:
@@ -480,7 +480,7 @@ def _model_imports(tables: tuple[Table, ...]) -> str:
 
 def _schema_imports(service: Service, tables: tuple[TableCode, ...]) -> str:
     imports = Imports().add("pydantic", "BaseModel", "ConfigDict")
-    imports.add("runtime.schemas", "PatchModel")
+    imports.add("cloudretail.runtime.schemas", "PatchModel")
     text = "\n".join(
         line
         for table in tables
@@ -494,7 +494,7 @@ def _schema_imports(service: Service, tables: tuple[TableCode, ...]) -> str:
     if "Field(" in text:
         imports.add("pydantic", "Field")
     if "decimal_pattern(" in text:
-        imports.add("runtime.schemas", "decimal_pattern")
+        imports.add("cloudretail.runtime.schemas", "decimal_pattern")
     if any(t.aliases for t in tables):
         imports.add("typing", "Literal")
     if any(t.not_null_line for t in tables):
@@ -503,7 +503,7 @@ def _schema_imports(service: Service, tables: tuple[TableCode, ...]) -> str:
 
 
 def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
-    imports = Imports().add("fastapi", "APIRouter").add("runtime.openapi", "problems")
+    imports = Imports().add("fastapi", "APIRouter").add("cloudretail.runtime.openapi", "problems")
     package = f"generated.services.{service.name}"
     text = "\n".join(param for route in routes for param in route.params)
     text += "\n" + "\n".join(route.returns + route.decorator for route in routes)
@@ -512,9 +512,9 @@ def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
             imports.add(*route.route.rule.dependency_import)
         if route.kind == "handler":
             if route.route.body is not None:
-                imports.add("runtime.openapi", "request_body")
+                imports.add("cloudretail.runtime.openapi", "request_body")
             imports.add("typing", "Any")
-            imports.add("runtime.handlers", "ContextDep")
+            imports.add("cloudretail.runtime.handlers", "ContextDep")
             imports.add("handlers", f"{service.name} as handlers")
             continue
         if route.kind == "subject_data":
@@ -522,7 +522,7 @@ def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
             imports.add(f"{package}.personal_data", "PERSONAL_DATA")
             continue
         assert route.table is not None
-        imports.add("runtime", "crud")
+        imports.add("cloudretail.runtime", "crud")
         cls = route.table.class_name
         imports.add(f"{package}.models", cls)
         schemas = {
@@ -541,9 +541,9 @@ def _route_imports(service: Service, routes: tuple[RouteCode, ...]) -> str:
         (r"\bRequest\b", "fastapi", "Request"),
         (r"\bResponse\b", "fastapi", "Response"),
         (r"\bDepends\(", "fastapi", "Depends"),
-        (r"\bSessionDep\b", "runtime.deps", "SessionDep"),
-        (r"\bCacheDep\b", "runtime.deps", "CacheDep"),
-        (r"\bdecimal_pattern\(", "runtime.schemas", "decimal_pattern"),
+        (r"\bSessionDep\b", "cloudretail.runtime.deps", "SessionDep"),
+        (r"\bCacheDep\b", "cloudretail.runtime.deps", "CacheDep"),
+        (r"\bdecimal_pattern\(", "cloudretail.runtime.schemas", "decimal_pattern"),
     ):
         if re.search(pattern, text):
             imports.add(module, name)
@@ -654,5 +654,4 @@ def files(platform: Platform) -> list[OutputFile]:
         if code.personal_data:
             path = f"{base}/personal_data.py"
             out.append(OutputFile(path, "services/personal_data.py.j2", context))
-        out.append(OutputFile(f"{base}/Dockerfile", "services/Dockerfile.j2", context))
     return out

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from generator.model import Platform
-from generator.render import OutputFile
+from cloudretail.generator.model import Platform
+from cloudretail.generator.render import OutputFile
 
 
 def files(platform: Platform) -> list[OutputFile]:

@@ -29,8 +29,7 @@ from types import TracebackType
 from typing import IO
 
 from aiokafka.admin import AIOKafkaAdminClient
-
-from runtime.events.topics import TopicReport, TopicSpec, apply_topics
+from cloudretail.runtime.events.topics import TopicReport, TopicSpec, apply_topics
 
 logger = logging.getLogger(__name__)
 

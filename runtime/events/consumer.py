@@ -29,6 +29,21 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from cloudretail.runtime.correlation import correlation_id_var
+from cloudretail.runtime.db import Database, insert_skipping_duplicates
+from cloudretail.runtime.events.envelope import EnvelopeError, Event
+from cloudretail.runtime.events.outbox import publish
+from cloudretail.runtime.events.registry import EventRegistry, EventValidationError
+from cloudretail.runtime.events.tables import processed_events
+from cloudretail.runtime.events.topics import dlq_topic
+from cloudretail.runtime.events.transport import (
+    BrokerUnavailable,
+    CommitFailed,
+    Message,
+    Producer,
+    Source,
+)
+from cloudretail.runtime.tracing import get_tracer, message_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
 from pydantic import BaseModel
@@ -37,18 +52,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from runtime.correlation import correlation_id_var
-from runtime.db import Database, insert_skipping_duplicates
-from runtime.events.envelope import EnvelopeError, Event
-from runtime.events.outbox import publish
-from runtime.events.registry import EventRegistry, EventValidationError
-from runtime.events.tables import processed_events
-from runtime.events.topics import dlq_topic
-from runtime.events.transport import BrokerUnavailable, CommitFailed, Message, Producer, Source
-from runtime.tracing import get_tracer, message_context
-
 if TYPE_CHECKING:
-    from runtime.metrics import ConsumerOutcome, EventMetrics
+    from cloudretail.runtime.metrics import ConsumerOutcome, EventMetrics
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from cloudretail.runtime.tracing import valid_traceparent
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,8 +30,6 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
-
-from runtime.tracing import valid_traceparent
 
 ENVELOPE_VERSION = "1"
 

@@ -15,9 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, UnknownError
 from aiokafka.helpers import create_ssl_context
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from runtime.events.transport import (
+from cloudretail.runtime.events.transport import (
     BatchSender,
     BrokerUnavailable,
     CommitFailed,
@@ -25,6 +23,7 @@ from runtime.events.transport import (
     OutgoingMessage,
     TopicPartitionKey,
 )
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
 

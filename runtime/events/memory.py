@@ -1,7 +1,7 @@
 """The in-memory transport: topics, partitions and consumer groups in one process.
 
-`MemoryBus` follows Kafka's rules (see `runtime.events.transport`) so that the unit tests of
-one service run the consumer and the outbox relay without a broker.
+`MemoryBus` follows Kafka's rules (see `.transport`) so that the unit tests of one
+service run the consumer and the outbox relay without a broker.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from runtime.events.transport import (
+from cloudretail.runtime.events.transport import (
     BatchSender,
     BrokerUnavailable,
     CommitFailed,

@@ -19,20 +19,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Tracer
-from pydantic import BaseModel
-from sqlalchemy import Engine, delete, event, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import Session
-
-from runtime.correlation import get_correlation_id, new_correlation_id
-from runtime.db import Database
-from runtime.events.envelope import Event, EventMetadata, kept_traceparent
-from runtime.events.registry import EventRegistry, EventValidationError
-from runtime.events.tables import outbox
-from runtime.events.transport import BrokerUnavailable, OutgoingMessage, Producer
-from runtime.tracing import (
+from cloudretail.runtime.correlation import get_correlation_id, new_correlation_id
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.events.envelope import Event, EventMetadata, kept_traceparent
+from cloudretail.runtime.events.registry import EventRegistry, EventValidationError
+from cloudretail.runtime.events.tables import outbox
+from cloudretail.runtime.events.transport import BrokerUnavailable, OutgoingMessage, Producer
+from cloudretail.runtime.tracing import (
     TRACEPARENT,
     current_traceparent,
     extract_context,
@@ -40,9 +33,15 @@ from runtime.tracing import (
     get_tracer,
     message_headers,
 )
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Tracer
+from pydantic import BaseModel
+from sqlalchemy import Engine, delete, event, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
-    from runtime.metrics import EventMetrics
+    from cloudretail.runtime.metrics import EventMetrics
 
 logger = logging.getLogger(__name__)
 

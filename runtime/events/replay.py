@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from runtime.db import Database
-from runtime.events.consumer import EventConsumer, Handler, consumer_topics
-from runtime.events.kafka import _describe, _stop_quietly, message_of, tls_options
-from runtime.events.registry import EventRegistry
-from runtime.events.transport import (
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.events.consumer import EventConsumer, Handler, consumer_topics
+from cloudretail.runtime.events.kafka import _describe, _stop_quietly, message_of, tls_options
+from cloudretail.runtime.events.registry import EventRegistry
+from cloudretail.runtime.events.transport import (
     BatchSender,
     BrokerUnavailable,
     Message,

@@ -16,8 +16,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, for_code
-
-from runtime.events.transport import BrokerUnavailable
+from cloudretail.runtime.events.transport import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 Two implementations behave alike: keyed messages land in a partition chosen by the key, a
 consumer group reads each partition in order from its committed offset, and what a member read
-but did not commit is read again by whoever owns the partition next. `runtime.events.kafka`
-implements these protocols over Kafka (aiokafka), `runtime.events.memory` in one process, so
-the unit tests of one service need no broker.
+but did not commit is read again by whoever owns the partition next. `.kafka` implements
+these protocols over Kafka (aiokafka), `.memory` in one process, so the unit tests of one
+service need no broker.
 """
 
 from __future__ import annotations

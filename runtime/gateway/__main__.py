@@ -1,8 +1,8 @@
-"""`python -m runtime.gateway [--routes FILE] [--host H] [--port P] [--workers N]`.
+"""`python -m cloudretail.runtime.gateway [--routes FILE] [--host H] [--port P] [--workers N]`.
 
 Settings come from the environment: REDIS_URL (REDIS_CA_FILE verifies a rediss:// one),
 JWKS_URL, JWT_ISSUER, JWT_AUDIENCE, <SERVICE>_URLS, LOG_LEVEL, ENVIRONMENT, the GATEWAY_*
-knobs of runtime.gateway.config, and OTEL_* for tracing (runtime.tracing).
+knobs of cloudretail.runtime.gateway.config, and OTEL_* for tracing (cloudretail.runtime.tracing).
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import sys
 from collections.abc import Sequence
 
 import uvicorn
-
-from runtime.gateway.app import Gateway, create_gateway
-from runtime.gateway.config import DEFAULT_ROUTES_PATH, load_config
-from runtime.logs import configure_logging
-from runtime.tracing import configure_tracing
+from cloudretail.runtime.gateway.app import Gateway, create_gateway
+from cloudretail.runtime.gateway.config import DEFAULT_ROUTES_PATH, load_config
+from cloudretail.runtime.logs import configure_logging
+from cloudretail.runtime.tracing import configure_tracing
 
 # uvicorn's own exit status when the app's lifespan startup fails.
 STARTUP_FAILURE = 3
@@ -32,7 +31,9 @@ def app_from_env() -> Gateway:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m runtime.gateway", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m cloudretail.runtime.gateway", description=__doc__
+    )
     parser.add_argument("--routes", default=str(DEFAULT_ROUTES_PATH))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None, help="default: routes.yaml's port")
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Each worker builds its own app; a shared rate limit then needs REDIS_URL.
         os.environ[_ROUTES_ENV] = args.routes
         uvicorn.run(
-            "runtime.gateway.__main__:app_from_env",
+            "cloudretail.runtime.gateway.__main__:app_from_env",
             factory=True,
             workers=args.workers,
             **options,

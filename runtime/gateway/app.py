@@ -22,14 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider
-from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.types import Receive, Scope, Send
-
-from runtime.auth import (
+from cloudretail.runtime.auth import (
     Principal,
     RevocationList,
     TokenVerifier,
@@ -37,24 +30,29 @@ from runtime.auth import (
     http_revocations_fetcher,
     revocations_url_for,
 )
-from runtime.correlation import (
+from cloudretail.runtime.correlation import (
     _ACCEPTABLE_ID,  # the services' rule for a client-supplied id, kept in one place
     correlation_id_var,
     new_correlation_id,
 )
-from runtime.errors import Problem
-from runtime.gateway.authn import (
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.gateway.authn import (
     CachingVerifier,
     Denial,
     authorize,
     bearer_token,
     invalid_token,
 )
-from runtime.gateway.config import GatewayConfig
-from runtime.gateway.headers import REQUEST_DROP, SECURITY_HEADERS, CorsPolicy, connection_tokens
-from runtime.gateway.observability import AccessLog, GatewayMetrics, RequestRecord
-from runtime.gateway.openapi import OpenApiAggregator
-from runtime.gateway.proxy import (
+from cloudretail.runtime.gateway.config import GatewayConfig
+from cloudretail.runtime.gateway.headers import (
+    REQUEST_DROP,
+    SECURITY_HEADERS,
+    CorsPolicy,
+    connection_tokens,
+)
+from cloudretail.runtime.gateway.observability import AccessLog, GatewayMetrics, RequestRecord
+from cloudretail.runtime.gateway.openapi import OpenApiAggregator
+from cloudretail.runtime.gateway.proxy import (
     CLIENT_CLOSED,
     BodyMode,
     BodyTooLargeError,
@@ -62,13 +60,13 @@ from runtime.gateway.proxy import (
     Proxy,
     RequestBody,
 )
-from runtime.gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
-from runtime.gateway.registry import Registry
-from runtime.gateway.responses import Headers, send_body, send_json, send_problem
-from runtime.gateway.routing import MethodMap, Route, RouteTable
-from runtime.health import iso_timestamp
-from runtime.metrics import Metrics
-from runtime.tracing import (
+from cloudretail.runtime.gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from cloudretail.runtime.gateway.registry import Registry
+from cloudretail.runtime.gateway.responses import Headers, send_body, send_json, send_problem
+from cloudretail.runtime.gateway.routing import MethodMap, Route, RouteTable
+from cloudretail.runtime.health import iso_timestamp
+from cloudretail.runtime.metrics import Metrics
+from cloudretail.runtime.tracing import (
     extract_context,
     fail,
     get_tracer,
@@ -76,6 +74,12 @@ from runtime.tracing import (
     inject_headers,
     untraced_path,
 )
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 

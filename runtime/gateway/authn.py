@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from runtime.auth import Principal, TokenVerifier
-from runtime.errors import Problem
-from runtime.gateway.routing import Route
+from cloudretail.runtime.auth import Principal, TokenVerifier
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.gateway.routing import Route
 
 WWW_AUTHENTICATE = 'Bearer realm="cloudretail"'
 
@@ -45,7 +45,7 @@ class CachingVerifier:
         self._cache: dict[str, tuple[Principal, float]] = {}
 
     async def verify(self, token: str) -> Principal:
-        """The token's principal; raises runtime.errors.Problem (401 or 503) when refused."""
+        """The token's principal; raises `Problem` (401 or 503) when refused."""
         cached = self._cache.get(token)
         if cached is not None:
             principal, expires = cached

@@ -1,6 +1,6 @@
 """The gateway's metrics and access log: one observation per request, cheap on the hot path.
 
-Metric names match the services' (runtime.metrics), so one dashboard reads both; labels
+Metric names match the services' (cloudretail.runtime.metrics), so one dashboard reads both; labels
 are route templates, never raw paths. prometheus_client's `labels()` takes a lock and
 builds a key on every call, so the label children are cached per label set.
 """
@@ -15,16 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
+from cloudretail.runtime.correlation import get_correlation_id
+from cloudretail.runtime.gateway.breaker import BreakerState
+from cloudretail.runtime.gateway.ratelimit import RateLimiter
+from cloudretail.runtime.gateway.registry import Registry, UpstreamInstance
+from cloudretail.runtime.jsonenc import dumps
+from cloudretail.runtime.logs import log_timestamp
+from cloudretail.runtime.metrics import UNMATCHED_ROUTE, Metrics
+from cloudretail.runtime.tracing import current_ids
 from prometheus_client import Counter, Gauge, Histogram
-
-from runtime.correlation import get_correlation_id
-from runtime.gateway.breaker import BreakerState
-from runtime.gateway.ratelimit import RateLimiter
-from runtime.gateway.registry import Registry, UpstreamInstance
-from runtime.jsonenc import dumps
-from runtime.logs import log_timestamp
-from runtime.metrics import UNMATCHED_ROUTE, Metrics
-from runtime.tracing import current_ids
 
 access_logger = logging.getLogger("cloudretail.access")
 
@@ -132,7 +131,7 @@ def _reader(instance: UpstreamInstance, what: str) -> Callable[[], float]:
 
 
 class AccessLog:
-    """One JSON line per request, in runtime.logs' shape (the request's span's ids
+    """One JSON line per request, in cloudretail.runtime.logs' shape (the request's span's ids
     included: write it while that span is current), written in batches.
 
     Through `logging`, the line cost a LogRecord, a caller lookup, a formatter pass and a

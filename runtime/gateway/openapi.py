@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from runtime.gateway.registry import Registry, get
-from runtime.gateway.routing import Route, RouteTable
-from runtime.httpclient import UpstreamError
-from runtime.openapi import PROBLEM_SCHEMA, problems
+from cloudretail.runtime.gateway.registry import Registry, get
+from cloudretail.runtime.gateway.routing import Route, RouteTable
+from cloudretail.runtime.httpclient import UpstreamError
+from cloudretail.runtime.openapi import PROBLEM_SCHEMA, problems
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,11 @@ import random
 from dataclasses import dataclass
 from enum import Enum
 
-from starlette.types import Receive, Send
-
-from runtime.gateway.breaker import answer_is_failure
-from runtime.gateway.headers import PROXIED_CSP, RESPONSE_DROP
-from runtime.gateway.registry import Upstream, UpstreamInstance
-from runtime.http import IDEMPOTENT
-from runtime.httpclient import (
+from cloudretail.runtime.gateway.breaker import answer_is_failure
+from cloudretail.runtime.gateway.headers import PROXIED_CSP, RESPONSE_DROP
+from cloudretail.runtime.gateway.registry import Upstream, UpstreamInstance
+from cloudretail.runtime.http import IDEMPOTENT
+from cloudretail.runtime.httpclient import (
     Connection,
     UpstreamBodyError,
     UpstreamConnectError,
@@ -31,6 +29,7 @@ from runtime.httpclient import (
     UpstreamNoResponseError,
     UpstreamTimeoutError,
 )
+from starlette.types import Receive, Send
 
 _CSP = b"content-security-policy"
 _CONTENT_TYPE = b"content-type"

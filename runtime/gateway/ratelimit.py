@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runtime.gateway.resp import RedisError, RedisPipe
+from cloudretail.runtime.gateway.resp import RedisError, RedisPipe
 
 logger = logging.getLogger(__name__)
 

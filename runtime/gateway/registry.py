@@ -16,9 +16,9 @@ import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 
-from runtime.gateway.breaker import CircuitBreaker
-from runtime.gateway.config import BreakerSpec, InstanceAddress
-from runtime.httpclient import ConnectionPool, UpstreamError
+from cloudretail.runtime.gateway.breaker import CircuitBreaker
+from cloudretail.runtime.gateway.config import BreakerSpec, InstanceAddress
+from cloudretail.runtime.httpclient import ConnectionPool, UpstreamError
 
 logger = logging.getLogger(__name__)
 

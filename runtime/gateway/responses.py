@@ -2,7 +2,7 @@
 
 Starlette's Response objects are fine for services; on the gateway a flood of 401s or 429s
 is exactly when each response should cost least, so these build bytes and send directly.
-The problem body has the same members as runtime.errors.problem_response writes.
+The problem body has the same members as cloudretail.runtime.errors.problem_response writes.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from cloudretail.runtime.errors import PROBLEM_MEDIA_TYPE, status_title
+from cloudretail.runtime.gateway.headers import GATEWAY_HEADERS
 from starlette.types import Send
-
-from runtime.errors import PROBLEM_MEDIA_TYPE, status_title
-from runtime.gateway.headers import GATEWAY_HEADERS
 
 Headers = Iterable[tuple[bytes, bytes]]
 _PROBLEM_TYPE = PROBLEM_MEDIA_TYPE.encode()

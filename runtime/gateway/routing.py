@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from runtime.gateway.config import AuthRule, RouteSpec
+from cloudretail.runtime.gateway.config import AuthRule, RouteSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudretail.generator.targets import k8s_data
 
-from generator.targets import k8s_data
 from tests.deploy import crd
 from tests.deploy.conftest import ROOT, Manifest, by_kind
 

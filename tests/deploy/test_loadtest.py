@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 import yaml
+from cloudretail.generator import SpecError, load_platform
+from cloudretail.generator.checks import check_spec
+from cloudretail.generator.loader import load_text
+from cloudretail.generator.model import Platform, duration_ms
+from cloudretail.generator.render import render_files
+from cloudretail.generator.targets import loadtest
+from cloudretail.generator.validation import parse_spec
 
-from generator import SpecError, load_platform
-from generator.checks import check_spec
-from generator.loader import load_text
-from generator.model import Platform, duration_ms
-from generator.render import render_files
-from generator.targets import loadtest
-from generator.validation import parse_spec
 from tests.deploy.conftest import GENERATED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -365,7 +365,7 @@ def test_artillery_accepts_the_script(tmp_path: Path) -> None:
 
 def test_the_json_schema_documents_the_section() -> None:
     """`cloudretail schema` (editor completion) describes `load_test` and its defaults."""
-    from generator.spec import Spec
+    from cloudretail.generator.spec import Spec
 
     schema = Spec.model_json_schema()
     section = schema["$defs"]["LoadTestSpec"]

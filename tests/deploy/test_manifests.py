@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudretail.generator import load_platform
+from cloudretail.generator.model import Platform
 
-from generator import load_platform
-from generator.model import Platform
 from tests.deploy import crd
 from tests.deploy.conftest import (
     GENERATED,
@@ -174,7 +174,7 @@ def test_deployments_run_the_spec(manifests: dict[str, Manifest], platform: Plat
         "api-gateway": [
             "python",
             "-m",
-            "runtime.gateway",
+            "cloudretail.runtime.gateway",
             "--routes",
             "generated/gateway/routes.yaml",
             "--host",

@@ -11,9 +11,9 @@ import json
 from typing import Any
 
 import pytest
+from cloudretail.generator import load_platform
+from cloudretail.generator.model import Platform
 
-from generator import load_platform
-from generator.model import Platform
 from tests.deploy.conftest import K8S, ROOT, Manifest, by_kind, load_documents
 from tests.deploy.promql import metric_names
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cloudretail.generator import load_platform, render
+from cloudretail.generator.model import Platform
 
-from generator import load_platform, render
-from generator.model import Platform
 from tests.deploy.conftest import ROOT, Manifest, base_manifests, load_documents
 from tests.deploy.reachability import Edge, Endpoint, outside, pod, reachable
 

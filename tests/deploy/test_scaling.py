@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cloudretail.generator import load_platform
 
-from generator import load_platform
 from tests.deploy.conftest import Manifest, by_kind, load_documents
 
 # The seed's scaling table (seed-cloudretail-architecture.md, "Scaling Policies").

@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cloudretail.generator import load_platform, render
+from cloudretail.generator.model import Platform
+from cloudretail.runtime.gateway.headers import SECURITY_HEADERS
 from cryptography import x509
 
-from generator import load_platform, render
-from generator.model import Platform
-from runtime.gateway.headers import SECURITY_HEADERS
 from tests.deploy import crd
 from tests.deploy.conftest import (
     GENERATED,

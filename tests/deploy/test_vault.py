@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import yaml
+from cloudretail.generator import load_platform, render
 
-from generator import load_platform, render
 from tests.deploy import crd
 from tests.deploy.conftest import K8S, ROOT, by_kind, load_documents
 

@@ -13,15 +13,15 @@ import uuid
 from typing import Any
 
 import pytest
+from cloudretail.runtime.correlation import correlation_id_var
+from cloudretail.runtime.events.consumer import EventContext
+from cloudretail.runtime.events.envelope import Event, EventMetadata
+from cloudretail.runtime.events.outbox import publish
+from cloudretail.runtime.events.registry import EventRegistry, EventValidationError
+from cloudretail.runtime.events.tables import outbox
+from cloudretail.runtime.events.topics import dlq_topic
 from sqlalchemy import select
 
-from runtime.correlation import correlation_id_var
-from runtime.events.consumer import EventContext
-from runtime.events.envelope import Event, EventMetadata
-from runtime.events.outbox import publish
-from runtime.events.registry import EventRegistry, EventValidationError
-from runtime.events.tables import outbox
-from runtime.events.topics import dlq_topic
 from tests.events.support import BusHarness, ServiceFactory, eventually, order, record
 
 

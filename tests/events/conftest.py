@@ -8,10 +8,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError
+from cloudretail.runtime.events.registry import EventRegistry
 
-from runtime.db import Database
-from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError
-from runtime.events.registry import EventRegistry
 from tests.events.support import BusHarness, Service, ServiceFactory, make_registry
 from tests.servers import (
     POSTGRES_ERRORS,

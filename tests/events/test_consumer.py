@@ -10,26 +10,26 @@ from typing import Any
 
 import httpx
 import pytest
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.correlation import get_correlation_id
+from cloudretail.runtime.events.broker import EmbeddedBroker
+from cloudretail.runtime.events.consumer import EventConsumer, EventContext, Outcome
+from cloudretail.runtime.events.envelope import Event, EventMetadata
+from cloudretail.runtime.events.memory import MemoryBus
+from cloudretail.runtime.events.outbox import publish
+from cloudretail.runtime.events.registry import EventRegistry, EventValidationError
+from cloudretail.runtime.events.tables import create_event_tables
+from cloudretail.runtime.events.topics import dlq_topic
+from cloudretail.runtime.events.transport import Message
+from cloudretail.runtime.metrics import EventMetrics
+from cloudretail.runtime.service_events import ServiceEvents
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event as sa_event
 from sqlalchemy import insert
 from sqlalchemy.exc import OperationalError
 
-from runtime.app import create_service_app
-from runtime.config import ServiceSettings
-from runtime.correlation import get_correlation_id
-from runtime.events.broker import EmbeddedBroker
-from runtime.events.consumer import EventConsumer, EventContext, Outcome
-from runtime.events.envelope import Event, EventMetadata
-from runtime.events.memory import MemoryBus
-from runtime.events.outbox import publish
-from runtime.events.registry import EventRegistry, EventValidationError
-from runtime.events.tables import create_event_tables
-from runtime.events.topics import dlq_topic
-from runtime.events.transport import Message
-from runtime.metrics import EventMetrics
-from runtime.service_events import ServiceEvents
 from tests.events.conftest import DatabaseFactory
 from tests.events.support import (
     MemoryHarness,

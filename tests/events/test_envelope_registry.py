@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from cloudretail.runtime.events.envelope import EnvelopeError, Event, EventMetadata
+from cloudretail.runtime.events.registry import EventRegistry, EventType, EventValidationError
 from pydantic import BaseModel
 
-from runtime.events.envelope import EnvelopeError, Event, EventMetadata
-from runtime.events.registry import EventRegistry, EventType, EventValidationError
 from tests.events.support import OrderPlaced, make_registry, order
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from cloudretail.runtime.events.broker import EmbeddedBroker
 
-from runtime.events.broker import EmbeddedBroker
 from tests.events.base import EventFlowCases
 from tests.events.conftest import DatabaseFactory
 from tests.events.support import MemoryHarness, TansuHarness

@@ -8,11 +8,11 @@ import ssl
 from pathlib import Path
 
 import pytest
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.events.broker import EmbeddedBroker
+from cloudretail.runtime.events.kafka import KafkaProducer, tls_context, tls_options
+from cloudretail.runtime.events.transport import BrokerUnavailable
 
-from runtime.config import ServiceSettings
-from runtime.events.broker import EmbeddedBroker
-from runtime.events.kafka import KafkaProducer, tls_context, tls_options
-from runtime.events.transport import BrokerUnavailable
 from tests.runtime.tls_support import write_ca
 
 

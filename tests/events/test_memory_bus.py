@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from runtime.events.memory import MemoryBus, partition_for
-from runtime.events.transport import BrokerUnavailable, CommitFailed
+from cloudretail.runtime.events.memory import MemoryBus, partition_for
+from cloudretail.runtime.events.transport import BrokerUnavailable, CommitFailed
 
 
 async def test_one_key_always_lands_in_one_partition() -> None:

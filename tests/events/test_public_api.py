@@ -170,8 +170,8 @@ def test_the_check_flags_private_names_of_other_packages(source: str) -> None:
         "    def f(self, other):\n        return other._consumer\n",
         "def _helper(): ...\n_helper()\n",
         # This project's modules and names, dunders, public attributes of other packages.
-        "from runtime.events import memory\nmemory._private\n",
-        "import runtime.events.memory\nruntime._private\n",
+        "from cloudretail.runtime.events import memory\nmemory._private\n",
+        "import cloudretail.runtime.events.memory\ncloudretail._private\n",
         "from .memory import MemoryBus\nMemoryBus._private\n",
         "from __future__ import annotations\nerror.__cause__ = None\n",
         "from aiokafka import AIOKafkaConsumer\nAIOKafkaConsumer.assignment\n",

@@ -11,24 +11,24 @@ from typing import Any
 
 import asyncpg
 import pytest
-from prometheus_client import CollectorRegistry
-from sqlalchemy import event as sa_event
-from sqlalchemy import func, select, update
-
-from runtime.db import Database
-from runtime.events.envelope import Event
-from runtime.events.memory import MemoryBus
-from runtime.events.outbox import (
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.events.envelope import Event
+from cloudretail.runtime.events.memory import MemoryBus
+from cloudretail.runtime.events.outbox import (
     ADVISORY_LOCK_KEY,
     MAX_EVENT_BYTES,
     OutboxRelay,
     publish,
     purge_sent,
 )
-from runtime.events.registry import EventRegistry, EventValidationError
-from runtime.events.tables import outbox
-from runtime.events.transport import BrokerUnavailable
-from runtime.metrics import EventMetrics
+from cloudretail.runtime.events.registry import EventRegistry, EventValidationError
+from cloudretail.runtime.events.tables import outbox
+from cloudretail.runtime.events.transport import BrokerUnavailable
+from cloudretail.runtime.metrics import EventMetrics
+from prometheus_client import CollectorRegistry
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, select, update
+
 from tests.events.conftest import DatabaseFactory
 from tests.events.support import MemoryHarness, Service, eventually, make_registry, order
 

@@ -1,4 +1,4 @@
-"""Replaying topics (`runtime.events.replay`) on the real Kafka-protocol broker (tansu):
+"""Replaying topics (`cloudretail.runtime.events.replay`) on the real Kafka-protocol broker (tansu):
 every retained event up to the ends found when the replay opened goes through a consumer
 into a database; what is published later is left alone, what is already there is skipped,
 and what cannot be applied is reported, not sent anywhere.
@@ -12,15 +12,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from cloudretail.runtime.events.broker import EmbeddedBroker
+from cloudretail.runtime.events.consumer import EventContext, Handler
+from cloudretail.runtime.events.envelope import Event, EventMetadata
+from cloudretail.runtime.events.registry import EventRegistry
+from cloudretail.runtime.events.replay import EventReplay
+from cloudretail.runtime.events.tables import processed_events
+from cloudretail.runtime.events.transport import BrokerUnavailable, OutgoingMessage, Producer
 from sqlalchemy import func, select
 
-from runtime.events.broker import EmbeddedBroker
-from runtime.events.consumer import EventContext, Handler
-from runtime.events.envelope import Event, EventMetadata
-from runtime.events.registry import EventRegistry
-from runtime.events.replay import EventReplay
-from runtime.events.tables import processed_events
-from runtime.events.transport import BrokerUnavailable, OutgoingMessage, Producer
 from tests.events.conftest import DatabaseFactory
 from tests.events.support import ServiceFactory, TansuHarness, make_registry, order, record
 

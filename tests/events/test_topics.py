@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
-from runtime.events.broker import EmbeddedBroker
-from runtime.events.topics import (
+from cloudretail.runtime.events.broker import EmbeddedBroker
+from cloudretail.runtime.events.topics import (
     ConfigChange,
     PartitionIncrease,
     TopicSpec,

@@ -22,11 +22,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cloudretail.runtime.auth import (
+    TokenIssuer,
+    TokenVerifier,
+    generate_private_key_pem,
+    static_jwks,
+)
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.gateway import create_gateway
+from cloudretail.runtime.gateway.config import RateLimitSpec
 
-from runtime.auth import TokenIssuer, TokenVerifier, generate_private_key_pem, static_jwks
-from runtime.config import ServiceSettings
-from runtime.gateway import create_gateway
-from runtime.gateway.config import RateLimitSpec
 from tests.gateway.conftest import Server, make_config
 from tests.servers import drop_database, fresh_database
 from tests.services.conftest import migrate

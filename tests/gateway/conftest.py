@@ -19,13 +19,17 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from cloudretail.runtime.auth import (
+    TokenIssuer,
+    TokenVerifier,
+    generate_private_key_pem,
+    http_jwks_fetcher,
+)
+from cloudretail.runtime.gateway import create_gateway
+from cloudretail.runtime.gateway.app import Gateway
+from cloudretail.runtime.gateway.config import GatewayConfig, InstanceAddress, read_route_file
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-
-from runtime.auth import TokenIssuer, TokenVerifier, generate_private_key_pem, http_jwks_fetcher
-from runtime.gateway import create_gateway
-from runtime.gateway.app import Gateway
-from runtime.gateway.config import GatewayConfig, InstanceAddress, read_route_file
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTES = ROOT / "generated" / "gateway" / "routes.yaml"

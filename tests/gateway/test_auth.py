@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from cloudretail.runtime.auth import TokenIssuer, generate_private_key_pem
 from cryptography.hazmat.primitives import serialization
 
-from runtime.auth import TokenIssuer, generate_private_key_pem
 from tests.gateway.conftest import CUSTOMER_ID, Keys, Platform, problem
 
 

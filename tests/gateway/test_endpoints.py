@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cloudretail.runtime.auth import TokenVerifier, static_jwks
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.gateway import create_gateway
+from cloudretail.runtime.gateway.config import GatewayConfig
 
-from runtime.auth import TokenVerifier, static_jwks
-from runtime.config import ServiceSettings
-from runtime.gateway import create_gateway
-from runtime.gateway.config import GatewayConfig
 from tests.gateway.conftest import (
     ROOT,
     EchoState,
@@ -167,7 +167,7 @@ async def test_entry_point_serves_logs_json_and_stops_on_sigterm(keys: Keys) -> 
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "runtime.gateway",
+        "cloudretail.runtime.gateway",
         "--port",
         str(port),
         "--host",

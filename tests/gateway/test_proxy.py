@@ -9,8 +9,8 @@ import os
 import re
 
 import httpx
+from cloudretail.runtime.gateway.config import read_route_file
 
-from runtime.gateway.config import read_route_file
 from tests.gateway.conftest import (
     ROUTES,
     Keys,

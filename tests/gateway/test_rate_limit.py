@@ -8,9 +8,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from cloudretail.runtime.gateway.config import RateLimitSpec
+from cloudretail.runtime.gateway.ratelimit import RedisRateLimiter
 
-from runtime.gateway.config import RateLimitSpec
-from runtime.gateway.ratelimit import RedisRateLimiter
 from tests.gateway.conftest import Keys, eventually, free_port, problem, running, unique_subject
 from tests.servers import REDIS_TEST_URL, unreachable
 

@@ -7,14 +7,14 @@ import time
 from collections import Counter
 
 import httpx
+from cloudretail.runtime.auth import TokenVerifier, static_jwks
+from cloudretail.runtime.errors import problem_response
+from cloudretail.runtime.gateway import create_gateway
+from cloudretail.runtime.gateway.breaker import BreakerState
+from cloudretail.runtime.gateway.config import BreakerSpec
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from runtime.auth import TokenVerifier, static_jwks
-from runtime.errors import problem_response
-from runtime.gateway import create_gateway
-from runtime.gateway.breaker import BreakerState
-from runtime.gateway.config import BreakerSpec
 from tests.gateway.conftest import (
     EchoState,
     Keys,
@@ -141,7 +141,7 @@ async def test_only_idempotent_methods_are_retried(keys: Keys) -> None:
         health_interval=3600,
         circuit_breaker=BreakerSpec(failures=100, reset_seconds=30),
     )
-    from runtime.auth import TokenVerifier, static_jwks
+    from cloudretail.runtime.auth import TokenVerifier, static_jwks
 
     verifier = TokenVerifier(
         static_jwks(keys.issuer.jwks()), issuer="cloudretail", audience="cloudretail"

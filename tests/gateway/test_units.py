@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from cloudretail.runtime.auth import Principal
+from cloudretail.runtime.gateway.authn import CachingVerifier, authorize, bearer_token
+from cloudretail.runtime.gateway.breaker import BreakerState, CircuitBreaker, answer_is_failure
+from cloudretail.runtime.gateway.config import load_config
+from cloudretail.runtime.gateway.ratelimit import LocalRateLimiter
+from cloudretail.runtime.gateway.routing import Route, RouteTable
 
-from runtime.auth import Principal
-from runtime.gateway.authn import CachingVerifier, authorize, bearer_token
-from runtime.gateway.breaker import BreakerState, CircuitBreaker, answer_is_failure
-from runtime.gateway.config import load_config
-from runtime.gateway.ratelimit import LocalRateLimiter
-from runtime.gateway.routing import Route, RouteTable
 from tests.gateway.conftest import ROUTES
 
 
@@ -260,8 +260,8 @@ def test_bad_exposure_settings_are_refused(env: dict[str, str]) -> None:
 def test_an_instance_that_says_not_ready_is_ejected_at_once() -> None:
     """A 503 from /health/ready (an instance draining to stop) ejects on the first probe;
     a probe with no answer is a blip until it happens twice."""
-    from runtime.gateway.config import BreakerSpec, InstanceAddress
-    from runtime.gateway.registry import Registry
+    from cloudretail.runtime.gateway.config import BreakerSpec, InstanceAddress
+    from cloudretail.runtime.gateway.registry import Registry
 
     registry = Registry(
         {"product": [InstanceAddress.parse("http://127.0.0.1:9")]},

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from generator import cache, check_platform, generate, load_platform
-from generator.model import Platform
-from generator.targets.migrations import existing_revisions, unchanged_entry
-from generator.writer import read_owned
+from cloudretail.generator import cache, check_platform, generate, load_platform
+from cloudretail.generator.model import Platform
+from cloudretail.generator.targets.migrations import existing_revisions, unchanged_entry
+from cloudretail.generator.writer import read_owned
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +46,7 @@ def test_validate_with_a_warm_cache_loads_neither_sqlalchemy_nor_jinja(
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from generator import check_platform\n"
+        "from cloudretail.generator import check_platform\n"
         "check_platform(Path('spec/cloudretail.yaml'), Path('generated'))\n"
         "print(sorted({'sqlalchemy', 'alembic', 'jinja2'} & set(sys.modules)))\n"
     )

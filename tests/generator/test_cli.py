@@ -4,9 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
+from cloudretail.cli import app
 from typer.testing import CliRunner
-
-from cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 INVALID = sorted((ROOT / "tests" / "specs" / "invalid").glob("*.yaml"))

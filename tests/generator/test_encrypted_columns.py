@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-
-from generator.checks import check_spec
-from generator.loader import load_text
-from generator.validation import parse_spec
+from cloudretail.generator.checks import check_spec
+from cloudretail.generator.loader import load_text
+from cloudretail.generator.validation import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = ROOT / "tests" / "specs" / "minimal.yaml"
@@ -92,8 +91,8 @@ def test_the_seed_stores_the_two_factor_secret_encrypted() -> None:
 
 
 def test_compose_runs_with_the_development_key_ring_that_production_refuses() -> None:
-    from generator.targets.compose import DEVELOPMENT_KEYS as COMPOSE_KEYS
-    from runtime.crypto import DEVELOPMENT_KEYS
+    from cloudretail.generator.targets.compose import DEVELOPMENT_KEYS as COMPOSE_KEYS
+    from cloudretail.runtime.crypto import DEVELOPMENT_KEYS
 
     assert COMPOSE_KEYS == DEVELOPMENT_KEYS
     compose = yaml.safe_load((GENERATED / "compose.yaml").read_text())

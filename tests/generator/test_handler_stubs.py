@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cloudretail.generator import generate, load_platform
+from cloudretail.generator.handlers import plan_stubs, write_stubs
 from ruff import find_ruff_bin
-
-from generator import generate, load_platform
-from generator.handlers import plan_stubs, write_stubs
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = ROOT / "tests" / "specs" / "minimal.yaml"
@@ -89,9 +88,9 @@ def test_a_new_file_with_everything_has_its_imports_in_isort_order(project: Path
     assert (
         "from __future__ import annotations\n\n"
         "from typing import Any\n\n"
-        "from pydantic import BaseModel\n\n"
-        "from runtime.events.consumer import EventContext\n"
-        "from runtime.handlers import Context, not_implemented\n\n\n"
+        "from cloudretail.runtime.events.consumer import EventContext\n"
+        "from cloudretail.runtime.handlers import Context, not_implemented\n"
+        "from pydantic import BaseModel\n\n\n"
     ) in cart.read_text()
     assert ruff_problems(cart) == ""
 
@@ -103,7 +102,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from runtime.handlers import Context
+from cloudretail.runtime.handlers import Context
 
 FREE_SHIPPING = Decimal("50")
 
@@ -132,9 +131,9 @@ def test_an_existing_file_gains_sorted_imports_and_stays_ruff_clean(project: Pat
         "from __future__ import annotations\n\n"
         "from decimal import Decimal\n"
         "from typing import Any\n\n"
+        "from cloudretail.runtime.events.consumer import EventContext\n"
+        "from cloudretail.runtime.handlers import Context, not_implemented\n"
         "from pydantic import BaseModel\n\n"
-        "from runtime.events.consumer import EventContext\n"
-        "from runtime.handlers import Context, not_implemented\n\n"
         'FREE_SHIPPING = Decimal("50")\n'
     )
     assert "class Checkout(BaseModel):" in text
@@ -149,7 +148,7 @@ def test_an_existing_file_keeps_its_unused_imports_and_its_own_layout(project: P
     cart = project / "handlers" / "cart.py"
     mine = (
         "import json\n"
-        "from runtime.handlers import Context\n"
+        "from cloudretail.runtime.handlers import Context\n"
         "async def checkout(ctx: Context) -> dict:  # not formatted as ruff would\n"
         "    return {'done' : True}\n"
     )
@@ -195,7 +194,7 @@ def test_without_ruff_new_files_import_what_they_use_and_stubs_still_go_in(
 ):
     """ruff is a development dependency: without it, a new file is still clean and an existing
     one still gets its stubs (the imports it lacks after its last import)."""
-    monkeypatch.setattr("generator.handlers._ruff", lambda: None)
+    monkeypatch.setattr("cloudretail.generator.handlers._ruff", lambda: None)
     cart = project / "handlers" / "cart.py"
     cart.write_text(HAND_WRITTEN)
     edit_spec(
@@ -205,7 +204,7 @@ def test_without_ruff_new_files_import_what_they_use_and_stubs_still_go_in(
     assert ruff_problems(project / "handlers" / "catalog.py") == ""
     text = cart.read_text()
     assert (
-        "from runtime.handlers import Context\nfrom runtime.events.consumer import EventContext\n"
+        "from cloudretail.runtime.handlers import Context\nfrom cloudretail.runtime.events.consumer import EventContext\n"
         in text
     )
     assert "async def on_item_created(ctx: EventContext) -> None:" in text

@@ -7,11 +7,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from cloudretail.cli import app
+from cloudretail.generator import generate, load_platform
 from pathspec import PathSpec
 from typer.testing import CliRunner
-
-from cli import app
-from generator import generate, load_platform
 
 runner = CliRunner()
 

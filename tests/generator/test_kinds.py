@@ -18,13 +18,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
+from cloudretail.generator import SpecError, generate, load_platform
+from cloudretail.generator.auth_rules import AUTH_RULES, AuthRule
+from cloudretail.generator.kinds import KINDS, ColumnKind, DefaultFunction
+from cloudretail.generator.spec import Spec
+from cloudretail.runtime.gateway.config import load_config
 from ruff import find_ruff_bin
-
-from generator import SpecError, generate, load_platform
-from generator.auth_rules import AUTH_RULES, AuthRule
-from generator.kinds import KINDS, ColumnKind, DefaultFunction
-from generator.spec import Spec
-from runtime.gateway.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = ROOT / "tests" / "specs" / "minimal.yaml"
@@ -62,7 +61,7 @@ VENDOR = AuthRule(
     roles=("vendor",),
     gateway="authenticated",
     dependency="Depends(require({roles}))",
-    dependency_import=("runtime.auth", "require"),
+    dependency_import=("cloudretail.runtime.auth", "require"),
 )
 
 

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import pytest
-
-from generator.errors import Location, SpecError
-from generator.loader import dotted, load_text
+from cloudretail.generator.errors import Location, SpecError
+from cloudretail.generator.loader import dotted, load_text
 
 
 def test_locations_of_values_and_keys():

@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-
-from generator import generate, load_platform, render
-from generator.writer import MANIFEST
+from cloudretail.generator import generate, load_platform, render
+from cloudretail.generator.writer import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_SPECS = sorted((ROOT / "tests" / "specs").glob("*.yaml"))

@@ -11,15 +11,14 @@ from typing import Any
 
 import pytest
 import yaml
-
-from generator import generate, load_platform, render
-from generator.checks import check_spec
-from generator.errors import SpecError
-from generator.handlers import needed
-from generator.loader import load_text
-from generator.spec import Spec
-from generator.validation import parse_spec
-from runtime.personal_data import Pii
+from cloudretail.generator import generate, load_platform, render
+from cloudretail.generator.checks import check_spec
+from cloudretail.generator.errors import SpecError
+from cloudretail.generator.handlers import needed
+from cloudretail.generator.loader import load_text
+from cloudretail.generator.spec import Spec
+from cloudretail.generator.validation import parse_spec
+from cloudretail.runtime.personal_data import Pii
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = ROOT / "tests" / "specs" / "minimal.yaml"

@@ -7,12 +7,11 @@ import ast
 from pathlib import Path
 
 import sqlalchemy as sa
+from cloudretail.generator.sqlschema import table_schema
 from sqlalchemy.dialects import postgresql
 
-from generator.sqlschema import table_schema
-
 ROOT = Path(__file__).resolve().parents[2]
-FIRST_PARTY = {"generator", "runtime", "handlers", "cli", "generated", "__future__"}
+FIRST_PARTY = {"cloudretail", "handlers", "generated", "__future__"}
 PRIVATE_USES = ("._copy(", "._prefixes", "._type_affinity", "._type_bound", "_render_cmd_body")
 
 
@@ -49,7 +48,7 @@ def test_no_private_attribute_of_sqlalchemy_or_alembic_is_used():
 def test_the_tables_the_spec_describes_have_no_create_table_prefixes():
     """The migration planner does not carry CREATE TABLE prefixes (TEMPORARY ...) over:
     the tables the spec describes have none."""
-    from generator import load_platform
+    from cloudretail.generator import load_platform
 
     platform = load_platform(ROOT / "tests" / "specs" / "minimal.yaml")
     tables = [

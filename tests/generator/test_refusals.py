@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cloudretail.cli import app
+from cloudretail.generator.writer import MANIFEST
 from typer.testing import CliRunner, Result
-
-from cli import app
-from generator.writer import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = ROOT / "tests" / "specs" / "minimal.yaml"
@@ -397,8 +396,8 @@ def test_a_service_description_cannot_break_the_generated_python(project: Path, 
 
 
 def test_a_body_model_the_handlers_lack_is_stubbed_as_a_class(tmp_path: Path):
-    from generator import load_platform
-    from generator.handlers import plan_stubs
+    from cloudretail.generator import load_platform
+    from cloudretail.generator.handlers import plan_stubs
 
     data = yaml.safe_load((ROOT / "tests" / "specs" / "minimal.yaml").read_text())
     data["services"]["cart"]["routes"][0]["body"] = "Checkout"

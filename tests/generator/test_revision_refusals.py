@@ -7,9 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cloudretail.cli import app
 from typer.testing import CliRunner, Result
-
-from cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = ROOT / "tests" / "specs" / "minimal.yaml"

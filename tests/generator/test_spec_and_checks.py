@@ -4,12 +4,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from generator import SpecError, load_platform
-from generator.checks import check_spec
-from generator.loader import load_text
-from generator.spec import Spec
-from generator.validation import parse_spec, suggest
+from cloudretail.generator import SpecError, load_platform
+from cloudretail.generator.checks import check_spec
+from cloudretail.generator.loader import load_text
+from cloudretail.generator.spec import Spec
+from cloudretail.generator.validation import parse_spec, suggest
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = ROOT / "tests" / "specs" / "minimal.yaml"

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from generator import generate
+from cloudretail.generator import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

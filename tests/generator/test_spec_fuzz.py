@@ -45,13 +45,12 @@ from typing import Any
 import pytest
 import yaml
 from alembic.script import ScriptDirectory
+from cloudretail.cli import app
+from cloudretail.generator import source_name
+from cloudretail.generator.writer import MANIFEST
 from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
-
-from cli import app
-from generator import source_name
-from generator.writer import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[2]
 BASES = {
@@ -81,7 +80,7 @@ runner = CliRunner()
 def _templates_compiled_once() -> Iterator[None]:
     """Render's Jinja environment compiles every template on each call; the examples share
     one compiled environment so that the hunt spends its time on the spec, not on Jinja."""
-    module = sys.modules["generator.render"]
+    module = sys.modules["cloudretail.generator.render"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(module, "environment", functools.lru_cache(maxsize=None)(module.environment))
         yield

@@ -3,9 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from generator.errors import GeneratedFileError, OutputConflictError
-from generator.writer import MANIFEST, apply, plan, read_manifest
+from cloudretail.generator.errors import GeneratedFileError, OutputConflictError
+from cloudretail.generator.writer import MANIFEST, apply, plan, read_manifest
 
 
 def test_first_run_writes_everything_and_a_manifest(tmp_path: Path):

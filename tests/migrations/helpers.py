@@ -12,10 +12,9 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from cloudretail.generator.migrations import NewRevision, plan_migration
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import create_async_engine
-
-from generator.migrations import NewRevision, plan_migration
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cloudretail.generator.migrations import DestructiveChangeError, NewRevision, plan_migration
 
-from generator.migrations import DestructiveChangeError, NewRevision, plan_migration
 from tests.migrations.helpers import (
     HEADER,
     Chain,

@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from cloudretail.runtime.config import ServiceSettings
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from runtime.config import ServiceSettings
 from tests.servers import REDIS_TEST_URL, ensure_database, run_in_own_loop, unreachable
 
 POSTGRES_TEST_DATABASE = "cloudretail_test_runtime"

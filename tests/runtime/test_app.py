@@ -6,15 +6,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.cache import MemoryCache
+from cloudretail.runtime.config import DEFAULT_SECRET
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.deps import CacheDep, DatabaseDep, SessionDep, SettingsDep
+from cloudretail.runtime.errors import Problem
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 
-from runtime.app import create_service_app
-from runtime.cache import MemoryCache
-from runtime.config import DEFAULT_SECRET
-from runtime.db import Database
-from runtime.deps import CacheDep, DatabaseDep, SessionDep, SettingsDep
-from runtime.errors import Problem
 from tests.runtime.conftest import make_settings, running
 
 metadata = MetaData()
@@ -138,7 +138,7 @@ async def test_startup_warns_about_default_secrets_in_development(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/app.db", service_token=DEFAULT_SECRET)
-    with caplog.at_level(logging.WARNING, logger="runtime.app"):
+    with caplog.at_level(logging.WARNING, logger="cloudretail.runtime.app"):
         async with running(create_service_app(settings)):
             pass
     warned = [record for record in caplog.records if "default secret" in record.getMessage()]

@@ -8,8 +8,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-
-from runtime.cache import Cache, CacheUnavailableError, MemoryCache, RedisCache, make_cache
+from cloudretail.runtime.cache import (
+    Cache,
+    CacheUnavailableError,
+    MemoryCache,
+    RedisCache,
+    make_cache,
+)
 
 
 @pytest.fixture(params=["memory", "redis"])

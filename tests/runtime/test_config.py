@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
-from runtime.config import (
+from cloudretail.runtime.config import (
     DEFAULT_SECRET,
     MissingServiceUrlError,
     ServiceSettings,
     default_database_url,
     load_settings,
 )
+from pydantic import ValidationError
 
 # What `openssl rand -hex 32` or secrets.token_urlsafe(32) gives: long and random.
 STRONG_TOKEN = "3f9c1e7a5b2d4086c8e1f3a7b9d5026e4c8a1f3b5d7e9026"

@@ -8,13 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-from sqlalchemy import Column, Integer, MetaData, Table, insert, select, text
-from sqlalchemy.exc import StatementError
-
-from runtime.app import create_service_app
-from runtime.config import load_settings
-from runtime.crypto import (
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.config import load_settings
+from cloudretail.runtime.crypto import (
     DEVELOPMENT_KEYS,
     PREFIX,
     EncryptionError,
@@ -23,8 +19,12 @@ from runtime.crypto import (
     current_ring,
     is_encrypted,
 )
-from runtime.db import Database
-from runtime.types import EncryptedText
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.types import EncryptedText
+from pydantic import ValidationError
+from sqlalchemy import Column, Integer, MetaData, Table, insert, select, text
+from sqlalchemy.exc import StatementError
+
 from tests.runtime.conftest import make_settings
 
 CONTEXT = "users.two_factor_secret"

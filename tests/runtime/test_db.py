@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from cloudretail.runtime.db import Database, PoolStats, normalize_database_url
+from cloudretail.runtime.types import GUID, DecimalType, JSONType, UTCDateTime, utc_now
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, insert, select, text
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from runtime.db import Database, PoolStats, normalize_database_url
-from runtime.types import GUID, DecimalType, JSONType, UTCDateTime, utc_now
 from tests.runtime.conftest import DEAD_POSTGRES_URL, unique_name
 
 
@@ -98,7 +98,7 @@ async def test_a_pooled_connection_is_tested_only_after_it_rested(
 ) -> None:
     """A busy pool reuses connections untested (pool_pre_ping cost three round trips on every
     checkout); one that rested, and died meanwhile, is replaced before the request sees it."""
-    import runtime.db
+    import cloudretail.runtime.db
 
     database = Database(postgres_url, pool_size=1, max_overflow=0)
     pings = []
@@ -124,7 +124,7 @@ async def test_a_pooled_connection_is_tested_only_after_it_rested(
                 await connection.execute(text(f"SELECT pg_terminate_backend({pid})"))
         finally:
             await other.dispose()
-        monkeypatch.setattr(runtime.db, "PING_AFTER_IDLE", 0.0)
+        monkeypatch.setattr(cloudretail.runtime.db, "PING_AFTER_IDLE", 0.0)
         await asyncio.sleep(0.05)
         async with database.engine.connect() as connection:
             fresh = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()

@@ -6,11 +6,11 @@ import asyncio
 import time
 
 import httpx
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.db import SessionDep
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from runtime.app import create_service_app
-from runtime.db import SessionDep
 from tests.runtime.conftest import make_settings, running, unique_name
 
 router = APIRouter()

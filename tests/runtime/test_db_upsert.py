@@ -9,10 +9,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from cloudretail.runtime.db import Database, upsert_newest
+from cloudretail.runtime.types import UTCDateTime, utc_now
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
 
-from runtime.db import Database, upsert_newest
-from runtime.types import UTCDateTime, utc_now
 from tests.runtime.conftest import unique_name
 
 T0 = utc_now().replace(microsecond=0)

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudretail.runtime.demo import DemoError, load_demo, read_demo
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from runtime.demo import DemoError, load_demo, read_demo
 from tests.gateway.conftest import Server
 
 DEMO = """\

@@ -8,11 +8,11 @@ from typing import Any
 
 import fastapi.dependencies.utils
 import pytest
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.deps import DatabaseDep
+from cloudretail.runtime.handlers import ContextDep
 from fastapi import APIRouter
 
-from runtime.app import create_service_app
-from runtime.deps import DatabaseDep
-from runtime.handlers import ContextDep
 from tests.runtime.conftest import make_settings, running
 
 

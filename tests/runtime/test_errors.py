@@ -7,14 +7,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.correlation import CORRELATION_HEADER
+from cloudretail.runtime.db import SessionDep
+from cloudretail.runtime.errors import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
 from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, insert, text
 
-from runtime.app import create_service_app
-from runtime.correlation import CORRELATION_HEADER
-from runtime.db import SessionDep
-from runtime.errors import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
 from tests.runtime.conftest import DEAD_POSTGRES_URL, make_settings, running, unique_name
 
 SECRET_MESSAGE = "password=hunter2 at db-internal-7:5432"
@@ -167,7 +167,7 @@ async def test_integrity_error_is_a_409_without_sql(client: httpx.AsyncClient) -
 async def test_unexpected_error_is_a_generic_500(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="runtime.errors"):
+    with caplog.at_level(logging.ERROR, logger="cloudretail.runtime.errors"):
         response = await client.get("/api/boom", headers={CORRELATION_HEADER: "trace-500"})
     body = assert_problem(response, 500)
     assert body["correlation_id"] == "trace-500"

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.eventbus import EventBus, MemoryEventStore, audit_log
+from cloudretail.runtime.events.envelope import Event, EventMetadata
+from cloudretail.runtime.events.transport import Message
 
 from generated.events import REGISTRY
-from runtime.config import ServiceSettings
-from runtime.db import Database
-from runtime.eventbus import EventBus, MemoryEventStore, audit_log
-from runtime.events.envelope import Event, EventMetadata
-from runtime.events.transport import Message
 
 
 def _message(event: Event, offset: int) -> Message:

@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.guard import body_problems, is_json_media_type, json_problems
 from fastapi import APIRouter, Request
 
-from runtime.app import create_service_app
-from runtime.guard import body_problems, is_json_media_type, json_problems
 from tests.runtime.conftest import make_settings, running
 
 router = APIRouter()

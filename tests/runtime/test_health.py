@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.health import HealthChecks
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.app import create_service_app
-from runtime.health import HealthChecks
 from tests.runtime.conftest import DEAD_POSTGRES_URL, make_settings, running
 
 SEED_KEYS = {"status", "timestamp", "uptime", "details"}

@@ -21,8 +21,8 @@ TOOL_ONLY = ("httpx", "rich", "click", "pygments", "typer", "jinja2", "alembic",
         "generated.services.user.app",
         "generated.services.order.app",
         "generated.eventbus.app",
-        "runtime.gateway.app",
-        "runtime.stack",  # the supervisor of `up`, alive as long as the stack
+        "cloudretail.runtime.gateway.app",
+        "cloudretail.runtime.stack",  # the supervisor of `up`, alive as long as the stack
     ],
 )
 def test_a_deployable_loads_nothing_of_the_tool(module: str) -> None:

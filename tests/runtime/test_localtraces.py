@@ -9,6 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cloudretail.runtime.localtraces import (
+    OLDER_FILE,
+    SPANS_FILE,
+    TRACES_DIR,
+    SpanFile,
+    SpanRecord,
+    TraceError,
+    TraceReceiver,
+    show_traces,
+)
+from cloudretail.runtime.tracing import get_tracer, tracer_provider
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -19,18 +30,6 @@ from opentelemetry.trace import (
     StatusCode,
     set_span_in_context,
 )
-
-from runtime.localtraces import (
-    OLDER_FILE,
-    SPANS_FILE,
-    TRACES_DIR,
-    SpanFile,
-    SpanRecord,
-    TraceError,
-    TraceReceiver,
-    show_traces,
-)
-from runtime.tracing import get_tracer, tracer_provider
 
 
 @pytest.fixture

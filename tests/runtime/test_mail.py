@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from pydantic import ValidationError
-
-from generator import load_platform
-from generator.stack import StackOptions
-from generator.stack import plan as stack_plan
-from runtime.config import ServiceSettings
-from runtime.db import Database
-from runtime.events.broker import free_port
-from runtime.mail import (
+from cloudretail.generator import load_platform
+from cloudretail.generator.stack import StackOptions
+from cloudretail.generator.stack import plan as stack_plan
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.events.broker import free_port
+from cloudretail.runtime.mail import (
     MailError,
     MailRelay,
     SmtpServer,
@@ -24,7 +22,9 @@ from runtime.mail import (
     message_id,
     queue_mail,
 )
-from runtime.mailsink import MailSink, received_mails
+from cloudretail.runtime.mailsink import MailSink, received_mails
+from pydantic import ValidationError
+
 from tests.servers import drop_database, fresh_database
 
 

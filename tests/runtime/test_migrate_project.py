@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cloudretail.cli import app
+from cloudretail.generator import generate
+from cloudretail.runtime.migrate import upgrade
 from typer.testing import CliRunner
-
-from cli import app
-from generator import generate
-from runtime.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
 

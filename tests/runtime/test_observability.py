@@ -9,19 +9,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI
-from prometheus_client.parser import text_string_to_metric_families
-
-from runtime.app import create_service_app
-from runtime.correlation import (
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.correlation import (
     CORRELATION_HEADER,
     CorrelationIdMiddleware,
     correlation_headers,
     get_correlation_id,
 )
-from runtime.logs import configure_logging
-from runtime.metrics import UNMATCHED_ROUTE, Metrics, MetricsMiddleware, metrics_router
-from runtime.saga import Call, SagaDefinition, Step, start_sagas, stop_sagas
+from cloudretail.runtime.logs import configure_logging
+from cloudretail.runtime.metrics import UNMATCHED_ROUTE, Metrics, MetricsMiddleware, metrics_router
+from cloudretail.runtime.saga import Call, SagaDefinition, Step, start_sagas, stop_sagas
+from fastapi import APIRouter, FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.runtime.conftest import make_settings, running
 
 router = APIRouter()

@@ -1,15 +1,14 @@
-"""What runtime.openapi and runtime.schemas add to a service's OpenAPI document."""
+"""What cloudretail.runtime.openapi and cloudretail.runtime.schemas add to a service's OpenAPI document."""
 
 from __future__ import annotations
 
 import re
 from decimal import Decimal
 
+from cloudretail.runtime.openapi import complete_openapi, problems, request_body
+from cloudretail.runtime.schemas import decimal_pattern
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
-
-from runtime.openapi import complete_openapi, problems, request_body
-from runtime.schemas import decimal_pattern
 
 
 class Line(BaseModel):

@@ -6,16 +6,15 @@ import time
 from collections.abc import Mapping
 
 import pytest
-
-from runtime.auth import (
+from cloudretail.runtime.auth import (
     RevocationList,
     TokenIssuer,
     TokenVerifier,
     generate_private_key_pem,
     static_jwks,
 )
-from runtime.errors import Problem
-from runtime.gateway.authn import CachingVerifier
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.gateway.authn import CachingVerifier
 
 SUBJECT = "00000000-0000-4000-8000-000000000007"
 OTHER = "00000000-0000-4000-8000-000000000008"
@@ -104,8 +103,13 @@ async def test_the_gateway_cache_does_not_outlive_a_revocation(issuer: TokenIssu
 
 
 async def test_a_token_role_must_be_one_the_platform_declares() -> None:
-    from runtime.auth import TokenIssuer, TokenVerifier, generate_private_key_pem, static_jwks
-    from runtime.errors import Problem
+    from cloudretail.runtime.auth import (
+        TokenIssuer,
+        TokenVerifier,
+        generate_private_key_pem,
+        static_jwks,
+    )
+    from cloudretail.runtime.errors import Problem
 
     issuer = TokenIssuer(generate_private_key_pem(), issuer="p", audience="p")
     strict = TokenVerifier(
@@ -128,8 +132,8 @@ async def test_fetching_the_lists_loads_the_ca_bundle_once(monkeypatch: pytest.M
     import ssl
     import threading
 
-    from runtime import auth
-    from runtime.httpclient import system_trust
+    from cloudretail.runtime import auth
+    from cloudretail.runtime.httpclient import system_trust
 
     class Answer(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -9,12 +9,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from cloudretail.runtime.crypto import KeyRing
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.rotate import EncryptedTable, RotationError, rotate_keys
 from sqlalchemy import Column, Integer, MetaData, Table, Text, event, insert, select
 from sqlalchemy.engine import Engine
 
-from runtime.crypto import KeyRing
-from runtime.db import Database
-from runtime.rotate import EncryptedTable, RotationError, rotate_keys
 from tests.runtime.conftest import unique_name
 
 KEY_A = KeyRing.new_entry("a")

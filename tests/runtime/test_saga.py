@@ -7,17 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import event as sa_event
-
-from runtime.config import ServiceSettings
-from runtime.db import Database
-from runtime.http import ServiceClients
-from runtime.metrics import SagaMetrics
-from runtime.saga import (
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.http import ServiceClients
+from cloudretail.runtime.metrics import SagaMetrics
+from cloudretail.runtime.saga import (
     COMPENSATED,
     COMPLETED,
     Call,
@@ -26,6 +20,12 @@ from runtime.saga import (
     Step,
     saga_instances,
 )
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import event as sa_event
+
 from tests.gateway.conftest import Server, free_port
 
 

@@ -1,4 +1,4 @@
-"""runtime.serve in a real process: JSON logs, then a graceful stop on SIGTERM."""
+"""cloudretail.runtime.serve in a real process: JSON logs, then a graceful stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.serve import uvicorn_config
 from fastapi import FastAPI
 
-from runtime.config import ServiceSettings
-from runtime.serve import uvicorn_config
 from tests.runtime.conftest import make_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,9 +29,9 @@ SERVICE_SCRIPT = textwrap.dedent(
 
     from fastapi import APIRouter
 
-    from runtime.app import create_service_app
-    from runtime.config import load_settings
-    from runtime.serve import run
+    from cloudretail.runtime.app import create_service_app
+    from cloudretail.runtime.config import load_settings
+    from cloudretail.runtime.serve import run
 
     router = APIRouter()
 

@@ -1,4 +1,4 @@
-"""Calls to other services (runtime.http.ServiceClients) against real callees on loopback:
+"""Calls to other services (cloudretail.runtime.http.ServiceClients) against real callees on loopback:
 what is sent, kept-alive connections, and the failure kinds a saga acts on."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.correlation import correlation_id_var
+from cloudretail.runtime.http import ServiceCallError, ServiceClients
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from runtime.config import ServiceSettings
-from runtime.correlation import correlation_id_var
-from runtime.http import ServiceCallError, ServiceClients
 from tests.gateway.conftest import Server, free_port
 
 TOKEN = "s" * 32

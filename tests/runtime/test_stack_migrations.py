@@ -1,4 +1,4 @@
-"""`up` migrates the stack's databases in a child process (`python -m runtime.migrate`), so
+"""`up` migrates the stack's databases in a child process (`python -m cloudretail.runtime.migrate`), so
 the supervisor that stays up with the stack never loads Alembic: what it reports, and how a
 database that cannot be migrated is named."""
 
@@ -8,9 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
-from runtime.stack import StackError, migrate_all
-from runtime.stackplan import PlannedDatabase, StackPlan
+from cloudretail.runtime.stack import StackError, migrate_all
+from cloudretail.runtime.stackplan import PlannedDatabase, StackPlan
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
-
-from runtime.stack import stack_secrets
+from cloudretail.runtime.stack import stack_secrets
 
 
 def test_admin_address_is_named_for_the_platform(

@@ -12,17 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.cache import CacheUnavailableError, RedisCache, make_cache
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.db import Database, tls_connect_args
+from cloudretail.runtime.eventbus import make_store
+from cloudretail.runtime.gateway.config import load_config
+from cloudretail.runtime.gateway.resp import RedisConnectionError, RedisPipe
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from runtime.app import create_service_app
-from runtime.cache import CacheUnavailableError, RedisCache, make_cache
-from runtime.config import ServiceSettings
-from runtime.db import Database, tls_connect_args
-from runtime.eventbus import make_store
-from runtime.gateway.config import load_config
-from runtime.gateway.resp import RedisConnectionError, RedisPipe
 from tests.gateway.conftest import ROUTES
 from tests.runtime.tls_support import Authority, free_port, running, tls_redis_command, write_ca
 from tests.servers import database_dsn, ensure_database

@@ -18,27 +18,27 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi import APIRouter, Request
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
-
-from runtime.app import create_service_app
-from runtime.db import Database
-from runtime.events.consumer import EventConsumer, EventContext
-from runtime.events.envelope import Event, EventMetadata, kept_traceparent
-from runtime.events.memory import MemoryBus
-from runtime.events.tables import create_event_tables
-from runtime.gateway import create_gateway
-from runtime.logs import configure_logging
-from runtime.tracing import (
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.events.consumer import EventConsumer, EventContext
+from cloudretail.runtime.events.envelope import Event, EventMetadata, kept_traceparent
+from cloudretail.runtime.events.memory import MemoryBus
+from cloudretail.runtime.events.tables import create_event_tables
+from cloudretail.runtime.gateway import create_gateway
+from cloudretail.runtime.logs import configure_logging
+from cloudretail.runtime.tracing import (
     get_tracer,
     trace_statements,
     tracer_provider,
     use_provider,
     valid_traceparent,
 )
+from fastapi import APIRouter, Request
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
 from tests.events.support import make_registry, order
 from tests.gateway.conftest import EchoState, Server, echo_app, make_config
 from tests.runtime.conftest import make_settings, running

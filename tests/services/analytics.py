@@ -12,13 +12,13 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+from cloudretail.runtime.events.consumer import EventConsumer, consumer_topics
+from cloudretail.runtime.events.envelope import Event, EventMetadata
+from cloudretail.runtime.events.memory import MemoryBus
 from fastapi import FastAPI
 
 from generated.events import REGISTRY
 from generated.services.analytics import app as analytics_app
-from runtime.events.consumer import EventConsumer, consumer_topics
-from runtime.events.envelope import Event, EventMetadata
-from runtime.events.memory import MemoryBus
 from tests.services.commerce import eventually
 
 # Ids sort as numbered, so ties in the summary's order are known.

@@ -19,16 +19,16 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from cloudretail.runtime.auth import TokenIssuer, TokenVerifier, static_jwks
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.db import Database
+from cloudretail.runtime.events.consumer import Handler
+from cloudretail.runtime.events.tables import outbox
+from cloudretail.runtime.service_events import ServiceEvents
 from fastapi import FastAPI
 
 from generated.services.order.models import Order
 from generated.services.payment.models import Payment
-from runtime.auth import TokenIssuer, TokenVerifier, static_jwks
-from runtime.config import ServiceSettings
-from runtime.db import Database
-from runtime.events.consumer import Handler
-from runtime.events.tables import outbox
-from runtime.service_events import ServiceEvents
 from tests.gateway.conftest import Server, free_port
 from tests.servers import drop_database, fresh_database
 from tests.services.conftest import ADMIN_ID, CUSTOMER_ID, SERVICE_TOKEN, migrate

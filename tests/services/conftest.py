@@ -11,10 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
+from cloudretail.runtime.auth import (
+    TokenIssuer,
+    TokenVerifier,
+    generate_private_key_pem,
+    static_jwks,
+)
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.migrate import upgrade
 
-from runtime.auth import TokenIssuer, TokenVerifier, generate_private_key_pem, static_jwks
-from runtime.config import ServiceSettings
-from runtime.migrate import upgrade
 from tests.servers import drop_database, fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]

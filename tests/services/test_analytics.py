@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from cloudretail.runtime.auth import TokenIssuer
+from cloudretail.runtime.events.consumer import consumer_topics
 
 from generated.events import REGISTRY
 from generated.services.analytics import app as analytics_app
 from generated.services.analytics.models import CustomerFact
-from runtime.auth import TokenIssuer
-from runtime.events.consumer import consumer_topics
 from tests.servers import drop_database, fresh_database
 from tests.services.analytics import (
     ORDERS,

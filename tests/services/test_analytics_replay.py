@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudretail.cli import app as cli_app
+from cloudretail.generator import load_platform
+from cloudretail.generator.stack import planned_topics
+from cloudretail.runtime.auth import TokenIssuer
+from cloudretail.runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError
+from cloudretail.runtime.events.kafka import KafkaProducer
 from typer.testing import CliRunner
 
-from cli import app as cli_app
 from generated.events import REGISTRY
-from generator import load_platform
-from generator.stack import planned_topics
-from runtime.auth import TokenIssuer
-from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError
-from runtime.events.kafka import KafkaProducer
 from tests.servers import drop_database, fresh_database, run_in_own_loop, unreachable
 from tests.services.analytics import (
     TOTALS,

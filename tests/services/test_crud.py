@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from cloudretail.runtime.auth import TokenIssuer
 
-from runtime.auth import TokenIssuer
 from tests.services.conftest import service_client
 
 

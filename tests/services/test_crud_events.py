@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from cloudretail.runtime.auth import TokenIssuer
+from cloudretail.runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError
+from cloudretail.runtime.events.topics import TopicSpec, apply_topics
 
-from runtime.auth import TokenIssuer
-from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError
-from runtime.events.topics import TopicSpec, apply_topics
 from tests.servers import run_in_own_loop, unreachable
 from tests.services.conftest import service_client
 

@@ -15,17 +15,17 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from cloudretail.runtime.auth import TokenIssuer, TokenVerifier, static_jwks
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError, free_port
+from cloudretail.runtime.events.envelope import Event, EventMetadata
+from cloudretail.runtime.events.kafka import KafkaProducer
+from cloudretail.runtime.events.topics import TopicSpec, apply_topics
+from cloudretail.runtime.migrate import upgrade
 from redis import Redis
 from redis.exceptions import RedisError
 
 import generated.eventbus.app as bus_app
-from runtime.auth import TokenIssuer, TokenVerifier, static_jwks
-from runtime.config import ServiceSettings
-from runtime.events.broker import EmbeddedBroker, EmbeddedBrokerError, free_port
-from runtime.events.envelope import Event, EventMetadata
-from runtime.events.kafka import KafkaProducer
-from runtime.events.topics import TopicSpec, apply_topics
-from runtime.migrate import upgrade
 from tests.servers import REDIS_TEST_URL, run_in_own_loop, unreachable
 from tests.services.conftest import ROOT, SERVICE_TOKEN
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cloudretail.generator import load_platform
+from cloudretail.runtime.auth import TokenIssuer
 
-from generator import load_platform
-from runtime.auth import TokenIssuer
 from tests.services.conftest import ROOT, service_client
 
 PLATFORM = load_platform(ROOT / "spec" / "cloudretail.yaml")

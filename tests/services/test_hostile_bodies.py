@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from cloudretail.generator import load_platform
+from cloudretail.runtime.auth import TokenIssuer
+from cloudretail.runtime.config import ServiceSettings
 
-from generator import load_platform
-from runtime.auth import TokenIssuer
-from runtime.config import ServiceSettings
 from tests.services.conftest import ROOT, SERVICE_TOKEN, migrate, service_client
 
 PROBLEM = "application/problem+json"

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+from cloudretail.runtime.config import ServiceSettings
 
-from runtime.config import ServiceSettings
 from tests.servers import database_dsn, ensure_database
 from tests.services.conftest import SERVICE_TOKEN
 

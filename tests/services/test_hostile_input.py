@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from cloudretail.runtime.auth import TokenIssuer
 
-from runtime.auth import TokenIssuer
 from tests.services.conftest import service_client
 
 PROBLEM = "application/problem+json"

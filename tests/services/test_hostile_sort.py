@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cloudretail.generator.checks import check_spec
+from cloudretail.generator.loader import load_text
+from cloudretail.generator.validation import parse_spec
+from cloudretail.runtime.auth import TokenIssuer
 
-from generator.checks import check_spec
-from generator.loader import load_text
-from generator.validation import parse_spec
-from runtime.auth import TokenIssuer
 from tests.services.conftest import ROOT, service_client
 
 MINIMAL = ROOT / "tests" / "specs" / "minimal.yaml"

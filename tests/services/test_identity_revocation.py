@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pyotp
+from cloudretail.runtime.auth import RevocationList, TokenVerifier, static_jwks
 
-from runtime.auth import RevocationList, TokenVerifier, static_jwks
 from tests.services.conftest import service_client
 from tests.services.test_identity import PASSWORD, bearer, isolated_keys, person, unique_email
 

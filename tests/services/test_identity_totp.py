@@ -11,8 +11,8 @@ import httpx
 import pyotp
 import pytest
 import sqlalchemy as sa
+from cloudretail.runtime.crypto import KeyRing
 
-from runtime.crypto import KeyRing
 from tests.services.conftest import service_client
 from tests.services.test_identity import (
     BACKEND_IDS,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import uuid
 
-from runtime.auth import SERVICE_TOKEN_HEADER, TokenIssuer
+from cloudretail.runtime.auth import SERVICE_TOKEN_HEADER, TokenIssuer
+
 from tests.services.conftest import SERVICE_TOKEN, service_client
 
 SERVICE = {SERVICE_TOKEN_HEADER: SERVICE_TOKEN}

@@ -3,10 +3,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from cloudretail.cli import app
+from cloudretail.generator import load_platform
 from typer.testing import CliRunner
-
-from cli import app
-from generator import load_platform
 
 runner = CliRunner()
 

@@ -15,16 +15,16 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from cloudretail.runtime.auth import TokenIssuer
+from cloudretail.runtime.events.broker import free_port
+from cloudretail.runtime.events.consumer import EventConsumer, Handler, consumer_topics
+from cloudretail.runtime.events.envelope import Event, EventMetadata
+from cloudretail.runtime.events.memory import MemoryBus
+from cloudretail.runtime.mail import mail_outbox
+from cloudretail.runtime.mailsink import MailSink, ReceivedMail, received_mails
 
 from generated.events import REGISTRY
 from generated.services.notification.models import Notification, Recipient
-from runtime.auth import TokenIssuer
-from runtime.events.broker import free_port
-from runtime.events.consumer import EventConsumer, Handler, consumer_topics
-from runtime.events.envelope import Event, EventMetadata
-from runtime.events.memory import MemoryBus
-from runtime.mail import mail_outbox
-from runtime.mailsink import MailSink, ReceivedMail, received_mails
 from tests.services.commerce import capture_event_handlers, eventually
 from tests.services.conftest import service_client
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudretail.runtime.auth import TokenIssuer
 
-from runtime.auth import TokenIssuer
 from tests.services.commerce import Shop, eventually, order_body, running_shop
 
 

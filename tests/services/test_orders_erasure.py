@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudretail.runtime.auth import TokenIssuer
+from cloudretail.runtime.events.consumer import EventConsumer, Handler, consumer_topics
+from cloudretail.runtime.events.envelope import Event, EventMetadata
+from cloudretail.runtime.events.memory import MemoryBus
 
 from generated.events import REGISTRY
 from generated.services.order.models import Order, OrderEvent
-from runtime.auth import TokenIssuer
-from runtime.events.consumer import EventConsumer, Handler, consumer_topics
-from runtime.events.envelope import Event, EventMetadata
-from runtime.events.memory import MemoryBus
 from tests.services.commerce import (
     Shop,
     capture_event_handlers,

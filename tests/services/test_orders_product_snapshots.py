@@ -23,6 +23,12 @@ from typing import Any, cast
 import httpx
 import pytest
 import sqlalchemy as sa
+from cloudretail.runtime.auth import TokenIssuer
+from cloudretail.runtime.events.consumer import EventConsumer, Handler, consumer_topics
+from cloudretail.runtime.events.envelope import Event
+from cloudretail.runtime.events.memory import MemoryBus
+from cloudretail.runtime.events.tables import outbox
+from cloudretail.runtime.types import utc_now
 
 from generated.events import REGISTRY
 from generated.services.order.models import ProductSnapshot
@@ -32,12 +38,6 @@ from handlers.order import (
     SnapshotConfigError,
     snapshot_max_age,
 )
-from runtime.auth import TokenIssuer
-from runtime.events.consumer import EventConsumer, Handler, consumer_topics
-from runtime.events.envelope import Event
-from runtime.events.memory import MemoryBus
-from runtime.events.tables import outbox
-from runtime.types import utc_now
 from tests.services.commerce import (
     Shop,
     capture_event_handlers,

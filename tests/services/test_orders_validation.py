@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from cloudretail.runtime.auth import TokenIssuer
 
 from generated.services.order.models import Order
-from runtime.auth import TokenIssuer
 from tests.services.commerce import Shop, eventually, order_body, running_shop
 
 

@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from cloudretail.runtime.auth import TokenIssuer
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.events.tables import outbox
 
 import handlers.payment as payments
 from generated.services.payment.app import create_app
 from generated.services.payment.models import Payment
 from handlers.payment import ProviderResult
-from runtime.auth import TokenIssuer
-from runtime.config import ServiceSettings
-from runtime.events.tables import outbox
 from tests.gateway.conftest import free_port
 from tests.services.commerce import eventually
 from tests.services.conftest import ROOT, SERVICE_TOKEN, migrate, service_client

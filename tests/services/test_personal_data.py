@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudretail.runtime.auth import TokenIssuer
+from cloudretail.runtime.events.consumer import EventConsumer, Handler, consumer_topics
+from cloudretail.runtime.events.envelope import Event, EventMetadata
+from cloudretail.runtime.events.memory import MemoryBus
+from cloudretail.runtime.events.tables import outbox
 
 from generated.events import REGISTRY
 from generated.services.order.models import Order, OrderEvent
 from generated.services.payment.models import Payment
 from generated.services.user.models import User
-from runtime.auth import TokenIssuer
-from runtime.events.consumer import EventConsumer, Handler, consumer_topics
-from runtime.events.envelope import Event, EventMetadata
-from runtime.events.memory import MemoryBus
-from runtime.events.tables import outbox
 from tests.services.commerce import (
     ADDRESS,
     SERVICES,

@@ -9,10 +9,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cloudretail.cli import app
+from cloudretail.runtime.crypto import KeyRing
 from typer.testing import CliRunner
-
-from cli import app
-from runtime.crypto import KeyRing
 
 runner = CliRunner()
 CONTEXT = "users.two_factor_secret"

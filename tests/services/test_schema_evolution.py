@@ -7,9 +7,9 @@ from pathlib import Path
 
 import asyncpg
 import yaml
+from cloudretail.generator import generate
+from cloudretail.runtime.migrate import downgrade, upgrade
 
-from generator import generate
-from runtime.migrate import downgrade, upgrade
 from tests.servers import drop_database, fresh_database
 from tests.services.conftest import ROOT
 
@@ -123,7 +123,7 @@ def test_dropping_a_column_is_refused_unless_allowed(tmp_path: Path, monkeypatch
     generate(spec_path, out, handlers_dir=tmp_path / "handlers")
     del spec["services"]["product"]["tables"]["products"]["columns"]["image_url"]
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    from generator.targets.migrations import MigrationRefusedError
+    from cloudretail.generator.targets.migrations import MigrationRefusedError
 
     try:
         generate(spec_path, out, handlers_dir=tmp_path / "handlers")

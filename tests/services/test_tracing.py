@@ -17,19 +17,19 @@ from typing import Any
 
 import httpx
 import pytest
+from cloudretail.runtime.auth import TokenIssuer, TokenVerifier, static_jwks
+from cloudretail.runtime.events.consumer import EventConsumer, Handler, consumer_topics
+from cloudretail.runtime.events.memory import MemoryBus
+from cloudretail.runtime.events.outbox import OutboxRelay, outbox_backlog
+from cloudretail.runtime.gateway import create_gateway
+from cloudretail.runtime.gateway.config import read_route_file
+from cloudretail.runtime.tracing import tracer_provider, use_provider
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from generated.events import REGISTRY
-from runtime.auth import TokenIssuer, TokenVerifier, static_jwks
-from runtime.events.consumer import EventConsumer, Handler, consumer_topics
-from runtime.events.memory import MemoryBus
-from runtime.events.outbox import OutboxRelay, outbox_backlog
-from runtime.gateway import create_gateway
-from runtime.gateway.config import read_route_file
-from runtime.tracing import tracer_provider, use_provider
 from tests.gateway.conftest import ROUTES, Server, make_config
 from tests.services.commerce import (
     SERVICES,

@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+from cloudretail.generator import load_platform
+from cloudretail.generator.targets import k8s_monitoring
+from cloudretail.generator.targets.deploy import build
 from prometheus_client.parser import text_string_to_metric_families
 
-from generator import load_platform
-from generator.targets import k8s_monitoring
-from generator.targets.deploy import build
 from tests.deploy.promql import metric_names
 from tests.stack.conftest import (
     ROOT,

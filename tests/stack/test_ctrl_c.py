@@ -13,7 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from runtime.events.broker import port_holder
+from cloudretail.runtime.events.broker import port_holder
+
 from tests.stack.conftest import ROOT
 from tests.stack.test_up_down import PORTS
 

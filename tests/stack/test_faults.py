@@ -32,10 +32,10 @@ from typing import Any
 
 import httpx
 import pytest
+from cloudretail.runtime.events.broker import EmbeddedBroker
+from cloudretail.runtime.stack import topic_specs
+from cloudretail.runtime.stackplan import StackPlan
 
-from runtime.events.broker import EmbeddedBroker
-from runtime.stack import topic_specs
-from runtime.stackplan import StackPlan
 from tests.servers import run_in_own_loop
 from tests.stack.conftest import (
     ROOT,
@@ -329,7 +329,7 @@ def _hold_down_by_killing(stack: Stack, name: str, seconds: float) -> int:
     return len(killed)
 
 
-# The call timeout of the order service's calls to other services (runtime.http), and the
+# The call timeout of the order service's calls to other services (cloudretail.runtime.http), and the
 # gateway's upstream timeout (routes.yaml): a hung callee costs one call timeout, then the
 # order service answers itself, well before the gateway would give up on it.
 HUNG_BOUND = 8.0

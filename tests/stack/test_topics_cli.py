@@ -3,10 +3,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from cloudretail.cli import app
+from cloudretail.runtime.events.broker import EmbeddedBroker, free_port
 from typer.testing import CliRunner
-
-from cli import app
-from runtime.events.broker import EmbeddedBroker, free_port
 
 runner = CliRunner()
 

@@ -12,7 +12,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from generator import load_platform
+from cloudretail.generator import load_platform
+
 from tests.stack.conftest import ROOT, Stack, cli, new_product, order_body
 
 T = TypeVar("T")

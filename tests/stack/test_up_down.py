@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from cloudretail.generator import load_platform
+from cloudretail.generator.stack import EMBEDDED_BROKER_PORT, MAIL_SINK_PORT
+from cloudretail.runtime.events.broker import port_holder
 
-from generator import load_platform
-from generator.stack import EMBEDDED_BROKER_PORT, MAIL_SINK_PORT
-from runtime.events.broker import port_holder
 from tests.stack.conftest import ROOT, Stack, cli, new_product, order_body, stop
 
 PLATFORM = load_platform(ROOT / "spec" / "cloudretail.yaml")

@@ -1,4 +1,4 @@
-"""Candidate proxy core: pure ASGI + runtime.httpclient (httptools, keep-alive pool)."""
+"""Candidate proxy core: pure ASGI + cloudretail.runtime.httpclient (httptools, keep-alive pool)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from runtime.httpclient import ConnectionPool
+from cloudretail.runtime.httpclient import ConnectionPool
 
 HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade", b"host"}
 UPSTREAM = urlsplit(os.environ["UPSTREAM"])

@@ -13,6 +13,9 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.events.consumer import EventContext
+from cloudretail.runtime.handlers import Context, created
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,9 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from generated.services.catalog.events import publish
 from generated.services.catalog.models import Copy, Title
 from generated.services.catalog.schemas import CopyRead
-from runtime.errors import Problem
-from runtime.events.consumer import EventContext
-from runtime.handlers import Context, created
 
 
 class NewCopy(BaseModel):

@@ -14,6 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.events.consumer import EventContext
+from cloudretail.runtime.handlers import Context, created
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,9 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from generated.services.fees.events import publish
 from generated.services.fees.models import Fee
 from generated.services.fees.schemas import FeeRead
-from runtime.errors import Problem
-from runtime.events.consumer import EventContext
-from runtime.handlers import Context, created
 
 DEPOSIT = Decimal("2.00")
 FINE_LIMIT = Decimal("5.00")

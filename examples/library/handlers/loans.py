@@ -15,6 +15,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from cloudretail.runtime.auth import Principal
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.handlers import Context, created
+from cloudretail.runtime.saga import SagaRunner, start_sagas, stop_sagas
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,10 +26,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from generated.services.loans.events import publish
 from generated.services.loans.models import Loan
 from generated.services.loans.sagas import BORROW
-from runtime.auth import Principal
-from runtime.errors import Problem
-from runtime.handlers import Context, created
-from runtime.saga import SagaRunner, start_sagas, stop_sagas
 
 LOAN_PERIOD = timedelta(days=21)
 STAFF = ("librarian", "admin")

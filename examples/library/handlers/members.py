@@ -17,6 +17,10 @@ import anyio.to_thread
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cloudretail.runtime.auth import start_issuing, token_issuer
+from cloudretail.runtime.config import ServiceSettings
+from cloudretail.runtime.errors import Problem
+from cloudretail.runtime.handlers import Context, created
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from sqlalchemy.exc import IntegrityError
@@ -25,10 +29,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from generated.services.members.events import publish
 from generated.services.members.models import Member
 from generated.services.members.schemas import MemberRead
-from runtime.auth import start_issuing, token_issuer
-from runtime.config import ServiceSettings
-from runtime.errors import Problem
-from runtime.handlers import Context, created
 
 logger = logging.getLogger(__name__)
 

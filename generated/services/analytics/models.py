@@ -9,9 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from cloudretail.runtime.types import DecimalType, JSONType, UTCDateTime, utc_now
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-from runtime.types import DecimalType, JSONType, UTCDateTime, utc_now
 
 
 class Base(DeclarativeBase):

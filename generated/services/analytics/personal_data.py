@@ -4,8 +4,9 @@ what erasing a data subject does to it, and what the subject's export reads."""
 
 from __future__ import annotations
 
+from cloudretail.runtime.personal_data import PersonalData, Pii, SubjectTable
+
 from generated.services.analytics.models import CustomerFact
-from runtime.personal_data import PersonalData, Pii, SubjectTable
 
 PERSONAL_DATA = PersonalData(
     service="analytics",

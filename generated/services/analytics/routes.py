@@ -6,14 +6,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from cloudretail.runtime.auth import require, require_service
+from cloudretail.runtime.deps import SessionDep
+from cloudretail.runtime.handlers import ContextDep
+from cloudretail.runtime.openapi import problems
 from fastapi import APIRouter, Depends
 
 from generated.services.analytics.personal_data import PERSONAL_DATA
 from handlers import analytics as handlers
-from runtime.auth import require, require_service
-from runtime.deps import SessionDep
-from runtime.handlers import ContextDep
-from runtime.openapi import problems
 
 router = APIRouter()
 

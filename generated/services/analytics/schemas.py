@@ -8,9 +8,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
+from cloudretail.runtime.schemas import PatchModel, decimal_pattern
 from pydantic import BaseModel, ConfigDict, Field
-
-from runtime.schemas import PatchModel, decimal_pattern
 
 
 class HourlyCountCreate(BaseModel):

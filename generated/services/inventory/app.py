@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.config import ServiceSettings, load_settings
+from cloudretail.runtime.events.consumer import Handler
+from cloudretail.runtime.service_events import ServiceEvents
 from fastapi import FastAPI
 
 from generated.events import REGISTRY
 from generated.services.inventory.routes import router
 from handlers import inventory as handlers
-from runtime.app import create_service_app
-from runtime.config import ServiceSettings, load_settings
-from runtime.events.consumer import Handler
-from runtime.service_events import ServiceEvents
 
 SERVICE = "inventory"
 PORT = 3004

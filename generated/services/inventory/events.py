@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from cloudretail.runtime.auth import current_user_id
+from cloudretail.runtime.events.envelope import Event
+from cloudretail.runtime.events.outbox import publish as publish_to_outbox
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generated.events import REGISTRY
-from runtime.auth import current_user_id
-from runtime.events.envelope import Event
-from runtime.events.outbox import publish as publish_to_outbox
 
 SERVICE = "inventory"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from cloudretail.runtime.auth import require, require_service
+from cloudretail.runtime.handlers import ContextDep
+from cloudretail.runtime.openapi import problems, request_body
 from fastapi import APIRouter, Depends
 
 from handlers import inventory as handlers
-from runtime.auth import require, require_service
-from runtime.handlers import ContextDep
-from runtime.openapi import problems, request_body
 
 router = APIRouter()
 

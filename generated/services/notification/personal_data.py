@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import uuid
 
+from cloudretail.runtime.personal_data import PersonalData, Pii, SubjectTable
+
 from generated.services.notification.models import Notification, Recipient
-from runtime.personal_data import PersonalData, Pii, SubjectTable
 
 PERSONAL_DATA = PersonalData(
     service="notification",

@@ -6,6 +6,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
+from cloudretail.runtime import crud
+from cloudretail.runtime.auth import require, require_service
+from cloudretail.runtime.deps import SessionDep
+from cloudretail.runtime.openapi import problems
 from fastapi import APIRouter, Depends, Query
 
 from generated.services.notification.models import Notification
@@ -15,10 +19,6 @@ from generated.services.notification.schemas import (
     NotificationRead,
     NotificationSort,
 )
-from runtime import crud
-from runtime.auth import require, require_service
-from runtime.deps import SessionDep
-from runtime.openapi import problems
 
 router = APIRouter()
 

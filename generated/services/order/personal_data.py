@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import uuid
 
+from cloudretail.runtime.personal_data import PersonalData, Pii, SubjectTable, Through
+
 from generated.services.order.models import Order, OrderEvent
-from runtime.personal_data import PersonalData, Pii, SubjectTable, Through
 
 PERSONAL_DATA = PersonalData(
     service="order",

@@ -6,14 +6,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from cloudretail.runtime.auth import require, require_service
+from cloudretail.runtime.deps import SessionDep
+from cloudretail.runtime.handlers import ContextDep
+from cloudretail.runtime.openapi import problems, request_body
 from fastapi import APIRouter, Depends
 
 from generated.services.order.personal_data import PERSONAL_DATA
 from handlers import order as handlers
-from runtime.auth import require, require_service
-from runtime.deps import SessionDep
-from runtime.handlers import ContextDep
-from runtime.openapi import problems, request_body
 
 router = APIRouter()
 

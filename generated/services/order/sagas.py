@@ -4,7 +4,7 @@ where the spec names one, the call that undoes it. Handlers bind what happens at
 
 from __future__ import annotations
 
-from runtime.saga import Call, SagaDefinition, Step
+from cloudretail.runtime.saga import Call, SagaDefinition, Step
 
 PLACE_ORDER = SagaDefinition(
     name="place_order",

@@ -8,9 +8,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
+from cloudretail.runtime.schemas import PatchModel, decimal_pattern
 from pydantic import BaseModel, ConfigDict, Field
-
-from runtime.schemas import PatchModel, decimal_pattern
 
 OrderStatus = Literal["pending", "confirmed", "processing", "shipped", "delivered", "cancelled"]
 OrderSort = Literal["created_at", "-created_at", "total_amount", "-total_amount"]

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import uuid
 
+from cloudretail.runtime.personal_data import PersonalData, Pii, SubjectTable
+
 from generated.services.payment.models import Payment
-from runtime.personal_data import PersonalData, Pii, SubjectTable
 
 PERSONAL_DATA = PersonalData(
     service="payment",

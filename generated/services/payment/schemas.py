@@ -8,9 +8,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar, Literal
 
+from cloudretail.runtime.schemas import PatchModel, decimal_pattern
 from pydantic import BaseModel, ConfigDict, Field
-
-from runtime.schemas import PatchModel, decimal_pattern
 
 PaymentStatus = Literal["pending", "processing", "completed", "failed", "refunded"]
 

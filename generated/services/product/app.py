@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
+from cloudretail.runtime.app import create_service_app
+from cloudretail.runtime.config import ServiceSettings, load_settings
+from cloudretail.runtime.service_events import ServiceEvents
 from fastapi import FastAPI
 
 from generated.events import REGISTRY
 from generated.services.product.routes import router
-from runtime.app import create_service_app
-from runtime.config import ServiceSettings, load_settings
-from runtime.service_events import ServiceEvents
 
 SERVICE = "product"
 PORT = 3002

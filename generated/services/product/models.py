@@ -8,9 +8,8 @@ from datetime import datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
+from cloudretail.runtime.types import DecimalType, UTCDateTime, utc_now
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-from runtime.types import DecimalType, UTCDateTime, utc_now
 
 
 class Base(DeclarativeBase):

@@ -7,6 +7,11 @@ import uuid
 from decimal import Decimal
 from typing import Annotated
 
+from cloudretail.runtime import crud
+from cloudretail.runtime.auth import require
+from cloudretail.runtime.deps import CacheDep, SessionDep
+from cloudretail.runtime.openapi import problems
+from cloudretail.runtime.schemas import decimal_pattern
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from generated.services.product import events
@@ -18,11 +23,6 @@ from generated.services.product.schemas import (
     ProductSort,
     ProductUpdate,
 )
-from runtime import crud
-from runtime.auth import require
-from runtime.deps import CacheDep, SessionDep
-from runtime.openapi import problems
-from runtime.schemas import decimal_pattern
 
 router = APIRouter()
 

@@ -4,8 +4,9 @@ what erasing a data subject does to it, and what the subject's export reads."""
 
 from __future__ import annotations
 
+from cloudretail.runtime.personal_data import PersonalData, Pii, Source, SubjectTable
+
 from generated.services.user.models import User
-from runtime.personal_data import PersonalData, Pii, Source, SubjectTable
 
 PERSONAL_DATA = PersonalData(
     service="user",

@@ -6,17 +6,17 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
+from cloudretail.runtime import crud
+from cloudretail.runtime.auth import require, require_service
+from cloudretail.runtime.deps import SessionDep
+from cloudretail.runtime.handlers import ContextDep
+from cloudretail.runtime.openapi import problems, request_body
 from fastapi import APIRouter, Depends, Query
 
 from generated.services.user.models import User
 from generated.services.user.personal_data import PERSONAL_DATA
 from generated.services.user.schemas import UserPage, UserRead, UserSort
 from handlers import user as handlers
-from runtime import crud
-from runtime.auth import require, require_service
-from runtime.deps import SessionDep
-from runtime.handlers import ContextDep
-from runtime.openapi import problems, request_body
 
 router = APIRouter()
 

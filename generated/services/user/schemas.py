@@ -7,9 +7,8 @@ import uuid
 from datetime import datetime
 from typing import ClassVar, Literal
 
+from cloudretail.runtime.schemas import PatchModel
 from pydantic import BaseModel, ConfigDict, Field
-
-from runtime.schemas import PatchModel
 
 UserRole = Literal["customer", "admin", "vendor"]
 UserSort = Literal["id", "-id"]

@@ -10,13 +10,13 @@ import asyncio
 import os
 
 from alembic import context
+from cloudretail.runtime.db import normalize_database_url, tls_connect_args
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from generated.services.product.app import settings_from_env
 from generated.services.product.models import Base
-from runtime.db import normalize_database_url, tls_connect_args
 
 target_metadata = Base.metadata
 
