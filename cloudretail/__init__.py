@@ -13,3 +13,23 @@ try:
     __version__ = version("cloudretail")
 except PackageNotFoundError:  # imported from a checkout that is not installed
     __version__ = "0+unknown"
+
+
+# The modules only the `cli` extra installs; the console script exists in every install.
+_CLI_ONLY = frozenset({"typer", "click", "copier", "jinja2", "ruff"})
+
+
+def main() -> None:
+    """The `cloudretail` command: the CLI, or one line saying how to install it."""
+    import sys
+
+    try:
+        from cloudretail.cli import main as cli_main
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in _CLI_ONLY:
+            raise
+        sys.exit(
+            f"cloudretail: this install is the runtime alone ({error.name} is missing); "
+            "the command line needs the `cli` extra: pip install 'cloudretail[cli]'"
+        )
+    cli_main()
