@@ -1,5 +1,6 @@
-"""A service's event machinery, started and stopped with the app: the outbox relay (always,
-when a broker is configured) and the consumer group (when the service consumes events).
+"""A service's event machinery, started and stopped with the app: the outbox relay (when a
+broker is configured and the service publishes: only then has it an outbox) and the
+consumer group (when the service consumes events).
 
 Without KAFKA_BOOTSTRAP_SERVERS events still go into the outbox with the state change that
 caused them; nothing sends them until a broker is configured. A broker that is configured
@@ -47,19 +48,22 @@ class ServiceEvents:
         registry: EventRegistry,
         *,
         handlers: Mapping[str, Handler] | None = None,
+        publishes: bool = True,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.handlers = dict(handlers or {})
+        self.publishes = publishes
+        self.started = False
         self.relay: OutboxRelay | None = None
         self.consumer: EventConsumer | None = None
 
     async def healthy(self) -> bool:
         """The "eventBus" readiness detail (non-critical: False means degraded, not 503):
         the broker acks our sends and the consumer keeps up."""
-        if self.relay is None:
+        if not self.started:
             return self.settings.kafka_bootstrap_servers is None
-        if not self.relay.healthy:
+        if self.relay is not None and not self.relay.healthy:
             return False
         return self.consumer is None or self.consumer.healthy
 
@@ -83,9 +87,10 @@ class ServiceEvents:
             app_metrics.event_metrics() if app_metrics is not None else None
         )
         tracer = getattr(app.state, "tracer", None)  # create_service_app's
-        # The relay also measures the outbox backlog (every 5 s) while it runs.
-        self.relay = OutboxRelay(database, producer, metrics=metrics, tracer=tracer)
-        await self.relay.start()
+        if self.publishes:
+            # The relay also measures the outbox backlog (every 5 s) while it runs.
+            self.relay = OutboxRelay(database, producer, metrics=metrics, tracer=tracer)
+            await self.relay.start()
         if self.handlers:
             topics = consumer_topics(self.registry, self.handlers)
             self.consumer = EventConsumer(
@@ -100,10 +105,12 @@ class ServiceEvents:
             )
             await self.consumer.start()
         app.state.events = self
+        self.started = True
         try:
             yield
         finally:
             if self.consumer is not None:
                 await self.consumer.stop()
-            await self.relay.stop()
+            if self.relay is not None:
+                await self.relay.stop()
             await producer.stop()

@@ -492,3 +492,40 @@ async def test_a_service_app_reports_its_events_into_its_own_metrics(
 
         await eventually(counted, timeout=30, what="the event sent and applied, in /metrics")
     await harness.close()
+
+
+async def test_a_service_that_only_consumes_runs_no_outbox_relay(
+    embedded_broker: EmbeddedBroker,
+    registry: EventRegistry,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A consumer-only service has no outbox table (its migrations make none): it consumes,
+    is healthy, and no relay polls a table that is not there."""
+    from cloudretail.runtime.events.tables import processed_events
+
+    harness = TansuHarness(embedded_broker)
+    await harness.prepare_topics(registry)
+    name = f"reader-{uuid.uuid4().hex[:6]}"
+    settings = ServiceSettings(
+        service_name=name,
+        port=1,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/reader.db",
+        service_token="t" * 32,
+        kafka_bootstrap_servers=embedded_broker.bootstrap_servers,
+        kafka_idempotent=False,
+    )
+    events = ServiceEvents(settings, registry, handlers={"order.placed": record}, publishes=False)
+    app = create_service_app(settings, lifespan=events.lifespan)
+    database = app.state.database
+    async with database.engine.begin() as connection:
+        await connection.run_sync(processed_events.create, checkfirst=True)
+        await connection.run_sync(domain.create_all)
+    async with app.router.lifespan_context(app):
+        assert events.relay is None and events.consumer is not None
+        assert await events.healthy()
+        await asyncio.sleep(6)  # past the relay's 5 s backlog poll, were there one
+    await harness.close()
+    assert not [r for r in caplog.records if r.levelno >= 40], [
+        r.getMessage() for r in caplog.records if r.levelno >= 40
+    ]

@@ -57,7 +57,8 @@ def event_handlers() -> dict[str, Handler]:
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or settings_from_env()
-    events = ServiceEvents(settings, REGISTRY, handlers=event_handlers())
+    # It publishes nothing, so it has no outbox to relay.
+    events = ServiceEvents(settings, REGISTRY, handlers=event_handlers(), publishes=False)
     return create_service_app(
         settings,
         routers=[router],
