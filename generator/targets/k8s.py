@@ -21,6 +21,7 @@ from cloudretail.generator.targets import (
     k8s_monitoring,
     k8s_network,
     k8s_vault,
+    k8s_views,
 )
 from cloudretail.generator.targets.deploy import (
     CA_FILE,
@@ -38,9 +39,13 @@ from cloudretail.generator.targets.deploy import (
 )
 from cloudretail.generator.targets.k8s_views import (
     COMPONENT,
+    INSTANCE,
+    MANAGED_BY,
+    MANAGER,
     NAME,
     PART_OF,
     PHASE,
+    VERSION,
     ConfigMapView,
     Container,
     DeploymentView,
@@ -72,8 +77,8 @@ GRACE_SECONDS = 30  # pre-stop pause + the server's graceful drain, with room to
 SPREAD_KEYS = ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
 TMP_SIZE = "64Mi"
 # The tag of the main branch's newest images; the overlays set tags with kustomize `images`
-# (the deploy workflow pins the commit it built). The base carries it too, so that the base
-# alone is deployable and scans clean.
+# (the deploy workflow pins the digests of the images it built). The base carries it too, so
+# that the base alone is deployable and scans clean.
 DEFAULT_TAG = "main"
 JOB_BACKOFF = 4
 JOB_DEADLINE_SECONDS = 900
@@ -82,7 +87,7 @@ JOB_TTL_SECONDS = 86_400
 _SKIPS = (
     Skip(
         "CKV_K8S_43",
-        "tags are set per commit by kustomize images; the deploy workflow pins the commit tag",
+        "tags are set by kustomize images; the deploy workflow pins each image's digest",
     ),
     Skip(
         "CKV_K8S_35",
@@ -102,6 +107,8 @@ class OverlayView:
     name: str
     namespace: str
     images: tuple[ImageTag, ...]
+    instance_labels: Pairs  # on every object and pod template, never in a selector
+    version_labels: Pairs  # on every object, not on pod templates
     hpas: tuple[str, ...]
     kafka_replication_settings: tuple[str, ...]
     resources: tuple[str, ...]  # kustomizations it builds on
@@ -202,6 +209,19 @@ def migration_labels(deployment: Deployment, migration: Migration) -> Pairs:
     return pairs(
         {NAME: migration.name, COMPONENT: "migration", PART_OF: deployment.name, PHASE: "migrate"}
     )
+
+
+def instance_labels(deployment: Deployment, overlay: str) -> Pairs:
+    """What an overlay adds to every object and pod: which deployment of the platform it is
+    (`<platform>-<overlay>`: dev and prod are two instances of it) and what renders it."""
+    return pairs({INSTANCE: f"{deployment.name}-{overlay}", MANAGED_BY: MANAGER})
+
+
+def version_labels(tag: str) -> Pairs:
+    """The version that runs: the images' tag the overlay sets (the deploy workflow replaces
+    it with the commit whose image digests it pins). Not on pod templates: a new version
+    would restart pods whose image did not change (Redis)."""
+    return ((VERSION, tag),)
 
 
 def migrations_account(deployment: Deployment) -> str:
@@ -533,6 +553,8 @@ def files(platform: Platform) -> list[OutputFile]:
                         ns,
                         pairs(
                             {
+                                NAME: ns,
+                                COMPONENT: "namespace",
                                 PART_OF: deployment.name,
                                 PHASE: "infrastructure",
                                 "pod-security.kubernetes.io/enforce": "baseline",
@@ -587,7 +609,16 @@ def files(platform: Platform) -> list[OutputFile]:
         ("prod", (), prod),
     )
     for name, hpas, bases in overlays:
-        view = OverlayView(name, ns, images, hpas, k8s_data.REPLICATION_SETTINGS, bases)
+        view = OverlayView(
+            name,
+            ns,
+            images,
+            instance_labels(deployment, name),
+            version_labels(DEFAULT_TAG),
+            hpas,
+            k8s_data.REPLICATION_SETTINGS,
+            bases,
+        )
         out.append(
             OutputFile(
                 f"k8s/overlays/{name}/kustomization.yaml",
@@ -609,6 +640,7 @@ def files(platform: Platform) -> list[OutputFile]:
                 "ingress": k8s_ingress,
                 "data": k8s_data,
                 "deploy": deploy_constants,
+                "views": k8s_views,
             },
         )
     )

@@ -200,11 +200,15 @@ def kafka_files(deployment: Deployment) -> list[OutputFile]:
     ns = deployment.namespace
     cluster = deployment.kafka_cluster
     strimzi = {"strimzi.io/cluster": cluster}
-    labels = component_labels(deployment.name, "kafka", extra=strimzi)
+
+    def labels(name: str) -> Pairs:
+        """A node pool's or topic's labels: Strimzi's `strimzi.io/cluster` says whose."""
+        return component_labels(deployment.name, "kafka", name=name, extra=strimzi)
+
     nodes = kafka_nodes(deployment)
     factor = min(KAFKA_MIN_NODES, nodes)
     kafka = KafkaView(
-        meta=Meta(cluster, ns, component_labels(deployment.name, "kafka")),
+        meta=Meta(cluster, ns, component_labels(deployment.name, "kafka", name=cluster)),
         pool=KAFKA_POOL,
         version=KAFKA_VERSION,
         metadata_version=KAFKA_METADATA_VERSION,
@@ -225,7 +229,11 @@ def kafka_files(deployment: Deployment) -> list[OutputFile]:
             "k8s/data/nodepool.yaml.j2",
             {
                 "view": NodePoolView(
-                    Meta(KAFKA_POOL, ns, labels), cluster, nodes, KAFKA_STORAGE, KAFKA_RESOURCES
+                    Meta(KAFKA_POOL, ns, labels(KAFKA_POOL)),
+                    cluster,
+                    nodes,
+                    KAFKA_STORAGE,
+                    KAFKA_RESOURCES,
                 )
             },
         ),
@@ -235,8 +243,9 @@ def kafka_files(deployment: Deployment) -> list[OutputFile]:
             (topic.name, topic.description or f"Events of {', '.join(topic.events)}"),
             (topic.dead_letter, f"Dead letters of {topic.name}: events its consumers gave up on"),
         ):
+            resource = name.replace(".", "-")
             view = TopicView(
-                meta=Meta(name.replace(".", "-"), ns, labels),
+                meta=Meta(resource, ns, labels(resource)),
                 description=description,
                 topic=name,
                 partitions=topic.partitions,
@@ -262,7 +271,7 @@ def postgres_files(deployment: Deployment) -> list[OutputFile]:
             meta=Meta(
                 database.cluster,
                 deployment.namespace,
-                component_labels(deployment.name, "database", extra={NAME: database.cluster}),
+                component_labels(deployment.name, "database", name=database.cluster),
             ),
             users=", ".join(database.clients),
             instances=POSTGRES_INSTANCES,
@@ -345,7 +354,7 @@ def redis_files(deployment: Deployment) -> list[OutputFile]:
     if not deployment.redis_clients:
         return []
     ns = deployment.namespace
-    labels = component_labels(deployment.name, "cache", extra={NAME: REDIS_HOST})
+    labels = component_labels(deployment.name, "cache", name=REDIS_HOST)
     view = RedisView(
         meta=Meta(REDIS_HOST, ns, labels, skip_annotations([_IMAGE_DIGEST])),
         selector=redis_pods(),

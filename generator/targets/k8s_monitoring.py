@@ -475,7 +475,7 @@ def files(deployment: Deployment) -> list[OutputFile]:
                     Meta(
                         process.name,
                         ns,
-                        component_labels(deployment.name, "monitoring", extra={NAME: process.name}),
+                        component_labels(deployment.name, "monitoring", name=process.name),
                     ),
                     pairs({NAME: process.name}),
                     PORT_NAME,
@@ -496,7 +496,9 @@ def files(deployment: Deployment) -> list[OutputFile]:
                     Meta(
                         f"{deployment.name}-alerts",
                         ns,
-                        component_labels(deployment.name, "monitoring"),
+                        component_labels(
+                            deployment.name, "monitoring", name=f"{deployment.name}-alerts"
+                        ),
                     ),
                     deployment.name,
                     alerts(deployment),
@@ -514,7 +516,10 @@ def files(deployment: Deployment) -> list[OutputFile]:
                         f"{deployment.name}-dashboard",
                         ns,
                         component_labels(
-                            deployment.name, "monitoring", extra=dict([DASHBOARD_LABEL])
+                            deployment.name,
+                            "monitoring",
+                            name=f"{deployment.name}-dashboard",
+                            extra=dict([DASHBOARD_LABEL]),
                         ),
                     ),
                     f"{deployment.name}.json",

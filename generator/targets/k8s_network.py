@@ -37,15 +37,13 @@ from cloudretail.generator.targets.k8s_data import (
     redis_pods,
 )
 from cloudretail.generator.targets.k8s_views import (
-    PART_OF,
-    PHASE,
     Meta,
     NetworkPolicyView,
     Pairs,
     Peer,
     Port,
     Rule,
-    pairs,
+    component_labels,
 )
 
 NAMESPACE_NAME = "kubernetes.io/metadata.name"
@@ -130,7 +128,6 @@ def _clients(names: tuple[str, ...]) -> tuple[Peer, ...]:
 
 def policies(deployment: Deployment) -> list[NetworkPolicyView]:
     ns = deployment.namespace
-    labels = pairs({PART_OF: deployment.name, PHASE: "infrastructure"})
 
     def policy(
         name: str,
@@ -140,7 +137,7 @@ def policies(deployment: Deployment) -> list[NetworkPolicyView]:
         egress: list[Rule] | None,
     ) -> NetworkPolicyView:
         return NetworkPolicyView(
-            meta=Meta(name, ns, labels),
+            meta=Meta(name, ns, component_labels(deployment.name, "network", name=name)),
             pods=pods,
             ingress=None if ingress is None else tuple(ingress),
             egress=None if egress is None else tuple(egress),

@@ -16,6 +16,7 @@ from cloudretail.generator.render import OutputFile
 from cloudretail.generator.targets.deploy import Deployment
 from cloudretail.generator.targets.k8s_views import (
     Meta,
+    Pairs,
     ServiceAccountView,
     component_labels,
     kustomization,
@@ -74,24 +75,27 @@ def files(deployment: Deployment, wanted: tuple[Wanted, ...]) -> list[OutputFile
     if vault is None:
         return []
     ns = deployment.namespace
-    labels = component_labels(deployment.name, "secrets", PHASE_NAME)
     store = store_name(deployment)
+
+    def labels(name: str) -> Pairs:
+        return component_labels(deployment.name, "secrets", PHASE_NAME, name=name)
+
     out = [
         OutputFile(
             f"{FOLDER}/serviceaccount.yaml",
             "k8s/serviceaccount.yaml.j2",
-            {"view": ServiceAccountView(Meta(store, ns, labels))},
+            {"view": ServiceAccountView(Meta(store, ns, labels(store)))},
         ),
         OutputFile(
             f"{FOLDER}/secretstore.yaml",
             "k8s/vault/secretstore.yaml.j2",
-            {"view": SecretStoreView(Meta(store, ns, labels), vault, store)},
+            {"view": SecretStoreView(Meta(store, ns, labels(store)), vault, store)},
         ),
     ]
     for secret in wanted:
         remote = f"{vault.prefix}/{secret.name}"
         view = ExternalSecretView(
-            meta=Meta(secret.name, ns, labels),
+            meta=Meta(secret.name, ns, labels(secret.name)),
             store=store,
             refresh=REFRESH,
             target=secret.name,

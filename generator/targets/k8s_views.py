@@ -15,9 +15,19 @@ from cloudretail.generator.targets.deploy import Setting
 
 Pairs = tuple[tuple[str, str], ...]
 
+# Kubernetes' recommended labels. Every object says what it is (name, component) and whose
+# (part-of); the overlays add which deployment of the platform it is (instance), what version
+# runs (version) and what renders it (managed-by). Selectors use `name` only: they are
+# immutable, and must keep matching across versions and overlays.
 NAME = "app.kubernetes.io/name"
 COMPONENT = "app.kubernetes.io/component"
 PART_OF = "app.kubernetes.io/part-of"
+INSTANCE = "app.kubernetes.io/instance"
+VERSION = "app.kubernetes.io/version"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+# The tool that renders the objects (`cloudretail generate`): a change belongs in the spec,
+# not in the cluster. kubectl only applies them, and kustomize only assembles them.
+MANAGER = "cloudretail"
 # Which step of a rollout applies a resource (the deploy workflow selects on it):
 # infrastructure first, then the migration Jobs, then the applications.
 PHASE = "cloudretail.io/phase"
@@ -31,11 +41,15 @@ def component_labels(
     part_of: str,
     component: str,
     phase: str = "infrastructure",
+    *,
+    name: str,
     extra: Mapping[str, str] | None = None,
 ) -> Pairs:
     """The labels of a platform resource that is not one of its deployables: what it is
-    (`component`), whose it is and in which deploy phase it is applied."""
-    return pairs({COMPONENT: component, PART_OF: part_of, PHASE: phase, **(extra or {})})
+    (`name`, `component`), whose it is and in which deploy phase it is applied."""
+    return pairs(
+        {NAME: name, COMPONENT: component, PART_OF: part_of, PHASE: phase, **(extra or {})}
+    )
 
 
 @dataclass(frozen=True)

@@ -145,22 +145,68 @@ def test_every_checkov_skip_says_why(manifests: dict[str, Manifest]):
                 assert len(reason.split()) >= 5, f"{path}: {key} has no real reason"
 
 
-def test_compose_file_is_accepted():
-    compose = shutil.which("docker-compose")
-    command = [compose] if compose else None
-    if command is None and shutil.which("docker"):
+def _compose_config(tmp_path: Path) -> dict[str, Any]:
+    """generated/compose.yaml as Compose resolves it (`config`), which refuses an invalid file
+    or a build context that does not exist. Compose v2 (`docker compose`) reads the file as
+    it is. docker-compose v1 (Debian's 1.29, all that bookworm packages) predates the
+    top-level `name:` and refuses it: it gets the file without that key, from a copy read
+    with generated/ as the project directory, so relative paths resolve as for the original
+    (test_compose_is_named_after_the_platform checks `name:` itself)."""
+    import yaml
+
+    source = GENERATED / "compose.yaml"
+    if shutil.which("docker"):
         probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
-        command = ["docker", "compose"] if probe.returncode == 0 else None
-    if command is None:
+        if probe.returncode == 0:
+            command = ["docker", "compose", "-f", str(source)]
+            result = subprocess.run(
+                [*command, "config"], capture_output=True, text=True, timeout=120
+            )
+            assert result.returncode == 0, result.stderr
+            return dict(yaml.safe_load(result.stdout))
+    compose = shutil.which("docker-compose")
+    if compose is None:
         missing_tool("neither docker-compose nor `docker compose` is installed")
-    assert command is not None
+    assert compose is not None
+    document = yaml.safe_load(source.read_text())
+    document.pop("name", None)
+    copy = tmp_path / "compose.yaml"
+    copy.write_text(yaml.safe_dump(document, sort_keys=False))
     result = subprocess.run(
-        [*command, "-f", str(GENERATED / "compose.yaml"), "config", "-q"],
+        [compose, "-f", str(copy), "--project-directory", str(GENERATED), "config"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    return dict(yaml.safe_load(result.stdout))
+
+
+def test_compose_file_is_accepted_and_builds_from_the_project_root(tmp_path: Path):
+    """Every image builds with the repository's root as its context: Docker reads
+    .dockerignore from the context's root, so the root's one keeps .venv, `up`'s data and
+    secrets out of the images (test_the_build_context_leaves_out_local_state_...)."""
+    resolved = _compose_config(tmp_path)
+    builds = {name: s["build"] for name, s in resolved["services"].items() if "build" in s}
+    assert builds
+    for name, build in builds.items():
+        assert Path(build["context"]) == ROOT, (name, build)
+        dockerfile = ROOT / build["dockerfile"]
+        assert dockerfile.is_file(), (name, build)
+        # BuildKit prefers <Dockerfile>.dockerignore beside the Dockerfile to the root's.
+        assert not Path(f"{dockerfile}.dockerignore").exists(), dockerfile
+    assert (ROOT / ".dockerignore").is_file()
+
+
+def test_compose_is_named_after_the_platform(platform: Platform):
+    """The project name (containers, networks, volumes) comes from the spec, not from the
+    folder compose.yaml happens to be in (`generated`)."""
+    import yaml
+
+    name = yaml.safe_load((GENERATED / "compose.yaml").read_text()).get("name")
+    assert name == platform.name, f"compose.yaml: name is {name!r}, not the platform's name"
+    # Compose's rule for project names.
+    assert re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name), name
 
 
 # -- what the spec says --------------------------------------------------------------------
