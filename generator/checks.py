@@ -16,7 +16,7 @@ from cloudretail.generator.loader import Document, PathKey, dotted
 from cloudretail.generator.model import SUBJECT_DATA_ROUTE, singular, subject_data_path
 from cloudretail.generator.spec import ColumnSpec, RouteSpec, ScalingSpec, Spec, TableSpec
 from cloudretail.generator.system_tables import SYSTEM_TABLES
-from cloudretail.generator.validation import suggest
+from cloudretail.generator.validation import closest, suggest
 
 CRUD_OPERATIONS = ("list", "get", "create", "replace", "update", "delete")
 
@@ -40,6 +40,12 @@ class _Checker:
     spec: Spec
     document: Document
     issues: list[SpecIssue] = field(default_factory=list)
+    # One root cause, one error: a misspelt name in a service's `calls` (or `publishes`) is
+    # reported where it is written, and the name it was meant to be is kept here, so that
+    # what follows from its absence (a saga step calling that service, a consumer of that
+    # event) is not reported again: (service, the service it meant to call) or
+    # ("publishes", the event meant).
+    meant: set[tuple[str, str]] = field(default_factory=set)
 
     def error(self, path: PathKey, message: str, *, key: bool = False) -> None:
         location = self.document.locate(path, key=key)
@@ -233,6 +239,7 @@ class _Checker:
                         f"unknown event '{event}'{suggest(event, self.spec.events)}; "
                         "declare it under `events`",
                     )
+                    self.meant.add(("publishes", closest(event, self.spec.events) or ""))
                 elif event in producers:
                     self.error(
                         path,
@@ -243,7 +250,7 @@ class _Checker:
         for name, svc in self.spec.services.items():
             for index, event in enumerate(svc.events.consumes):
                 path = ("services", name, "events", "consumes", index)
-                if event not in producers:
+                if event not in producers and ("publishes", event) not in self.meant:
                     self.error(
                         path,
                         f"event '{event}' is consumed but no service publishes it"
@@ -314,6 +321,7 @@ class _Checker:
                         path,
                         f"call to unknown service '{callee}'{suggest(callee, self.spec.services)}",
                     )
+                    self.meant.add((name, closest(callee, self.spec.services) or ""))
             names: set[str] = set()
             for index, route in enumerate(svc.routes):
                 self.check_route((*base, "routes", index), name, route, routes, names)
@@ -466,7 +474,7 @@ class _Checker:
                 f"unknown call '{target}': no service '{callee}'"
                 f"{suggest(callee, self.spec.services)}",
             )
-        elif callee not in calls:
+        elif callee not in calls and (service, callee) not in self.meant:
             self.error(
                 path,
                 f"unknown call '{target}': service '{service}' does not declare "
@@ -662,7 +670,10 @@ class _Checker:
                 f"payload field '{gdpr.subject_key}' of '{gdpr.erasure_event}' is `{kind}`; "
                 "the subject is named by a `uuid` that is never null",
             )
-        if not any(gdpr.erasure_event in s.events.publishes for s in self.spec.services.values()):
+        published = any(
+            gdpr.erasure_event in s.events.publishes for s in self.spec.services.values()
+        )
+        if not published and ("publishes", gdpr.erasure_event) not in self.meant:
             self.error(
                 ("gdpr", "erasure_event"),
                 f"no service publishes '{gdpr.erasure_event}': the one that does owns the "
@@ -677,7 +688,7 @@ class _Checker:
             # The export calls each holder: a call the spec shows, like every other edge.
             calls = self.spec.services[owner].calls
             for service, table in holders.items():
-                if service != owner and service not in calls:
+                if service != owner and service not in calls and (owner, service) not in self.meant:
                     self.error(
                         ("services", owner, "calls"),
                         f"service '{service}' holds personal data (table '{table}' names a "

@@ -51,6 +51,8 @@ class Matching:
     spec is validated, and the JSON schema's `pattern`."""
 
     pattern: Callable[[], str]
+    # The names a value is made of, for a "did you mean" when it does not match.
+    names: Callable[[], list[str]] = list
 
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
@@ -70,6 +72,6 @@ class Matching:
             raise PydanticCustomError(
                 "string_pattern_mismatch",
                 "String should match pattern '{pattern}'",
-                {"pattern": pattern},
+                {"pattern": pattern, "names": self.names()},
             )
         return value

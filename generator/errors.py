@@ -52,6 +52,16 @@ class SpecError(CloudRetailError):
         super().__init__("\n".join(str(issue) for issue in self.issues))
 
 
+class UnreadableSpecError(SpecError):
+    """The spec file could not be read at all (missing, a folder, no permission): a problem
+    of the machine more than of the spec, which the CLI tells apart by its exit code."""
+
+
+class EnvironmentProblem(CloudRetailError):
+    """The machine, not the input: a tool that is not installed, a file that cannot be
+    written. The message says what is missing and how to get it."""
+
+
 class GeneratedFileError(CloudRetailError):
     """Files already in the output folder that `generate` builds on (migration revisions) and
     cannot: each problem names its file, relative to the output folder until `within`."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cloudretail.generator.errors import Location, SpecError, SpecIssue
+from cloudretail.generator.errors import Location, SpecError, SpecIssue, UnreadableSpecError
 
 PathKey = tuple[str | int, ...]
 
@@ -185,7 +185,13 @@ def load_file(path: Path, source: str | None = None) -> Document:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError([SpecIssue(Location(name, 1, 1), "", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as error:
+        raise UnreadableSpecError([SpecIssue(Location(name, 1, 1), "", "file not found")]) from None
+    except IsADirectoryError:
+        issue = SpecIssue(Location(name, 1, 1), "", "cannot read: a folder, not a file")
+        raise UnreadableSpecError([issue]) from None
+    except OSError as error:
+        issue = SpecIssue(Location(name, 1, 1), "", f"cannot read: {error.strerror or error}")
+        raise UnreadableSpecError([issue]) from None
+    except UnicodeDecodeError as error:
         raise SpecError([SpecIssue(Location(name, 1, 1), "", f"cannot read: {error}")]) from None
     return load_text(text, name)

@@ -4,6 +4,7 @@ spec."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ class StackOptions:
     redis_url: str | None = None
     kafka_bootstrap: str | None = None
     only: tuple[str, ...] = ()
+    # The embedded broker's and the SMTP sink's ports: not in the spec (they are not part of
+    # the platform), so two projects' stacks on one machine set them apart here.
+    broker_port: int = EMBEDDED_BROKER_PORT
+    mail_port: int = MAIL_SINK_PORT
 
 
 def database_url(options: StackOptions, database: str) -> str:
@@ -65,7 +70,7 @@ def planned_topics(platform: Platform) -> tuple[PlannedTopic, ...]:
 
 def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPlan:
     """The stack (the supervisor may run in another process: it serializes as JSON)."""
-    bootstrap = options.kafka_bootstrap or f"{LOCALHOST}:{EMBEDDED_BROKER_PORT}"
+    bootstrap = options.kafka_bootstrap or f"{LOCALHOST}:{options.broker_port}"
     common = {
         "HOST": LOCALHOST,
         "LOG_LEVEL": "INFO",
@@ -73,6 +78,12 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_IDEMPOTENT": "true" if options.kafka_bootstrap else "false",
         "CLOUDRETAIL_DATA_DIR": str(options.data_dir.resolve()),
+        # The processes import the project's `generated` and `handlers` from its root (the
+        # folder holding generated/): `python -m` alone looks in the working folder only, and
+        # not even there under PYTHONSAFEPATH.
+        "PYTHONPATH": os.pathsep.join(
+            [str(generated.resolve().parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
     }
     if options.redis_url:
         common["REDIS_URL"] = options.redis_url
@@ -83,7 +94,7 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
     mail_sink = (
         MailSinkPlan(
             host=LOCALHOST,
-            port=MAIL_SINK_PORT,
+            port=options.mail_port,
             directory=str((options.data_dir / "mail").resolve()),
         )
         if any(service.uses_mail for service in platform.services)
@@ -144,6 +155,13 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
     gateway = platform.gateway
     # Locally, probe upstreams every second, so the gateway is ready soon after they are.
     gateway_env = {**common, "PORT": str(gateway.deployable.port), "GATEWAY_HEALTH_INTERVAL": "1"}
+    # The dev console at /_console (cloudretail.runtime.console): only `up` turns it on, and
+    # tells it where the supervisor keeps its state, logs and traces, the diagrams, the events.
+    gateway_env["GATEWAY_CONSOLE_DATA_DIR"] = str(options.data_dir.resolve())
+    gateway_env["GATEWAY_CONSOLE_ARCHITECTURE"] = str(generated / "docs" / "architecture.md")
+    gateway_env["GATEWAY_CONSOLE_EVENTS_URL"] = (
+        f"http://{LOCALHOST}:{bus.deployable.port}{bus.prefix}"
+    )
     for upstream in gateway.upstreams:
         gateway_env[upstream.env] = f"http://{LOCALHOST}:{upstream.port}"
     processes.append(
@@ -162,7 +180,7 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
             ),
             port=gateway.deployable.port,
             env=gateway_env,
-            docs=f"http://{LOCALHOST}:{gateway.deployable.port}/openapi.json",
+            docs=f"http://{LOCALHOST}:{gateway.deployable.port}/docs",
         )
     )
     if options.only:
@@ -175,7 +193,7 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
         broker=(
             None
             if options.kafka_bootstrap
-            else BrokerAddress(host=LOCALHOST, port=EMBEDDED_BROKER_PORT)
+            else BrokerAddress(host=LOCALHOST, port=options.broker_port)
         ),
         bootstrap=bootstrap,
         redis_url=options.redis_url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -14,10 +15,16 @@ from cloudretail.generator.spec import Spec
 from pydantic import BaseModel, ValidationError
 
 
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The known name closest to `name`, when one is close enough to be a typo of it."""
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def suggest(name: str, candidates: Iterable[str]) -> str:
     """` (did you mean 'x'?)` when a known name is close to `name`, else empty."""
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    close = closest(name, candidates)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -50,6 +57,12 @@ def _model_at(path: PathKey) -> type[BaseModel] | None:
             return None
     current = _unwrap(current)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def names_a_field(path: PathKey) -> bool:
+    """Whether the last key of `path` is a field of a spec model (`nullable`, `routes`),
+    rather than a name the spec's author chose (a service's, a column's)."""
+    return bool(path) and _model_at(path[:-1]) is not None
 
 
 def _data_path(document: Document, loc: tuple[int | str, ...]) -> PathKey:
@@ -89,8 +102,19 @@ def _message(error: Any, path: PathKey) -> str:
         return "required key is missing"
     if kind == "string_pattern_mismatch":
         value = error.get("input")
-        return f"'{value}' is not valid here (must match {error['ctx']['pattern']})"
+        names = error["ctx"].get("names") or []
+        base = str(value).removesuffix(" | null")  # a payload type's optional marker
+        close = difflib.get_close_matches(base, names, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}{str(value)[len(base) :]}'?)" if close else ""
+        return f"'{value}' is not valid here (must match {error['ctx']['pattern']}){hint}"
     given = error.get("input")
+    if kind in ("literal_error", "enum") and isinstance(given, str):
+        # A Literal (a route's method) or a registry's name (a column's type): the names
+        # come quoted in `expected`, as pydantic lists them.
+        names = re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected", "")))
+        hint = suggest(given, names)
+        if hint:
+            return f"'{given}' is not one of {', '.join(names)}{hint}"
     if isinstance(given, str | int | float | bool):
         return f"{error['msg']} (got {given!r})"
     if isinstance(given, list | dict):

@@ -18,6 +18,7 @@ from cloudretail.runtime.config import ServiceSettings
 from cloudretail.runtime.correlation import CorrelationIdMiddleware
 from cloudretail.runtime.crypto import EncryptionError, KeyRing, configure
 from cloudretail.runtime.db import Database
+from cloudretail.runtime.docs import install_docs
 from cloudretail.runtime.errors import install_problem_handlers
 from cloudretail.runtime.guard import RequestGuardMiddleware
 from cloudretail.runtime.health import HealthCheck, HealthChecks, always_healthy, health_router
@@ -117,10 +118,11 @@ def create_service_app(
     `app.state.tracer`, for what the service runs beside its requests (event relay and
     consumers, sagas).
 
-    In production (`ENVIRONMENT=production`) /docs, /redoc and /openapi.json are off unless
-    `DOCS_ENABLED=true`. /metrics stays on everywhere: Prometheus scrapes each pod inside
-    the cluster, and the gateway routes only the spec's routes, so the public never reaches
-    /metrics, /health or the docs. (The generated NetworkPolicies admit to a service's port
+    In production (`ENVIRONMENT=production`) /docs (Swagger UI from local files,
+    `cloudretail.runtime.docs`) and /openapi.json are off unless `DOCS_ENABLED=true`.
+    /metrics stays on everywhere: Prometheus scrapes each pod inside the cluster, and the
+    gateway routes only the spec's routes, so the public never reaches /metrics, /health or
+    the docs. (The generated NetworkPolicies admit to a service's port
     only the gateway, the spec's callers and the monitoring namespace's Prometheus.)
     """
     ring = key_ring_from_settings(settings, encrypted_columns)
@@ -205,8 +207,9 @@ def create_service_app(
         description=description,
         version=version,
         lifespan=service_lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        # Swagger UI from local files (install_docs below), not FastAPI's CDN-loaded pages.
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
         # FastAPI's own server span per request, continuing the caller's trace context and
         # current while the app runs (so every line logged carries the trace id). Measured:
@@ -239,6 +242,8 @@ def create_service_app(
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(CorrelationIdMiddleware)
 
+    if docs:
+        install_docs(app)
     app.include_router(health_router(checks, gauge=metrics.dependency_up))
     app.include_router(metrics_router(metrics))
     for router in routers:

@@ -107,7 +107,7 @@ class ServiceSettings(BaseSettings):
     # Largest request body a service reads; a larger one is answered 413 unread. Generated
     # services default it to the spec's gateway `body_limit`.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
-    # /docs, /redoc and /openapi.json: served in development; in production only when this
+    # /docs and /openapi.json: served in development; in production only when this
     # says true. (/metrics is always served: Prometheus scrapes it inside the cluster, and
     # the gateway routes only the spec's routes, never /metrics.)
     docs_enabled: bool | None = None

@@ -5,20 +5,24 @@ where, the admin's credentials, the demo data."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cloudretail.runtime import stack
 from cloudretail.runtime.auth import DEV_KEY_NAME, kept_private_key
 from cloudretail.runtime.demo import DemoError, DemoFile, load_demo
 from cloudretail.runtime.stackplan import StackPlan
 
+if TYPE_CHECKING:
+    from cloudretail.runtime.watch import Project
+
 Say = Callable[[str], None]
 
 
 class LaunchError(Exception):
     """The stack cannot start; the message says why and what to do, `code` is the exit code
-    (2: refused before starting, 1: it started and failed)."""
+    (2: refused before starting, 3: a port it needs is in use, 1: it started and failed)."""
 
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
@@ -29,7 +33,7 @@ def stack_table(processes: list[tuple[str, str]], states: dict[str, str]) -> str
     """`processes`: (name, base url) pairs."""
     rows = [("service", "url", "state", "docs")]
     for name, url in processes:
-        docs = f"{url}/openapi.json" if name == "gateway" else f"{url}/docs"
+        docs = f"{url}/docs"  # Swagger UI; the gateway's over every routed operation
         rows.append((name, url, states.get(name, "?"), docs))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join(
@@ -48,14 +52,22 @@ def launch(
     demo_source: str,
     say: Say,
     warn: Say,
+    watch: Project | None = None,
 ) -> int:
-    """Start the planned stack; its exit code (0 once a detached stack is ready)."""
+    """Start the planned stack; its exit code (0 once a detached stack is ready). With
+    `watch`, the stack follows the project's files (`cloudretail.runtime.watch`)."""
+    if watch is not None and detach:
+        raise LaunchError("--watch follows the files from the terminal it runs in: drop --detach")
     running = stack.read_state(data_dir)
     if running and stack.alive(running.get("supervisor")):
         raise LaunchError(
             f"a stack is already running from {data_dir} (pid {running['supervisor']}); "
             "see `cloudretail status`, stop it with `cloudretail down`"
         )
+    try:  # before anything starts, detached or not: exit 3, what holds the port named
+        stack.check_ports(plan)
+    except stack.StackError as error:
+        raise LaunchError(str(error), code=error.exit_code) from None
     if reset:
         stack.reset_data(plan)
     keep = stack.stack_secrets(data_dir, plan.platform)
@@ -73,6 +85,7 @@ def launch(
         say("")
         say(stack_table(urls, states))
         say(f"\n  gateway: {plan.gateway}   logs: {data_dir}/logs/")
+        say(f"  console: {plan.gateway}/_console")
         note = f" (generated; kept in {data_dir / 'secrets.json'})"
         generated = keep["admin_password_generated"]
         say(
@@ -125,7 +138,20 @@ def launch(
         await asyncio.to_thread(welcome, {c.name: "ready" for c in supervisor.children})
         say("  press Ctrl-C to stop")
 
+    watch_changes = None
+    if watch is not None:
+        from cloudretail.runtime.watch import follow
+
+        project = watch
+
+        def watch_changes(supervisor: stack.Supervisor) -> Coroutine[Any, Any, None]:
+            return follow(supervisor, project)
+
     try:
-        return asyncio.run(stack.run_stack(plan, console=True, extra_env=extra_env, on_ready=ready))
+        return asyncio.run(
+            stack.run_stack(
+                plan, console=True, extra_env=extra_env, on_ready=ready, watch_changes=watch_changes
+            )
+        )
     except stack.StackError as error:
-        raise LaunchError(str(error)) from None
+        raise LaunchError(str(error), code=error.exit_code) from None

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,7 +34,7 @@ from cloudretail.runtime.events.topics import TopicSpec, apply_topics
 from cloudretail.runtime.httpclient import UpstreamError, exchange, pool_for
 from cloudretail.runtime.localtraces import TRACES_DIR, SpanFile, TraceReceiver
 from cloudretail.runtime.mailsink import MailSink, ReceivedMail
-from cloudretail.runtime.stackplan import StackPlan
+from cloudretail.runtime.stackplan import PlannedProcess, StackPlan
 from cloudretail.runtime.tracing import exporting
 
 STOP_TIMEOUT = 8.0
@@ -50,9 +51,22 @@ PLAN_FILE = "stack.json"
 class StackError(Exception):
     """Something the user can fix: a port in use, a database that cannot be reached ..."""
 
+    exit_code = 2  # the CLI's exit code for it (cloudretail.cli)
+
+
+class PortInUseError(StackError):
+    """A port the stack listens on is taken: the machine's state, not the input."""
+
+    exit_code = 3
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
 
 def _print(text: str, stream: TextIO | None = None) -> None:
     out = stream or sys.stdout
+    if os.environ.get("NO_COLOR"):  # https://no-color.org: no colour codes at all
+        text = _ANSI.sub("", text)
     out.write(text + "\n")
     out.flush()
 
@@ -106,7 +120,7 @@ def check_ports(plan: StackPlan) -> None:
         if holder is not None:
             taken.append(f"port {port} ({name}) is in use by {holder}")
     if taken:
-        raise StackError(
+        raise PortInUseError(
             "cannot start: " + "; ".join(taken) + ". Stop what holds it, or run "
             "`cloudretail down` if an earlier stack is still up."
         )
@@ -189,8 +203,12 @@ class Child:
     log_path: Path
     kind: str = "service"
     process: asyncio.subprocess.Process | None = None
-    restarts: int = 0
+    restarts: int = 0  # the backoff's count: back to 0 after a minute without a crash
+    restarted: int = 0  # every restart since the stack started (status, the dev console)
     started_at: float = 0.0
+    # Left alone by the crash restarts: `rerun` is stopping and starting it on purpose, or it
+    # did not start after a rerun and waits for the next one.
+    paused: bool = False
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
     @property
@@ -232,23 +250,25 @@ class Supervisor:
         self.logs.mkdir(parents=True, exist_ok=True)
         width = max(len(p.name) for p in plan.processes)
         self.width = max(width, len("supervisor"))
-        self.children = [
-            Child(
-                name=p.name,
-                command=[sys.executable, *p.command],
-                env={**os.environ, **p.env, **extra_env},
-                port=p.port,
-                color=COLORS[index % len(COLORS)],
-                log_path=self.logs / f"{p.name}.log",
-                kind=p.kind,
-            )
-            for index, p in enumerate(plan.processes)
-        ]
+        self.extra_env = extra_env
+        self.trace_env: dict[str, str] = {}
+        self.children = [self._child(p, index) for index, p in enumerate(plan.processes)]
         self.broker: EmbeddedBroker | None = None
         self.mail_sink: MailSink | None = None
         self.traces: TraceReceiver | None = None
         self.stopping = asyncio.Event()
         self._pumps: list[asyncio.Task[None]] = []
+
+    def _child(self, p: PlannedProcess, index: int) -> Child:
+        return Child(
+            name=p.name,
+            command=[sys.executable, *p.command],
+            env={**os.environ, **p.env, **self.extra_env, **self.trace_env},
+            port=p.port,
+            color=COLORS[index % len(COLORS)],
+            log_path=self.logs / f"{p.name}.log",
+            kind=p.kind,
+        )
 
     def say(self, text: str) -> None:
         prefix = "supervisor".ljust(self.width)
@@ -282,10 +302,13 @@ class Supervisor:
             endpoint = self.traces.start()
         except OSError as error:
             raise StackError(f"the local trace receiver cannot listen: {error}") from None
-        for child in self.children:
-            child.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+        self.trace_env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             # Spans reach the receiver within half a second of their request (SDK: 5 s).
-            child.env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
+            "OTEL_BSP_SCHEDULE_DELAY": os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "500"),
+        }
+        for child in self.children:
+            child.env.update(self.trace_env)
         self.say(f"keeping traces in {store.directory} (see `cloudretail traces`)")
 
     async def start_mail_sink(self) -> None:
@@ -306,8 +329,10 @@ class Supervisor:
     def _mail_received(self, mail: ReceivedMail) -> None:
         self.say(f"mail to {mail.recipients}: {mail.subject} ({mail.path.name})")
 
-    async def create_topics(self) -> None:
-        report = await apply_topics(self.plan.bootstrap, topic_specs(self.plan))
+    async def create_topics(self, plan: StackPlan | None = None) -> None:
+        """The topics of `plan` (by default the running one)."""
+        plan = plan or self.plan
+        report = await apply_topics(plan.bootstrap, topic_specs(plan))
         if report.created:
             self.say(f"created topics: {', '.join(report.created)}")
         for note in report.not_applied + report.drift:
@@ -338,11 +363,19 @@ class Supervisor:
         child.started_at = time.monotonic()
         self._pumps.append(asyncio.create_task(self._pump(child)))
 
-    async def wait_ready(self, timeout: float = READY_TIMEOUT) -> list[Child]:
-        """Children not ready when `timeout` runs out (empty: all ready)."""
-        waiting = list(self.children)
+    async def wait_ready(
+        self, children: list[Child] | None = None, timeout: float = READY_TIMEOUT
+    ) -> list[Child]:
+        """Children (all by default) not ready when `timeout` runs out, or that exited before
+        they were (empty: all ready)."""
+        waiting = list(self.children if children is None else children)
+        exited = []
         deadline = time.monotonic() + timeout
         while waiting and time.monotonic() < deadline and not self.stopping.is_set():
+            for child in list(waiting):
+                if child.process is None or child.process.returncode is not None:
+                    waiting.remove(child)
+                    exited.append(child)
             states = await asyncio.gather(*(readiness(c.url) for c in waiting))
             for child, status in zip(list(waiting), states, strict=True):
                 if status == 200:
@@ -350,14 +383,14 @@ class Supervisor:
                     self.say(f"{child.name} is ready at {child.url}")
             if waiting:
                 await asyncio.sleep(0.3)
-        return waiting
+        return exited + waiting
 
     async def watch(self) -> None:
         """Restart a child that exits while the stack runs, with backoff."""
         while not self.stopping.is_set():
             for child in self.children:
                 process = child.process
-                if process is None or process.returncode is None:
+                if child.paused or process is None or process.returncode is None:
                     continue
                 if self.stopping.is_set():
                     return
@@ -366,26 +399,60 @@ class Supervisor:
                     child.restarts = 0
                 delay = min(30.0, 2.0**child.restarts)
                 child.restarts += 1
+                child.restarted += 1
                 self.say(
                     f"{child.name} exited with code {process.returncode}; restarting in "
                     f"{delay:.0f}s (restart {child.restarts})"
                 )
                 child.process = None
                 await asyncio.sleep(delay)
-                if not self.stopping.is_set():
+                if not self.stopping.is_set() and not child.paused:
                     await self.spawn(child)
                     self.write_state("ready")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=0.5)
 
+    async def rerun(self, plan: StackPlan, names: set[str]) -> list[Child]:
+        """Run `plan` from now on: stop the processes it no longer has, restart those in
+        `names` and start the ones it adds (each stopped as `stop` does, then started), wait
+        for their readiness and return the ones not ready. The others run on untouched."""
+        self.plan = plan
+        if plan.mail_sink is not None and self.mail_sink is None:
+            await self.start_mail_sink()
+        current = {child.name: child for child in self.children}
+        wanted = {p.name for p in plan.processes}
+        leaving = [c for c in self.children if c.name not in wanted or c.name in names]
+        for child in leaving:
+            child.paused = True
+        await self._stop_in_order(leaving)
+        self.width = max([self.width, *(len(name) for name in wanted)])
+        self.children = [
+            current[p.name] if p.name in current and p.name not in names else self._child(p, i)
+            for i, p in enumerate(plan.processes)
+        ]
+        starting = [c for c in self.children if c.name in names or c.name not in current]
+        for child in starting:
+            child.paused = True
+            if child.name in current:
+                child.restarted = current[child.name].restarted + 1
+            if not self.stopping.is_set():
+                await self.spawn(child)
+        not_ready = await self.wait_ready(starting)
+        for child in starting:
+            child.paused = child in not_ready
+        self.write_state("ready", [c.name for c in not_ready])
+        return not_ready
+
+    async def _stop_in_order(self, children: list[Child]) -> None:
+        for phase in STOP_ORDER:
+            await self._stop_group([c for c in children if c.kind == phase])
+        await self._stop_group([c for c in children if c.kind not in STOP_ORDER])
+
     async def stop(self) -> None:
         """Stop in order (gateway, services, event bus, broker): SIGTERM to each group, and
         SIGKILL to what is still there after STOP_TIMEOUT."""
         self.stopping.set()
-        for phase in STOP_ORDER:
-            group = [c for c in self.children if c.kind == phase]
-            await self._stop_group(group)
-        await self._stop_group([c for c in self.children if c.kind not in STOP_ORDER])
+        await self._stop_in_order(self.children)
         for pump in self._pumps:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pump, 1.0)  # the last log lines, then the pipe closes
@@ -433,6 +500,8 @@ class Supervisor:
                     "url": c.url,
                     "port": c.port,
                     "log": str(c.log_path),
+                    "kind": c.kind,
+                    "restarts": c.restarted,
                 }
                 for c in self.children
             },
@@ -449,9 +518,12 @@ async def run_stack(
     console: bool,
     extra_env: dict[str, str],
     on_ready: Callable[[Supervisor], Any] | None = None,
+    watch_changes: Callable[[Supervisor], Coroutine[Any, Any, None]] | None = None,
 ) -> int:
-    """Run the stack until SIGINT/SIGTERM. Returns the process exit status."""
+    """Run the stack until SIGINT/SIGTERM. Returns the process exit status. Once it is ready,
+    `watch_changes` runs beside it (`up --watch`) until the stack stops."""
     supervisor = Supervisor(plan, console=console, extra_env=extra_env)
+    watching: asyncio.Task[None] | None = None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, supervisor.stopping.set)
@@ -483,7 +555,12 @@ async def run_stack(
             result = on_ready(supervisor)
             if asyncio.iscoroutine(result):
                 await result
+        if watch_changes is not None:
+            watching = asyncio.create_task(watch_changes(supervisor))
         await supervisor.watch()
+        if watching is not None:
+            # It ends soon after the stack is stopping; nothing may start after `stop`.
+            await watching
         await supervisor.stop()
         supervisor.write_state("stopped")
         return 0
@@ -493,6 +570,10 @@ async def run_stack(
         await supervisor.stop()
         raise
     except BaseException:
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(BaseException):
+                await watching
         await supervisor.stop()
         supervisor.write_state("stopped")
         raise
@@ -619,8 +700,8 @@ def _main(plan_file: str) -> int:
     try:
         plan = StackPlan.model_validate(saved["plan"])
         return asyncio.run(run_stack(plan, console=False, extra_env=saved["env"]))
-    except StackError:
-        return 2
+    except StackError as error:
+        return error.exit_code
 
 
 if __name__ == "__main__":

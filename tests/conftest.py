@@ -21,6 +21,11 @@ def pytest_configure(config: pytest.Config) -> None:
         folder = tempfile.mkdtemp(prefix="cloudretail-test-cache-")
         os.environ["CLOUDRETAIL_CACHE_DIR"] = folder
         config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    # The store of project templates `init` and `upgrade` record (generator/upgrade.py).
+    if "CLOUDRETAIL_TEMPLATE_STORE" not in os.environ:
+        store = tempfile.mkdtemp(prefix="cloudretail-test-templates-")
+        os.environ["CLOUDRETAIL_TEMPLATE_STORE"] = store
+        config.add_cleanup(lambda: shutil.rmtree(store, ignore_errors=True))
 
 
 @pytest.fixture

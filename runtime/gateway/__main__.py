@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 from cloudretail.runtime.gateway.app import Gateway, create_gateway
@@ -28,6 +29,19 @@ def app_from_env() -> Gateway:
     configure_logging("gateway", os.environ.get("LOG_LEVEL", "INFO"))
     configure_tracing("gateway")
     return create_gateway(load_config(os.environ.get(_ROUTES_ENV, str(DEFAULT_ROUTES_PATH))))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the gateway when a signal asks it to stop, before it waits
+    for the responses in progress (an open stream of the dev console would hold it)."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.gateway.stopping()
+        super().handle_exit(sig, frame)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -74,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             **options,
         )
         return
-    server = uvicorn.Server(uvicorn.Config(create_gateway(config), **options))
+    gateway = create_gateway(config)
+    server = _Server(uvicorn.Config(gateway, **options), gateway)
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)

@@ -12,7 +12,9 @@ forwarded call a client span inside it, whose context the upstream gets in place
 client's trace headers.
 
 No framework router or middleware stack runs per request: on this path every layer of
-wrapping shows up in the latency, and the gateway's own endpoints are four fixed paths.
+wrapping shows up in the latency, and the gateway's own endpoints are a few fixed paths
+(health, metrics, the OpenAPI document and its Swagger UI). The dev console, which
+`cloudretail up` alone turns on, is a small app of its own under /_console.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
+from functools import partial
+from typing import TYPE_CHECKING
 
 from cloudretail.runtime.auth import (
     Principal,
@@ -35,6 +39,7 @@ from cloudretail.runtime.correlation import (
     correlation_id_var,
     new_correlation_id,
 )
+from cloudretail.runtime.docs import ASSETS, ASSETS_PATH, DOCS_PATH, asset, swagger_page
 from cloudretail.runtime.errors import Problem
 from cloudretail.runtime.gateway.authn import (
     CachingVerifier,
@@ -81,8 +86,12 @@ from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
 
+if TYPE_CHECKING:
+    from cloudretail.runtime.console import Console
+
 logger = logging.getLogger(__name__)
 
+CONSOLE_PATH = "/_console"
 # Bodies up to this size (with a Content-Length) are read before forwarding: they go out in
 # one write with the head, and an idempotent request can be retried on another instance.
 BUFFER_BODY_UP_TO = 64 * 1024
@@ -200,14 +209,18 @@ class Gateway:
         self.cors = CorsPolicy.of(route_file.cors_origins)
         self.metrics = GatewayMetrics(self.registry, metrics, limiter=limiter)
         token = config.routes_file.token
+        title = f"{token.issuer} API" if token else "API"  # the platform's name
         self.openapi = OpenApiAggregator(
-            self.registry,
-            self.table,
-            ttl=config.openapi_ttl,
-            title=f"{token.issuer} API" if token else "API",  # the platform's name
+            self.registry, self.table, ttl=config.openapi_ttl, title=title
         )
         self.started_at = time.monotonic()
         self._started = False
+        # The dev console (/_console): only when `cloudretail up` configures it.
+        self.console: Console | None = None
+        if config.console is not None:
+            from cloudretail.runtime.console import Console  # never loaded otherwise
+
+            self.console = Console(config.console, self)
         self._own_endpoints: dict[str, Callable[[Send, Headers], Awaitable[int]]] = {
             "/health/live": self._live,
             "/health/ready": self._ready,
@@ -217,6 +230,11 @@ class Gateway:
             self._own_endpoints["/metrics"] = self._metrics
         if config.serves_docs:
             self._own_endpoints["/openapi.json"] = self._openapi
+            # Swagger UI over the merged document, from local files (cloudretail.runtime.docs).
+            self._docs_page = swagger_page("/openapi.json", f"{title} - Swagger UI")
+            self._own_endpoints[DOCS_PATH] = self._docs
+            for name in ASSETS:
+                self._own_endpoints[f"{ASSETS_PATH}/{name}"] = partial(self._docs_asset, name)
 
     # -- ASGI ------------------------------------------------------------------------------
 
@@ -235,6 +253,12 @@ class Gateway:
         if not self._started:
             self._started = True
             await self.registry.start()
+
+    def stopping(self) -> None:
+        """A signal asked the server to stop: end what would hold it (the console's event
+        streams), before it waits for the responses in progress."""
+        if self.console is not None:
+            self.console.close()
 
     async def shutdown(self) -> None:
         await self.registry.stop()
@@ -263,6 +287,10 @@ class Gateway:
         started = time.perf_counter()
         if not self._started:
             await self.startup()
+        if self.console is not None and scope["path"].startswith(CONSOLE_PATH):
+            # The console's page polls: no trace, metric or access line for it, like probes.
+            await self.console(scope, receive, send)
+            return
         client = scope.get("client")
         request = _Request(scope["headers"], self.trace_fields)
         record = RequestRecord(scope["method"], scope["path"], client[0] if client else "")
@@ -596,6 +624,23 @@ class Gateway:
 
     async def _openapi(self, send: Send, headers: Headers) -> int:
         await send_json(send, 200, await self.openapi.document(), headers)
+        return 200
+
+    async def _docs(self, send: Send, headers: Headers) -> int:
+        policy = (b"content-security-policy", self._docs_page.policy.encode())
+        await send_body(
+            send,
+            200,
+            self._docs_page.html,
+            b"text/html; charset=utf-8",
+            headers,
+            security=(*SECURITY_HEADERS, policy),
+        )
+        return 200
+
+    async def _docs_asset(self, name: str, send: Send, headers: Headers) -> int:
+        cache = (b"cache-control", b"public, max-age=86400")
+        await send_body(send, 200, asset(name), ASSETS[name].encode(), [cache, *headers])
         return 200
 
     def _uptime(self) -> int:

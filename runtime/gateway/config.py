@@ -116,6 +116,19 @@ class InstanceAddress(_Frozen):
         return cls(url=f"http://{parts.hostname}:{port}", host=parts.hostname, port=port)
 
 
+class ConsoleSettings(_Frozen):
+    """The local dev console at /_console (cloudretail.runtime.console). Only `cloudretail
+    up` turns it on (GATEWAY_CONSOLE_DATA_DIR): it shows the supervisor's state, logs and
+    traces from `data_dir`, the Mermaid diagrams of `architecture` (a Markdown file), and the
+    events of the event bus API at `events_url`, read with an admin token it signs with
+    `signing_key_file` (JWT_PRIVATE_KEY_FILE, the stack's own key)."""
+
+    data_dir: str
+    architecture: str | None = None
+    events_url: str | None = None
+    signing_key_file: str | None = None
+
+
 class GatewayConfig(_Frozen):
     """Everything the gateway needs to run; build with `load_config` or directly in tests."""
 
@@ -139,6 +152,8 @@ class GatewayConfig(_Frozen):
     # Serve /openapi.json and /metrics on the public port? None: yes, except in production.
     expose_docs: bool | None = None
     expose_metrics: bool | None = None
+    # None (the default everywhere but `cloudretail up`): no /_console.
+    console: ConsoleSettings | None = None
 
     @property
     def rate_limit(self) -> RateLimitSpec:
@@ -251,6 +266,7 @@ def load_config(
         raise ValueError("REDIS_CA_FILE is set, so REDIS_URL must be a rediss:// (TLS) URL")
     if policy not in ("all", "any"):
         raise ValueError(f"GATEWAY_READY_POLICY must be 'all' or 'any', got {policy!r}")
+    environment = _environment(env)
     return GatewayConfig(
         routes_file=route_file,
         instances=instances_from_env(route_file, env),
@@ -262,7 +278,26 @@ def load_config(
         health_interval=_float(env, "GATEWAY_HEALTH_INTERVAL", 5.0),
         retries=_int(env, "GATEWAY_RETRIES", 2),
         ready_policy="any" if policy == "any" else "all",
-        environment=_environment(env),
+        environment=environment,
         expose_docs=_flag(env, "GATEWAY_EXPOSE_DOCS"),
         expose_metrics=_flag(env, "GATEWAY_EXPOSE_METRICS"),
+        console=_console(env, environment),
+    )
+
+
+def _console(env: Mapping[str, str], environment: Environment) -> ConsoleSettings | None:
+    data_dir = env.get("GATEWAY_CONSOLE_DATA_DIR", "").strip()
+    if not data_dir:
+        return None
+    if environment == "production":
+        # The console shows logs and events to whoever reaches the port, unauthenticated.
+        raise ValueError(
+            "GATEWAY_CONSOLE_DATA_DIR is set with ENVIRONMENT=production: the dev console is "
+            "for `cloudretail up` on one machine, never for a deployment"
+        )
+    return ConsoleSettings(
+        data_dir=data_dir,
+        architecture=env.get("GATEWAY_CONSOLE_ARCHITECTURE") or None,
+        events_url=env.get("GATEWAY_CONSOLE_EVENTS_URL") or None,
+        signing_key_file=env.get("JWT_PRIVATE_KEY_FILE") or None,
     )

@@ -126,6 +126,13 @@ class LocalRateLimiter:
         log.append(now)
         return RateDecision(True, self.limit, self.limit - len(log), log[0] - horizon, 0.0)
 
+    def usage(self) -> list[tuple[str, int]]:
+        """Each client with requests in the current window, and how many; busiest first.
+        (For the dev console: it walks every log, so never on a request's path.)"""
+        horizon = self._clock() - self.window
+        used = [(key, sum(1 for at in log if at > horizon)) for key, log in self._logs.items()]
+        return sorted(((key, n) for key, n in used if n), key=lambda item: (-item[1], item[0]))
+
     async def close(self) -> None:
         self._logs.clear()
 

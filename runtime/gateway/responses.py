@@ -46,9 +46,11 @@ async def send_body(
     headers: Headers = (),
     *,
     head_only: bool = False,
+    security: Headers = GATEWAY_HEADERS,
 ) -> None:
-    """One complete response with the gateway's own security headers."""
-    response_headers = [*GATEWAY_HEADERS, *headers]
+    """One complete response with the gateway's own security headers (`security`: a page
+    that loads files, the docs, brings its own Content-Security-Policy)."""
+    response_headers = [*security, *headers]
     if status not in (204, 304):  # these may carry neither a body nor its length
         response_headers[:0] = [
             (b"content-type", content_type),

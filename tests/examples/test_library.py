@@ -111,7 +111,8 @@ def test_generated_code_is_lint_clean_and_speaks_of_the_library(project: Path):
         for path in sorted((project / "generated").rglob("*"))
         if path.is_file()
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
-        if SHOP_NAMES.search(line) or "cloudretail_" in line
+        # 402's reason phrase (RFC 9110) in the OpenAPI documents is HTTP's, not the shop's.
+        if SHOP_NAMES.search(line.replace("Payment Required", "")) or "cloudretail_" in line
     ]
     assert not found, "\n".join(found)
     routes = (project / "generated" / "gateway" / "routes.yaml").read_text()
