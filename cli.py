@@ -325,7 +325,7 @@ def migrate(
     """Upgrade each service's database to the newest revision (creating it when missing)."""
     from cloudretail.generator.stack import plan_migrations
     from cloudretail.runtime.config import default_database_url
-    from cloudretail.runtime.migrate import MigrationError
+    from cloudretail.runtime.migrate import DatabaseUnreachableError, MigrationError
     from cloudretail.runtime.migrate import migrate as upgrade_database
 
     env_url = os.environ.get("DATABASE_URL")
@@ -344,7 +344,8 @@ def migrate(
             head = upgrade_database(target.ini, target.url)
         except MigrationError as error:
             typer.echo(f"error: {target.service}: {error}", err=True)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
+            unreachable = isinstance(error, DatabaseUnreachableError)
+            raise typer.Exit(EXIT_ENVIRONMENT if unreachable else EXIT_BAD_INPUT) from None
         typer.echo(f"  {target.service:<10} {target.database:<24} at {head}")
 
 
@@ -445,7 +446,12 @@ def replay(
     interrupted replay finishes when run again."""
     from cloudretail.generator.stack import plan_replay
     from cloudretail.runtime.events.replay import TopicProgress
-    from cloudretail.runtime.replay import ReplayError, ReplayTarget, replay_service
+    from cloudretail.runtime.replay import (
+        ReplayError,
+        ReplayTarget,
+        ReplayUnreachableError,
+        replay_service,
+    )
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connect noise; we report
     try:
@@ -467,7 +473,8 @@ def replay(
         )
     except ReplayError as error:
         typer.echo(f"error: {service}: {error}", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        unreachable = isinstance(error, ReplayUnreachableError)
+        raise typer.Exit(EXIT_ENVIRONMENT if unreachable else EXIT_BAD_INPUT) from None
     events = report.events
     typer.echo(f"replayed into {report.database} (at {report.head}) in {events.seconds:.1f} s")
     for topic in events.topics:
@@ -520,7 +527,7 @@ def topics_apply(
         report = asyncio.run(apply_topics(bootstrap, wanted))
     except Exception as error:  # the broker's client raises many kinds; all mean "unreachable"
         typer.echo(f"error: cannot apply topics at {bootstrap}: {error}", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        raise typer.Exit(EXIT_ENVIRONMENT) from None
     for line in report.lines():
         typer.echo(f"  {line}")
 

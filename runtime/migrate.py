@@ -86,6 +86,10 @@ class MigrationError(RuntimeError):
     """A database could not be reached or upgraded; the message says which and why."""
 
 
+class DatabaseUnreachableError(MigrationError):
+    """The database server did not answer: the machine or the network, not the input."""
+
+
 def create_database_if_missing(database_url: str) -> bool:
     """For PostgreSQL URLs, create the database when it does not exist yet (True if made)."""
     url = normalize_database_url(database_url)
@@ -121,7 +125,7 @@ def migrate(ini: Path, database_url: str) -> str:
         create_database_if_missing(database_url)
         upgrade(ini, database_url)
     except (OSError, TimeoutError) as error:
-        raise MigrationError(f"cannot reach the database at {safe}: {error}") from error
+        raise DatabaseUnreachableError(f"cannot reach the database at {safe}: {error}") from error
     except Exception as error:
         raise MigrationError(f"upgrading {safe} failed: {type(error).__name__}: {error}") from error
     from alembic.script import ScriptDirectory

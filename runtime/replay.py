@@ -30,7 +30,12 @@ from cloudretail.runtime.events.replay import (
 )
 from cloudretail.runtime.events.tables import outbox
 from cloudretail.runtime.events.transport import BrokerUnavailable
-from cloudretail.runtime.migrate import MigrationError, migrate, project_imports
+from cloudretail.runtime.migrate import (
+    DatabaseUnreachableError,
+    MigrationError,
+    migrate,
+    project_imports,
+)
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -39,6 +44,10 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 class ReplayError(RuntimeError):
     """The replay cannot start or finish; the message says why."""
+
+
+class ReplayUnreachableError(ReplayError):
+    """The broker or the database did not answer: the machine or the network, not the input."""
 
 
 @dataclass(frozen=True)
@@ -115,11 +124,13 @@ async def _replay(
     try:
         await replay.open()
     except BrokerUnavailable as error:
-        raise ReplayError(str(error)) from None
+        raise ReplayUnreachableError(str(error)) from None
     try:
         head = await asyncio.to_thread(migrate, target.ini, target.database_url)
     except MigrationError as error:
         await replay.close()
+        if isinstance(error, DatabaseUnreachableError):
+            raise ReplayUnreachableError(str(error)) from None
         raise ReplayError(str(error)) from None
     database = Database(url, pool_size=3)
     try:

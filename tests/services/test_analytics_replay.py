@@ -139,7 +139,7 @@ def test_an_unreachable_broker_is_an_error_and_no_database_is_made(tmp_path: Pat
     done = _replay(
         "analytics", "--database-url", f"sqlite:///{target}", "--bootstrap-servers", "127.0.0.1:1"
     )
-    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr  # the environment, not the input
     assert "Traceback" not in done.stderr
     assert "error: analytics: cannot reach Kafka at 127.0.0.1:1" in done.stderr
     assert not target.exists()
@@ -180,7 +180,7 @@ def test_an_unreachable_database_is_an_error(broker: EmbeddedBroker, in_root: Pa
             broker.bootstrap_servers,
         ],
     )
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, result.output  # the environment, not the input
     assert isinstance(result.exception, SystemExit)
     assert "cannot reach the database at postgresql+asyncpg://postgres@127.0.0.1:1" in (
         result.stderr

@@ -31,7 +31,7 @@ def test_migrate_upgrades_every_service_database(in_root: Path, tmp_path: Path):
 def test_migrate_names_an_unreachable_database(in_root: Path):
     template = "postgresql://postgres@127.0.0.1:1/{database}"
     result = runner.invoke(app, ["migrate", "product", "--database-url-template", template])
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # the environment, not the input
     assert (
         "cannot reach the database at postgresql+asyncpg://postgres@127.0.0.1:1/" in result.stderr
     )
