@@ -18,14 +18,15 @@ from cloudretail.generator import (
     GeneratedFileError,
     GenerateResult,
     SpecError,
-    check_platform,
+    SpecIssue,
     generate,
     load_platform,
+    validate_spec,
 )
 from cloudretail.generator.errors import EnvironmentProblem, UnreadableSpecError
 from cloudretail.generator.handlers import project_handlers
 from cloudretail.generator.model import Platform
-from cloudretail.generator.reports import error_records, summary_record
+from cloudretail.generator.reports import error_records, issue_record, summary_record
 from typer.core import TyperGroup
 
 EXIT_STALE = 1
@@ -193,6 +194,22 @@ def _summary(platform: Platform) -> str:
     return "\n".join(lines)
 
 
+StrictOption = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Capacity warnings (what does not hold at the HPA maximum) are errors: exit 2.",
+    ),
+]
+
+
+def _warn(warnings: list[SpecIssue] | tuple[SpecIssue, ...]) -> None:
+    """Each capacity warning on stderr, located as errors are."""
+    for issue in warnings:
+        where = f"{issue.where}: " if issue.where else ""
+        typer.echo(f"{issue.location}: warning: {where}{issue.message}", err=True)
+
+
 HandlersOption = Annotated[
     Path | None,
     typer.Option(
@@ -209,19 +226,27 @@ def validate(
         Path, typer.Option("--out", help="Output folder whose migration revisions to check.")
     ] = Path("generated"),
     as_json: JsonOption = False,
+    strict: StrictOption = False,
 ) -> None:
     """Check a spec; print a summary when it is valid, every problem when it is not. The
     spec's tables are checked against the revisions already in the output folder, as
-    `generate` does: a change that loses data must be allowed in the spec."""
+    `generate` does: a change that loses data must be allowed in the spec. What does not
+    hold at the HPA maximum (database connections, partitions, disruption budgets, resources
+    against autoscaling targets) is a warning, an error with --strict."""
     _json_output.set(as_json)
     try:
-        platform = check_platform(spec, out, handlers_dir=handlers or project_handlers(spec))
+        validated = validate_spec(
+            spec, out, handlers_dir=handlers or project_handlers(spec), strict=strict
+        )
     except CloudRetailError as error:
         raise _fail(error) from None
     if as_json:
-        typer.echo(json.dumps(summary_record(platform), indent=2))
+        record = summary_record(validated.platform)
+        record["warnings"] = [issue_record(issue) for issue in validated.warnings]
+        typer.echo(json.dumps(record, indent=2))
         return
-    typer.echo(_summary(platform))
+    _warn(validated.warnings)
+    typer.echo(_summary(validated.platform))
 
 
 @app.command(name="generate")
@@ -233,6 +258,7 @@ def generate_command(
     ] = False,
     handlers: HandlersOption = None,
     as_json: JsonOption = False,
+    strict: StrictOption = False,
 ) -> None:
     """Render the spec into the output folder (only changed files are written) and add
     stubs for handlers the spec names but nobody has written yet. The spec's JSON Schema,
@@ -240,10 +266,12 @@ def generate_command(
     is kept up to date too."""
     _json_output.set(as_json)
     try:
-        result = generate(spec, out, check=check, handlers_dir=handlers)
+        result = generate(spec, out, check=check, handlers_dir=handlers, strict=strict)
     except CloudRetailError as error:
         raise _fail(error) from None
     plan = result.plan
+    if not as_json:
+        _warn(result.warnings)
     if as_json:
         typer.echo(json.dumps(_generate_record(out, result, check=check), indent=2))
         if check and result.stale:
@@ -296,6 +324,7 @@ def _generate_record(out: Path, result: GenerateResult, *, check: bool) -> dict[
         "changed": plan.changed,
         "removed": plan.removed,
         "unchanged": len(plan.unchanged),
+        "warnings": [issue_record(issue) for issue in result.warnings],
         "handlers": [
             {"path": str(stub.path), "created": stub.created, "handlers": list(stub.handlers)}
             for stub in result.stubs

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudretail.generator.capacity import capacity_model
 from cloudretail.generator.checks import check_spec
 from cloudretail.generator.errors import (
     CloudRetailError,
@@ -45,12 +46,15 @@ __all__ = [
     "Platform",
     "SpecError",
     "SpecIssue",
+    "Validated",
+    "capacity_warnings",
     "check_platform",
     "generate",
     "load_document",
     "load_platform",
     "render",
     "source_name",
+    "validate_spec",
 ]
 
 
@@ -178,18 +182,47 @@ def _render(
         raise error.within(out_dir) from None
 
 
-def check_platform(spec_path: Path, out_dir: Path, *, handlers_dir: Path | None = None) -> Platform:
-    """What `validate` runs: `load_platform`, and the migration check `generate` makes against
-    the revisions already in `out_dir` (a change that loses data, a broken history)."""
+def capacity_warnings(document: Document, platform: Platform) -> list[SpecIssue]:
+    """What does not hold at every deployable's HPA maximum (generator/capacity.py), each
+    located at the spec key to change. Warnings: a spec may run with them, `--strict`
+    refuses it."""
+    issues = [finding.located(document) for finding in capacity_model(platform).findings]
+    return sorted(issues, key=lambda issue: (issue.location, issue.where))
+
+
+@dataclass(frozen=True)
+class Validated:
+    platform: Platform
+    warnings: list[SpecIssue]
+
+
+def validate_spec(
+    spec_path: Path,
+    out_dir: Path,
+    *,
+    handlers_dir: Path | None = None,
+    strict: bool = False,
+) -> Validated:
+    """What `validate` runs: `load_platform`, the migration check `generate` makes against
+    the revisions already in `out_dir` (a change that loses data, a broken history), and the
+    capacity warnings; with `strict`, a warning is an error (SpecError)."""
     document, platform = _load(spec_path)
     issues = _handler_issues(document, platform, handlers_dir) if handlers_dir else []
     try:
         _render(document, platform, out_dir, only_migrations=True)
     except SpecError as error:
         issues += error.issues
+    warnings = capacity_warnings(document, platform)
+    if strict:
+        issues += warnings
     if issues:
         raise SpecError(issues)
-    return platform
+    return Validated(platform, warnings)
+
+
+def check_platform(spec_path: Path, out_dir: Path, *, handlers_dir: Path | None = None) -> Platform:
+    """`validate_spec`'s platform (warnings are not errors here)."""
+    return validate_spec(spec_path, out_dir, handlers_dir=handlers_dir).platform
 
 
 def render(platform: Platform, existing: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -208,6 +241,8 @@ class GenerateResult:
     # The JSON Schema file the spec's modeline names (see generator/schema.py) when it was
     # missing or out of date: written, or with `check`, to be written.
     schema: Path | None = None
+    # What does not hold at the HPA maximum (`capacity_warnings`).
+    warnings: tuple[SpecIssue, ...] = ()
 
     @property
     def stale(self) -> bool:
@@ -220,11 +255,16 @@ def generate(
     *,
     check: bool = False,
     handlers_dir: Path | None = None,
+    strict: bool = False,
 ) -> GenerateResult:
     """Render the spec into `out_dir` and add stubs for missing handlers (by default in the
     project's `handlers/`, wherever `out_dir` is: see `project_handlers`); with `check`, only
-    compare: nothing is written."""
+    compare: nothing is written. With `strict`, a capacity warning stops it (SpecError)
+    before anything is written."""
     document, platform = _load(spec_path)
+    warnings = capacity_warnings(document, platform)
+    if strict and warnings:
+        raise SpecError(warnings)
     files = _render(document, platform, out_dir)
     handlers = handlers_dir or project_handlers(spec_path)
     _readable_handlers(platform, handlers)
@@ -243,5 +283,9 @@ def generate(
         if schema is not None:
             write_schema(schema)
     return GenerateResult(
-        plan=result, stubs=stubs, written=not check and result.stale, schema=schema
+        plan=result,
+        stubs=stubs,
+        written=not check and result.stale,
+        schema=schema,
+        warnings=tuple(warnings),
     )

@@ -58,6 +58,7 @@ class _Checker:
         self.check_services()
         self.check_personal_data()
         self.check_scaling()
+        self.check_databases()
         self.check_auth()
         check_load_test(self.spec, self.error)
         self.check_descriptions(self.document.data, ())
@@ -729,6 +730,18 @@ class _Checker:
                     self.error(
                         (*path, target), f"{target} target {value} is out of 1..100 (percent)"
                     )
+
+    def check_databases(self) -> None:
+        """Each entry of `databases` names a database of the spec."""
+        known = {svc.database for svc in self.spec.services.values()}
+        known.add(self.spec.event_bus.database or f"{self.spec.platform.name}_events")
+        for name in self.spec.databases:
+            if name not in known:
+                self.error(
+                    ("databases", name),
+                    f"no service or event bus uses database '{name}'{suggest(name, known)}",
+                    key=True,
+                )
 
     def scaling_blocks(self) -> Iterator[tuple[PathKey, ScalingSpec]]:
         d = self.spec.defaults.scaling

@@ -459,6 +459,25 @@ class EventBus:
 
 
 @dataclass(frozen=True)
+class Pooler:
+    """A PgBouncer in transaction mode in front of a database (spec `pooler`)."""
+
+    instances: int
+    pool_size: int  # server connections per PgBouncer pod
+    max_client_connections: int  # client connections per PgBouncer pod
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """One PostgreSQL database's settings: from `databases.<name>`, else `defaults.database`."""
+
+    name: str
+    max_connections: int
+    pooler: Pooler | None
+    declared: bool  # written under `databases:` in the spec (where its findings point)
+
+
+@dataclass(frozen=True)
 class Schema:
     """One database and the package whose models and migrations describe it."""
 
@@ -562,6 +581,11 @@ class Platform:
     auth: Auth | None = None
     vault: Vault | None = None  # the prod overlay's Secrets come from it (External Secrets)
     load_test: LoadTest | None = None
+    # Every database's PostgreSQL settings, by name (services' and the event bus's).
+    databases: tuple[DatabaseSettings, ...] = ()
+
+    def database(self, name: str) -> DatabaseSettings:
+        return next(database for database in self.databases if database.name == name)
 
     @property
     def mail_from(self) -> str:
@@ -954,7 +978,27 @@ class _Builder:
             auth=self.auth(spec),
             vault=self.vault(spec),
             load_test=self.load_test(spec, services),
+            databases=self.databases(
+                (*(service.database for service in services), event_bus.database)
+            ),
         )
+
+    def databases(self, names: tuple[str, ...]) -> tuple[DatabaseSettings, ...]:
+        defaults = self.spec.defaults.database
+        found = []
+        for name in sorted(set(names)):
+            own = self.spec.databases.get(name)
+            pooler = (own.pooler if own is not None else None) or defaults.pooler
+            max_connections = own.max_connections if own is not None else None
+            found.append(
+                DatabaseSettings(
+                    name=name,
+                    max_connections=max_connections or defaults.max_connections,
+                    pooler=Pooler(**pooler.model_dump()) if pooler is not None else None,
+                    declared=own is not None,
+                )
+            )
+        return tuple(found)
 
     def load_test(self, spec: Spec, services: tuple[Service, ...]) -> LoadTest | None:
         found = spec.load_test

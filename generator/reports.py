@@ -14,23 +14,26 @@ from cloudretail.generator.errors import (
     GeneratedFileError,
     OutputConflictError,
     SpecError,
+    SpecIssue,
 )
 from cloudretail.generator.model import Platform
+
+
+def issue_record(issue: SpecIssue) -> dict[str, Any]:
+    """A located problem (or warning) of the spec as a record."""
+    return {
+        "file": issue.location.path,
+        "line": issue.location.line,
+        "column": issue.location.column,
+        "path": issue.where,
+        "message": issue.message,
+    }
 
 
 def error_records(error: CloudRetailError) -> list[dict[str, Any]]:
     """Each problem of `error` as a record: where (file, line, column, spec path) and what."""
     if isinstance(error, SpecError):
-        return [
-            {
-                "file": issue.location.path,
-                "line": issue.location.line,
-                "column": issue.location.column,
-                "path": issue.where,
-                "message": issue.message,
-            }
-            for issue in error.issues
-        ]
+        return [issue_record(issue) for issue in error.issues]
     if isinstance(error, GeneratedFileError):
         return [
             {"file": path, "line": None, "column": None, "path": "", "message": message}

@@ -134,6 +134,38 @@ class ResourcesSpec(Strict):
     """The most the container may use."""
 
 
+class PoolerSpec(Strict):
+    """A PgBouncer in front of a database (a CloudNativePG `Pooler`, transaction mode): the
+    services' connections are multiplexed onto a few server connections, so the replicas an
+    HPA adds cost PgBouncer clients, not PostgreSQL backends."""
+
+    instances: int = Field(default=2, ge=1, le=20)
+    """PgBouncer pods (two or more: a drain or a crash leaves one serving)."""
+    pool_size: int = Field(default=20, ge=1, le=1000)
+    """Server connections each PgBouncer pod opens to PostgreSQL (`default_pool_size`)."""
+    max_client_connections: int = Field(default=1000, ge=1, le=100_000)
+    """Client connections each PgBouncer pod accepts (`max_client_conn`)."""
+
+
+class DatabaseDefaults(Strict):
+    """The PostgreSQL settings of every database that gives none of its own."""
+
+    max_connections: int = Field(default=100, ge=10, le=10_000)
+    """PostgreSQL's `max_connections` (its default is 100)."""
+    pooler: PoolerSpec | None = None
+    """A PgBouncer in front of each database; none: the services connect directly."""
+
+
+class DatabaseSpec(Strict):
+    """One database's PostgreSQL settings; what it does not say comes from
+    `defaults.database`."""
+
+    max_connections: int | None = Field(default=None, ge=10, le=10_000)
+    """PostgreSQL's `max_connections`."""
+    pooler: PoolerSpec | None = None
+    """A PgBouncer in front of this database."""
+
+
 class DefaultsSpec(Strict):
     """What every deployable has unless it says otherwise."""
 
@@ -143,6 +175,8 @@ class DefaultsSpec(Strict):
     """Liveness and readiness probes."""
     resources: ResourcesSpec
     """CPU and memory requests and limits."""
+    database: DatabaseDefaults = DatabaseDefaults()
+    """PostgreSQL's settings (and a connection pooler) of every database."""
 
 
 class VaultSpec(Strict):
@@ -672,6 +706,9 @@ class Spec(Strict):
     """The event bus."""
     services: dict[ServiceName, ServiceSpec] = Field(min_length=1)
     """The services by name."""
+    databases: dict[Identifier, DatabaseSpec] = {}
+    """PostgreSQL settings of a database (named as a service's `database`, or the event
+    bus's), where it differs from `defaults.database`."""
     gdpr: GdprSpec | None = Field(
         default=None,
         description=(

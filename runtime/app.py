@@ -44,6 +44,7 @@ def database_from_settings(settings: ServiceSettings) -> Database:
         pool_timeout=settings.database_pool_timeout,
         statement_timeout=settings.database_statement_timeout,
         ca_file=settings.database_ca_file,
+        pooler=settings.database_pooler,
     )
 
 

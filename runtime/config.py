@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
 
 from cloudretail.runtime.crypto import DEVELOPMENT_KEYS
@@ -95,6 +96,11 @@ class ServiceSettings(BaseSettings):
     # an order's inventory transactions paid a new connection). Same ceiling of 15.
     database_pool_size: int = Field(default=15, ge=1)
     database_max_overflow: int = Field(default=0, ge=0)
+    # A PgBouncer in transaction mode in front of DATABASE_URL's database, as `host` or
+    # `host:port` (the manifests set it where the spec gives the database a `pooler`): the
+    # connections go there, with DATABASE_URL's user, password and database, and no prepared
+    # statement outlives its transaction (runtime/db.py). Unset: straight to DATABASE_URL.
+    database_pooler: str | None = None
     database_echo: bool = False
     # A hung or missing database must cost seconds and end in a 503, never hold requests
     # until the client gives up: waits for a new connection, for a free one from the pool,
@@ -190,6 +196,13 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _normalise_service_keys(cls, value: dict[str, str]) -> dict[str, str]:
         return {service_env_key(name).lower(): url for name, url in value.items()}
+
+    @field_validator("database_pooler", mode="after")
+    @classmethod
+    def _check_pooler(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?", value):
+            raise ValueError(f"must be host or host:port (a PgBouncer), not {value!r}")
+        return value
 
     @field_validator("smtp_url", mode="after")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -127,6 +128,37 @@ class PoolStats:
     overflow: int
 
 
+def through_pooler(url: URL, pooler: str) -> URL:
+    """`url` with its host (and port) those of `pooler` (`host` or `host:port`): the same
+    user, password and database, reached through PgBouncer."""
+    host, _, port = pooler.strip().rpartition(":") if ":" in pooler else (pooler.strip(), "", "")
+    if not host or (port and not port.isdigit()):
+        raise ValueError(f"DATABASE_POOLER must be host or host:port, not {pooler!r}")
+    return url.set(host=host, port=int(port) if port else url.port)
+
+
+def unique_statement_name() -> str:
+    """A prepared statement's name no other client of a PgBouncer server connection uses."""
+    return f"__asyncpg_{uuid.uuid4().hex}__"
+
+
+def transaction_pooling_args() -> dict[str, Any]:
+    """asyncpg behind PgBouncer in transaction mode: each transaction may run on another
+    server connection, so a statement prepared by name in one may be missing in the next, or
+    its name already taken there by another client. As SQLAlchemy's asyncpg dialect
+    documents ("Prepared Statement Name with PGBouncer"): no statement cache, neither
+    SQLAlchemy's (`prepared_statement_cache_size`) nor asyncpg's own (`statement_cache_size`,
+    which also makes asyncpg re-prepare within an implicit transaction rather than trust
+    PgBouncer to keep it on one server), and a unique name for each statement it prepares.
+    The pool stays: a client connection to PgBouncer is cheap to keep, and the dialect's
+    NullPool advice is about cached statements piling up, which these settings prevent."""
+    return {
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": unique_statement_name,
+    }
+
+
 def tls_connect_args(url: URL, ca_file: str | None) -> dict[str, Any]:
     """asyncpg's arguments for PostgreSQL over TLS, verify-full: the certificate must chain
     to `ca_file` and name the host. Nothing for SQLite or without a CA file (plaintext)."""
@@ -150,13 +182,19 @@ class Database:
         statement_timeout: float | None = None,
         json_serializer: Callable[[Any], str] = dumps,
         ca_file: str | None = None,
+        pooler: str | None = None,
     ) -> None:
         """`connect_timeout`, `pool_timeout` (waiting for a free pooled connection) and
         `statement_timeout` (one statement's answer; None waits forever) are seconds and
         apply to PostgreSQL; past them the caller gets TimeoutError (a 503 in a service).
         With `ca_file`, PostgreSQL connections use TLS verified as libpq's verify-full does.
+        With `pooler` (`host[:port]` of a PgBouncer in transaction mode), PostgreSQL
+        connections go there, set up for transaction pooling (`transaction_pooling_args`).
         """
         self.url = normalize_database_url(url)
+        self.pooled = pooler is not None and not is_sqlite(self.url)
+        if pooler is not None and self.pooled:
+            self.url = through_pooler(self.url, pooler)
         options: dict[str, Any] = {"echo": echo, "json_serializer": json_serializer}
         sqlite_file = _sqlite_file(self.url) if is_sqlite(self.url) else None
         if is_sqlite(self.url):
@@ -167,6 +205,8 @@ class Database:
         else:
             connect_args: dict[str, Any] = {"timeout": connect_timeout}
             connect_args.update(tls_connect_args(self.url, ca_file))
+            if self.pooled:
+                connect_args.update(transaction_pooling_args())
             if statement_timeout is not None:
                 # asyncpg's default for every query on the connection, the pre-ping too: a
                 # server that stops answering mid-request costs this long, then TimeoutError

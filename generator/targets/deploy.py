@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from cloudretail.generator.model import Deployable, Platform, Service
+from cloudretail.generator.capacity import MAX_OVERFLOW, POOL_SIZE
+from cloudretail.generator.model import DatabaseSettings, Deployable, Platform, Service
 
 UID = 10001  # the images' non-root user (see the Dockerfiles)
 HTTP = "TCP"
@@ -55,6 +56,13 @@ class Database:
     name: str  # the PostgreSQL database, e.g. cloudretail_orders
     cluster: str  # a Kubernetes name for it, e.g. cloudretail-orders
     clients: tuple[str, ...]  # deployables and migration jobs that connect to it
+    settings: DatabaseSettings
+
+    @property
+    def pooler(self) -> str | None:
+        """The CloudNativePG Pooler (and its Service) in front of the database, if any: the
+        deployables connect there, migration Jobs straight to the cluster."""
+        return f"{self.cluster}-pooler" if self.settings.pooler is not None else None
 
     @property
     def app_secret(self) -> str:
@@ -193,6 +201,10 @@ class Deployment:
         if process.uses_kafka:
             values["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
             values["KAFKA_IDEMPOTENT"] = "true"
+        if process.database:
+            # What generator/capacity.py counts per replica, whatever the runtime's defaults.
+            values["DATABASE_POOL_SIZE"] = str(POOL_SIZE)
+            values["DATABASE_MAX_OVERFLOW"] = str(MAX_OVERFLOW)
         if process.uses_redis:
             values["REDIS_URL"] = redis_url
         if process.verifies_tokens and self.jwks_url:
@@ -345,7 +357,12 @@ def build(platform: Platform) -> Deployment:
     for migration in migrations:
         clients[migration.database].append(migration.name)
     databases = tuple(
-        Database(name=name, cluster=k8s_name(name), clients=tuple(sorted(names)))
+        Database(
+            name=name,
+            cluster=k8s_name(name),
+            clients=tuple(sorted(names)),
+            settings=platform.database(name),
+        )
         for name, names in sorted(clients.items())
     )
     return Deployment(

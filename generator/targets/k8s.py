@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from cloudretail.generator.capacity import PDB_MAX_UNAVAILABLE
 from cloudretail.generator.model import Platform
 from cloudretail.generator.render import OutputFile
 from cloudretail.generator.targets import deploy as deploy_constants
@@ -199,6 +200,15 @@ def _tls_settings(
     return tuple(found)
 
 
+def _pooler_settings(deployment: Deployment, database_name: str | None) -> tuple[Setting, ...]:
+    """A deployable whose database has a PgBouncer connects through it (migration Jobs do
+    not: their one connection goes straight to the cluster)."""
+    if not database_name:
+        return ()
+    pooler = deployment.database(database_name).pooler
+    return (Setting("DATABASE_POOLER", pooler),) if pooler else ()
+
+
 def app_labels(deployment: Deployment, process: Process) -> Pairs:
     return pairs(
         {NAME: process.name, COMPONENT: process.kind, PART_OF: deployment.name, PHASE: "app"}
@@ -286,6 +296,7 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
                             *_tls_settings(
                                 process.database, process.uses_kafka, process.uses_redis
                             ),
+                            *_pooler_settings(deployment, process.database),
                         ),
                         key=lambda setting: setting.name,
                     )
@@ -306,7 +317,7 @@ def _app_files(deployment: Deployment, process: Process) -> list[OutputFile]:
             "hpa",
             HpaView(meta, process.name, scaling.min, scaling.max, scaling.cpu, scaling.memory),
         ),
-        ("pdb", PdbView(meta, selector, 1)),
+        ("pdb", PdbView(meta, selector, PDB_MAX_UNAVAILABLE)),
     ]
     if process.kind == "gateway":
         views.append(

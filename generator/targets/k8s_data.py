@@ -86,6 +86,11 @@ def postgres_pods(database: Database) -> Pairs:
     return (("cnpg.io/cluster", database.cluster),)
 
 
+def pooler_pods(database: Database) -> Pairs:
+    """The PgBouncer pods of a database's CloudNativePG Pooler."""
+    return (("cnpg.io/poolerName", database.pooler or ""),)
+
+
 def kafka_pods(deployment: Deployment) -> Pairs:
     """Strimzi's selector labels of the Kafka nodes (controllers and brokers)."""
     cluster = deployment.kafka_cluster
@@ -156,6 +161,20 @@ class PostgresView:
     owner: str
     storage: str
     resources: Resources
+    max_connections: int
+    # The names the server certificate must also carry: its PgBouncer's Service, which the
+    # deployables verify (verify-full) when they connect through it.
+    alt_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PoolerView:
+    meta: Meta
+    database: str
+    cluster: str
+    instances: int
+    pool_mode: str
+    parameters: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -280,6 +299,8 @@ def postgres_files(deployment: Deployment) -> list[OutputFile]:
             owner=database.name,
             storage=POSTGRES_STORAGE,
             resources=POSTGRES_RESOURCES,
+            max_connections=database.settings.max_connections,
+            alt_names=_service_names(deployment, database.pooler) if database.pooler else (),
         )
         files.append(
             OutputFile(
@@ -288,7 +309,47 @@ def postgres_files(deployment: Deployment) -> list[OutputFile]:
                 {"view": view},
             )
         )
+        pooler = database.settings.pooler
+        if database.pooler is None or pooler is None:
+            continue
+        # Why PgBouncer rather than a max_connections large enough for every replica: at the
+        # HPA maximum a database's clients hold hundreds of connections (15 replicas x 15),
+        # each a PostgreSQL backend process of several MiB, nearly all idle between
+        # transactions; raising max_connections would grow the database's memory with the
+        # replicas. In transaction mode a few server connections serve every replica, and
+        # generator/capacity.py checks both sides (clients against max_client_conn, pools
+        # against max_connections). The services are set up for it (DATABASE_POOLER:
+        # runtime/db.py's transaction_pooling_args); their transaction-scoped advisory lock
+        # (the outbox relay's) holds under transaction pooling, a session's would not.
+        pooler_view = PoolerView(
+            meta=Meta(
+                database.pooler,
+                deployment.namespace,
+                component_labels(deployment.name, "database", name=database.pooler),
+            ),
+            database=database.name,
+            cluster=database.cluster,
+            instances=pooler.instances,
+            pool_mode="transaction",
+            parameters=(
+                ("default_pool_size", str(pooler.pool_size)),
+                ("max_client_conn", str(pooler.max_client_connections)),
+            ),
+        )
+        files.append(
+            OutputFile(
+                f"k8s/base/postgres/{database.pooler}.yaml",
+                "k8s/data/pooler.yaml.j2",
+                {"view": pooler_view},
+            )
+        )
     return files
+
+
+def _service_names(deployment: Deployment, service: str) -> tuple[str, ...]:
+    """The names a Service of the namespace is reached by."""
+    qualified = f"{service}.{deployment.namespace}"
+    return (service, qualified, f"{qualified}.svc", f"{qualified}.svc.{CLUSTER_DOMAIN}")
 
 
 def redis_dns_names(deployment: Deployment) -> tuple[str, ...]:

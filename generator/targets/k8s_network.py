@@ -33,6 +33,7 @@ from cloudretail.generator.targets.k8s_data import (
     app_pods,
     entity_operator_pods,
     kafka_pods,
+    pooler_pods,
     postgres_pods,
     redis_pods,
 )
@@ -90,8 +91,27 @@ def rows(deployment: Deployment) -> list[Row]:
     found += [Row(e.source, e.target, str(e.port), e.why) for e in deployment.edges]
     for process in deployment.processes:
         if process.database:
-            cluster = deployment.database(process.database).cluster
-            found.append(Row(process.name, f"postgres {cluster}", str(POSTGRES_PORT), "database"))
+            database = deployment.database(process.database)
+            if database.pooler:
+                found.append(
+                    Row(
+                        process.name, f"pgbouncer {database.pooler}", str(POSTGRES_PORT), "database"
+                    )
+                )
+                found.append(
+                    Row(
+                        f"pgbouncer {database.pooler}",
+                        f"postgres {database.cluster}",
+                        str(POSTGRES_PORT),
+                        "pooled server connections",
+                    )
+                )
+            else:
+                found.append(
+                    Row(
+                        process.name, f"postgres {database.cluster}", str(POSTGRES_PORT), "database"
+                    )
+                )
         if process.uses_kafka:
             found.append(Row(process.name, "kafka", str(KAFKA_TLS_PORT), "events"))
         if process.uses_redis:
@@ -204,6 +224,12 @@ def policies(deployment: Deployment) -> list[NetworkPolicyView]:
             database = deployment.database(process.database)
             egress.append(
                 Rule((_local(postgres_pods(database)),), _tcp(POSTGRES_PORT), "its database")
+                if database.pooler is None
+                else Rule(
+                    (_local(pooler_pods(database)),),
+                    _tcp(POSTGRES_PORT),
+                    "its database's PgBouncer",
+                )
             )
         if process.uses_kafka:
             egress.append(Rule((_local(kafka_pods(deployment)),), _tcp(KAFKA_TLS_PORT), "Kafka"))
@@ -239,13 +265,34 @@ def policies(deployment: Deployment) -> list[NetworkPolicyView]:
 
     for database in deployment.databases:
         members = _local(postgres_pods(database))
+        clients = [Rule(_clients(database.clients), _tcp(POSTGRES_PORT), "clients")]
+        if database.pooler:
+            jobs = {migration.name for migration in deployment.migrations}
+            pooled = tuple(name for name in database.clients if name not in jobs)
+            clients = [
+                Rule(
+                    _clients(tuple(name for name in database.clients if name not in pooled)),
+                    _tcp(POSTGRES_PORT),
+                    "clients",
+                ),
+                Rule((_local(pooler_pods(database)),), _tcp(POSTGRES_PORT), "its PgBouncer"),
+            ]
+            views.append(
+                policy(
+                    database.pooler,
+                    pooler_pods(database),
+                    f"PgBouncer of {database.cluster}: its clients in, PostgreSQL out.",
+                    [Rule(_clients(pooled), _tcp(POSTGRES_PORT), "clients")],
+                    [Rule((members,), _tcp(POSTGRES_PORT), "its database"), _api_server()],
+                )
+            )
         views.append(
             policy(
                 f"{database.cluster}-postgres",
                 postgres_pods(database),
                 f"PostgreSQL cluster {database.cluster}: its clients, its operator, its peers.",
                 [
-                    Rule(_clients(database.clients), _tcp(POSTGRES_PORT), "clients"),
+                    *clients,
                     Rule(
                         (_in(CNPG_NAMESPACE, CNPG_OPERATOR_PODS), members),
                         _tcp(POSTGRES_PORT, CNPG_STATUS_PORT),

@@ -41,6 +41,22 @@ def _cluster_typo(doc: Manifest) -> None:
     doc["spec"]["instancez"] = 3
 
 
+def _pool_mode(doc: Manifest) -> None:
+    doc["spec"]["pgbouncer"]["poolMode"] = "statement"  # PgBouncer has it; CloudNativePG not
+
+
+def _pooler_typo(doc: Manifest) -> None:
+    doc["spec"]["pgbouncer"]["poolmode"] = doc["spec"]["pgbouncer"].pop("poolMode")
+
+
+def _parameter_type(doc: Manifest) -> None:
+    doc["spec"]["pgbouncer"]["parameters"]["default_pool_size"] = 20  # strings only
+
+
+def _cluster_parameter_type(doc: Manifest) -> None:
+    doc["spec"]["postgresql"]["parameters"]["max_connections"] = 100
+
+
 def _metadata_typo(doc: Manifest) -> None:
     doc["metadata"]["label"] = {"a": "b"}
 
@@ -65,6 +81,10 @@ def _key_algorithm(doc: Manifest) -> None:
         ("KafkaTopic", _topic_type, "spec.partitions"),
         ("Cluster", _cluster_typo, "instancez"),
         ("Cluster", _metadata_typo, "label"),
+        ("Cluster", _cluster_parameter_type, "max_connections"),
+        ("Pooler", _pool_mode, "statement"),
+        ("Pooler", _pooler_typo, "poolmode"),
+        ("Pooler", _parameter_type, "default_pool_size"),
         ("Certificate", _certificate_typo, "dnsName"),
         ("Certificate", _issuer_unnamed, "name"),
         ("Certificate", _key_algorithm, "DSA"),
@@ -125,3 +145,28 @@ def test_every_kept_schema_names_its_source(path: Path) -> None:
     assert len(rows) == 1, f"{relative}: no row in crd_schemas/README.md"
     source = rows[0].split("|")[2]
     assert "same" in source or re.search(r"[\w-]+/[\w-]+ `v?\d+\.\d+\.\d+`", source), rows[0]
+
+
+def test_each_database_has_its_pooler_as_the_spec_sizes_it(manifests: dict[str, Manifest]) -> None:
+    """spec/cloudretail.yaml puts every database behind PgBouncer in transaction mode: one
+    Pooler per Cluster, pointing at it, sized by `defaults.database.pooler`, and the Cluster's
+    server certificate names the Pooler's Service (the services verify it, verify-full)."""
+    clusters = by_kind(manifests, "Cluster")
+    poolers = by_kind(manifests, "Pooler")
+    assert {pooler["spec"]["cluster"]["name"] for pooler in poolers.values()} == set(clusters)
+    for name, pooler in poolers.items():
+        assert crd.problems(pooler) == []
+        spec = pooler["spec"]
+        assert name not in clusters  # CloudNativePG: a Pooler may not share a Cluster's name
+        assert (spec["type"], spec["pgbouncer"]["poolMode"], spec["instances"]) == (
+            "rw",
+            "transaction",
+            2,
+        )
+        assert spec["pgbouncer"]["parameters"] == {
+            "default_pool_size": "20",
+            "max_client_conn": "1000",
+        }
+        cluster = clusters[spec["cluster"]["name"]]["spec"]
+        assert cluster["postgresql"]["parameters"] == {"max_connections": "100"}
+        assert name in cluster["certificates"]["serverAltDNSNames"]

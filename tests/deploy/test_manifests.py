@@ -40,6 +40,7 @@ CUSTOM_KINDS = {
     ("kafka.strimzi.io/v1", "KafkaNodePool"),
     ("kafka.strimzi.io/v1", "KafkaTopic"),
     ("postgresql.cnpg.io/v1", "Cluster"),
+    ("postgresql.cnpg.io/v1", "Pooler"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("external-secrets.io/v1", "SecretStore"),

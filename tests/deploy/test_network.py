@@ -68,6 +68,10 @@ def endpoints(manifests: dict[str, Manifest]) -> list[Endpoint]:
         name = cluster["metadata"]["name"]
         labels = {"cnpg.io/cluster": name, "cnpg.io/podRole": "instance"}
         found.append(pod(f"postgres/{name}", namespace, labels))
+    for pooler in _of_kind(manifests, "Pooler"):
+        name = pooler["metadata"]["name"]
+        labels = {"cnpg.io/poolerName": name, "cnpg.io/podRole": "pooler"}
+        found.append(pod(f"pgbouncer/{name}", namespace, labels))
     for kafka in _of_kind(manifests, "Kafka"):
         name = kafka["metadata"]["name"]
         for pool in _of_kind(manifests, "KafkaNodePool"):
@@ -118,6 +122,15 @@ def expected_edges(platform: Platform, manifests: dict[str, Manifest]) -> set[Ed
         m["spec"]["bootstrap"]["initdb"]["database"]: f"postgres/{m['metadata']['name']}"
         for m in _of_kind(manifests, "Cluster")
     }
+    # A database with a PgBouncer (a Pooler of its cluster): the deployables reach it there.
+    poolers = {
+        m["spec"]["cluster"]["name"]: f"pgbouncer/{m['metadata']['name']}"
+        for m in _of_kind(manifests, "Pooler")
+    }
+    reached = {
+        database: poolers.get(cluster.removeprefix("postgres/"), cluster)
+        for database, cluster in clusters.items()
+    }
     (kafka_name,) = [m["metadata"]["name"] for m in _of_kind(manifests, "Kafka")]
     kafka, entity_operator = f"kafka/{kafka_name}", f"kafka/{kafka_name}-entity-operator"
 
@@ -153,7 +166,7 @@ def expected_edges(platform: Platform, manifests: dict[str, Manifest]) -> set[Ed
 
     for service in platform.services:
         name = service.deployable.name
-        edges.add((name, clusters[service.database], 5432, TCP))
+        edges.add((name, reached[service.database], 5432, TCP))
         if service.publishes or service.consumes:
             edges.add((name, kafka, 9093, TCP))
         if service.uses_cache:
@@ -162,7 +175,7 @@ def expected_edges(platform: Platform, manifests: dict[str, Manifest]) -> set[Ed
             # The SMTP server is outside the cluster: submission (587, 465) and relay (25).
             edges |= {(name, INTERNET.id, port, TCP) for port in (25, 465, 587)}
     edges |= {
-        (bus.name, clusters[platform.event_bus.database], 5432, TCP),
+        (bus.name, reached[platform.event_bus.database], 5432, TCP),
         (bus.name, kafka, 9093, TCP),
         (bus.name, "redis", 6379, TCP),
         (gateway.name, "redis", 6379, TCP),
@@ -182,6 +195,9 @@ def expected_edges(platform: Platform, manifests: dict[str, Manifest]) -> set[Ed
         for port in (5432, 8000):
             edges |= {(cluster, cluster, port, TCP), (CNPG_OPERATOR.id, cluster, port, TCP)}
         edges |= {(cluster, INTERNET.id, port, TCP) for port in (443, 6443)}
+    for cluster, pooler in poolers.items():
+        edges.add((pooler, f"postgres/{cluster}", 5432, TCP))
+        edges |= {(pooler, INTERNET.id, port, TCP) for port in (443, 6443)}
     edges |= {
         (kafka, kafka, 9090, TCP),
         (kafka, kafka, 9091, TCP),
