@@ -249,6 +249,99 @@ def validate(
     typer.echo(_summary(validated.platform))
 
 
+@app.command()
+def capacity(
+    spec: SpecOption = DEFAULT_SPEC,
+    orders_per_second: Annotated[
+        float | None,
+        typer.Option(
+            "--orders-per-second",
+            help="The target load [default: the most the measured deployables carry at their "
+            "HPA maximum].",
+        ),
+    ] = None,
+    figures: Annotated[
+        Path | None,
+        typer.Option(
+            "--figures",
+            help="The benchmark's figures (bench/orders.py --record) [default: "
+            "bench/capacity.json when it exists].",
+        ),
+    ] = None,
+    cpu_ms_per_order: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cpu-ms-per-order",
+            help="DEPLOYABLE=MS: CPU milliseconds one order costs it, instead of the measured.",
+        ),
+    ] = None,
+    events_per_second: Annotated[
+        list[str] | None,
+        typer.Option("--events-per-second", help="TOPIC=RATE: a topic's events/s, given."),
+    ] = None,
+    event_size: Annotated[
+        int | None,
+        typer.Option("--event-size", help="Bytes per event (key + value), every topic."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the platform's capacity at each deployable's HPA maximum. Database connections
+    against what the database or its pooler accepts, partitions used and idle consumers, the
+    storage each topic's retention holds, and the replicas a target load needs (from the CPU
+    per order bench/orders.py measured) against scaling.max."""
+    from cloudretail.generator import load_document
+    from cloudretail.generator.capacity_report import (
+        DEFAULT_FIGURES,
+        NO_FIGURES,
+        CapacityInputError,
+        capacity_report,
+        deployable_names,
+        parse_assignments,
+        read_figures,
+    )
+
+    _json_output.set(as_json)
+    try:
+        if orders_per_second is not None and not orders_per_second > 0:
+            raise CapacityInputError(
+                f"--orders-per-second: {orders_per_second:g} must be more than 0"
+            )
+        if event_size is not None and event_size < 1:
+            raise CapacityInputError(f"--event-size: {event_size} must be at least 1 byte")
+        document, platform = load_document(spec)
+        cpu = parse_assignments(
+            "--cpu-ms-per-order", cpu_ms_per_order or (), deployable_names(platform)
+        )
+        rates = parse_assignments(
+            "--events-per-second",
+            events_per_second or (),
+            {topic.name: topic.name for topic in platform.topics},
+        )
+        if figures is not None:
+            measured = read_figures(figures)
+        elif DEFAULT_FIGURES.is_file():
+            measured = read_figures(DEFAULT_FIGURES)
+        else:
+            measured = NO_FIGURES
+        report = capacity_report(
+            document,
+            platform,
+            measured,
+            orders_per_second=orders_per_second,
+            cpu_ms_per_order=cpu,
+            events_per_second=rates,
+            event_size=event_size,
+        )
+    except CloudRetailError as error:
+        raise _fail(error) from None
+    if as_json:
+        typer.echo(json.dumps(report.record(), indent=2))
+        return
+    _warn(report.warnings)
+    for line in report.lines():
+        typer.echo(line)
+
+
 @app.command(name="generate")
 def generate_command(
     spec: SpecOption = DEFAULT_SPEC,

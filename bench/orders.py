@@ -3,7 +3,7 @@ CPU-seconds one order costs summed over every process of the stack.
 
 Run: .venv/bin/python bench/orders.py [--orders 200] [--concurrency 8]
          [--database-url-template postgresql://postgres@127.0.0.1/bench_{database}]
-         [--redis-url redis://127.0.0.1:6379/5] [--profile DIR]
+         [--redis-url redis://127.0.0.1:6379/5] [--profile DIR] [--record bench/capacity.json]
 Starts the stack in a temporary data dir (on SQLite files and in-process stores unless
 given `up`'s PostgreSQL/Redis options; `--reset`, so every run starts empty), makes one
 product with plenty of stock and a few customers, places the orders at a fixed
@@ -11,7 +11,9 @@ concurrency with the gateway's rate limit raised out of the way, prints throughp
 latency and CPU per order per process, checks the shop's invariants (speed that costs
 correctness does not count), then stops the stack. `--profile DIR` records every Python
 process with py-spy during the orders, as collapsed stacks (DIR/<process>.txt; open them in
-speedscope or flamegraph.pl).
+speedscope or flamegraph.pl). `--record FILE` writes the figures `cloudretail capacity`
+reads (bench/capacity.json): orders/s, CPU ms per order per deployable, and, read back from
+the broker, the events each order appended to each topic and their mean size (key + value).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
+from cloudretail.generator import load_platform
 
 from handlers.invariants import check, stack_urls
 
@@ -38,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GATEWAY = "http://127.0.0.1:8080"
 TICKS = os.sysconf("SC_CLK_TCK")
 SPY = Path(sys.executable).with_name("py-spy")
+PLATFORM = load_platform(ROOT / "spec" / "cloudretail.yaml")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -65,6 +70,9 @@ def main() -> None:
     parser.add_argument("--database-url-template", help="as for `cloudretail up`")
     parser.add_argument("--redis-url", help="as for `cloudretail up`")
     parser.add_argument("--profile", type=Path, help="folder for py-spy profiles")
+    parser.add_argument(
+        "--record", type=Path, help="write the figures `cloudretail capacity` reads (JSON)"
+    )
     args = parser.parse_args()
     if args.profile and not SPY.exists():
         sys.exit(f"--profile needs py-spy beside {sys.executable}: pip install py-spy")
@@ -79,7 +87,15 @@ def main() -> None:
         if started.returncode != 0:
             sys.exit(started.stdout + started.stderr)
         try:
-            run(data_dir, args.orders, args.concurrency, args.profile)
+            figures = run(data_dir, args.orders, args.concurrency, args.profile)
+            if args.record:
+                record = {
+                    "command": " ".join(["bench/orders.py", *sys.argv[1:]]),
+                    "cores": os.cpu_count(),
+                    **figures,
+                }
+                args.record.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+                print(f"  recorded    {args.record}")
         finally:
             cli("down", "--data-dir", str(data_dir))
 
@@ -123,7 +139,63 @@ def stop_profiles(recorders: list[subprocess.Popen[bytes]]) -> None:
         recorder.wait(timeout=60)
 
 
-def run(data_dir: Path, orders: int, concurrency: int, profile: Path | None) -> None:
+async def topic_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """The end offset of every partition of `topics`."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        parts = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        ends = await consumer.end_offsets(parts)
+        return {(part.topic, part.partition): offset for part, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def appended(
+    bootstrap: str, before: dict[tuple[str, int], int], after: dict[tuple[str, int], int]
+) -> dict[str, tuple[int, int]]:
+    """Per topic: the records appended between two offset snapshots and their key + value
+    bytes, read back from the broker."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    found: dict[str, tuple[int, int]] = {topic: (0, 0) for topic, _ in after}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        wanted = {
+            TopicPartition(topic, partition): (before.get((topic, partition), 0), end)
+            for (topic, partition), end in after.items()
+            if end > before.get((topic, partition), 0)
+        }
+        if not wanted:
+            return found
+        consumer.assign(list(wanted))
+        for part, (start, _) in wanted.items():
+            consumer.seek(part, start)
+        left = {part: end - start for part, (start, end) in wanted.items()}
+        while any(count > 0 for count in left.values()):
+            batches = await consumer.getmany(timeout_ms=5000)
+            if not batches:
+                break
+            for part, records in batches.items():
+                for message in records[: max(left[part], 0)]:
+                    count, size = found[part.topic]
+                    size += max(message.serialized_key_size, 0)
+                    size += max(message.serialized_value_size, 0)
+                    found[part.topic] = (count + 1, size)
+                left[part] -= len(records)
+        return found
+    finally:
+        await consumer.stop()
+
+
+def run(data_dir: Path, orders: int, concurrency: int, profile: Path | None) -> dict[str, Any]:
     secrets = json.loads((data_dir / "secrets.json").read_text())
     state = json.loads((data_dir / "state.json").read_text())
     pids = [p["pid"] for p in state["processes"].values()] + [state["broker"]]
@@ -172,6 +244,10 @@ def run(data_dir: Path, orders: int, concurrency: int, profile: Path | None) -> 
         return response.status_code, time.perf_counter() - began
 
     names = {p["pid"]: name for name, p in state["processes"].items()} | {state["broker"]: "broker"}
+    urls, bootstrap = stack_urls(data_dir)
+    topics = [topic.name for topic in PLATFORM.topics]
+    time.sleep(3)  # the set-up's events (the product, the customers) reach the broker first
+    offsets_before = asyncio.run(topic_offsets(bootstrap, topics))
     recorders = start_profiles(profile, names) if profile else []
     each_before = {pid: cpu_seconds([pid]) for pid in pids}
     cpu_before = cpu_seconds(pids)
@@ -203,11 +279,39 @@ def run(data_dir: Path, orders: int, concurrency: int, profile: Path | None) -> 
         + ", ".join(f"{name} {seconds / max(confirmed, 1) * 1000:.0f}" for name, seconds in ranked)
     )
     time.sleep(3)  # events in flight reach their consumers
-    urls, bootstrap = stack_urls(data_dir)
+    offsets_after = asyncio.run(topic_offsets(bootstrap, topics))
+    per_topic = asyncio.run(appended(bootstrap, offsets_before, offsets_after))
+    print(
+        "  events per order: "
+        + ", ".join(f"{t} {n / max(confirmed, 1):.2f}" for t, (n, _) in sorted(per_topic.items()))
+    )
     report = asyncio.run(check(urls, initial_stock={product: orders * 2}, bootstrap=bootstrap))
     print(f"  invariants  {report}")
     if not report.ok:
         sys.exit(1)
+    deployables = {service.name: service.deployable.name for service in PLATFORM.services} | {
+        "gateway": PLATFORM.gateway.deployable.name,
+        "eventbus": PLATFORM.event_bus.deployable.name,
+    }
+    return {
+        "orders": orders,
+        "concurrency": concurrency,
+        "confirmed": confirmed,
+        "orders_per_second": round(confirmed / elapsed, 1),
+        "cpu_ms_per_order": {
+            deployables.get(name, name): round(seconds / max(confirmed, 1) * 1000, 1)
+            for name, seconds in sorted(shares.items())
+        },
+        "events_per_order": {
+            topic: round(count / max(confirmed, 1), 2)
+            for topic, (count, _) in sorted(per_topic.items())
+        },
+        "event_bytes": {
+            topic: round(size / count)
+            for topic, (count, size) in sorted(per_topic.items())
+            if count
+        },
+    }
 
 
 if __name__ == "__main__":
