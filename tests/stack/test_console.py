@@ -9,6 +9,7 @@ either the tests skip, and with CLOUDRETAIL_REQUIRE_SERVICES set they fail.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,24 @@ import pytest
 from tests.servers import REQUIRE_SERVICES
 from tests.stack.conftest import Stack, new_product, order_body, start, stop
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's chromium here; Google Chrome on GitHub's Ubuntu runners; CLOUDRETAIL_CHROMIUM
+# names another build.
+CHROMIUM = next(
+    (
+        Path(candidate)
+        for candidate in (
+            os.environ.get("CLOUDRETAIL_CHROMIUM", ""),
+            "/usr/bin/chromium",
+            "/usr/bin/google-chrome",
+        )
+        if candidate and Path(candidate).exists()
+    ),
+    Path("/usr/bin/chromium"),
+)
+# Screenshots are kept where CI collects them (artifacts/ is ignored by git).
+ARTIFACTS = Path(
+    os.environ.get("CLOUDRETAIL_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts")
+)
 MERMAID = Path(__file__).resolve().parents[2] / "runtime/console/static/vendor/mermaid.min.js"
 LOOPBACK = "http://127.0.0.1:"
 WAIT_MS = 30_000
@@ -65,8 +83,9 @@ def stack(chromium: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 @pytest.fixture(scope="module")
-def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("screenshots")
+def screenshots() -> Path:
+    folder = ARTIFACTS / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {folder}")
     return folder
 
@@ -139,7 +158,16 @@ def test_the_console_shows_the_stack_and_follows_an_order(
     page.click('nav button[data-tab="events"]')
     page.fill("#correlation", correlation_id)
     page.press("#correlation", "Enter")
-    page.wait_for_selector('#event-list tr[data-type="order.confirmed"]', timeout=WAIT_MS)
+    # The list shows every recent event until the filtered answer replaces it: wait for that.
+    page.wait_for_function(
+        """wanted => {
+            const rows = [...document.querySelectorAll('#event-list tbody tr')];
+            return rows.some(row => row.dataset.type === 'order.confirmed')
+                && rows.every(row => row.dataset.correlationId === wanted);
+        }""",
+        arg=correlation_id,
+        timeout=WAIT_MS,
+    )
     ids = page.eval_on_selector_all("#event-list tbody tr", ROWS.format(field="correlationId"))
     types = page.eval_on_selector_all("#event-list tbody tr", ROWS.format(field="type"))
     assert set(ids) == {correlation_id}
