@@ -682,6 +682,13 @@ def up(
         str | None, typer.Option(help="An existing Kafka; default: the embedded broker.")
     ] = None,
     only: Annotated[str | None, typer.Option(help="Comma-separated services to run.")] = None,
+    scale: Annotated[
+        str | None,
+        typer.Option(
+            help="Instances per service, e.g. order=2,inventory=2: each on its own port, "
+            "behind the gateway (needs a PostgreSQL --database-url-template)."
+        ),
+    ] = None,
     reset: Annotated[bool, typer.Option(help="Start with empty databases.")] = False,
     broker_port: Annotated[
         int, typer.Option(help="The embedded Kafka broker's port.", min=1, max=65535)
@@ -694,12 +701,16 @@ def up(
     the event bus and the gateway, each in its own process on its spec port."""
     import functools
 
-    from cloudretail.generator.stack import StackOptions, plan_stack
+    from cloudretail.generator.stack import StackOptions, parse_scale, plan_stack
     from cloudretail.runtime.demo import DemoError, read_demo
     from cloudretail.runtime.launch import LaunchError, launch
     from cloudretail.runtime.watch import Project
 
     names = tuple(name.strip() for name in (only or "").split(",") if name.strip())
+    try:
+        instances = parse_scale(scale)
+    except CloudRetailError as error:
+        raise _fail(error) from None
     options = StackOptions(
         data_dir,
         database_url_template,
@@ -708,6 +719,7 @@ def up(
         names,
         broker_port=broker_port,
         mail_port=mail_port,
+        scale=instances,
     )
     demo_file = spec.parent / "demo.yaml"
     # --watch plans the stack again, with the same options, after each change of the spec.
@@ -745,10 +757,11 @@ def status(data_dir: DataDirOption = Path(".cloudretail"), as_json: JsonOption =
 
     from cloudretail.runtime import stack
     from cloudretail.runtime.launch import stack_table
+    from cloudretail.runtime.pids import alive
 
     _json_output.set(as_json)
     state = stack.read_state(data_dir)
-    if state is None or not stack.alive(state.get("supervisor")):
+    if state is None or not alive(state.get("supervisor")):
         if as_json:
             record = {"ok": True, "data_dir": str(data_dir), "running": False, "processes": []}
             typer.echo(json.dumps(record, indent=2))
@@ -765,7 +778,13 @@ def status(data_dir: DataDirOption = Path(".cloudretail"), as_json: JsonOption =
             "status": state["status"],
             "supervisor": state["supervisor"],
             "processes": [
-                {"name": name, "url": url, "state": health.get(name, "?")} for name, url in urls
+                {
+                    "name": name,
+                    "service": state["processes"][name].get("deployable", name),
+                    "url": url,
+                    "state": health.get(name, "?"),
+                }
+                for name, url in urls
             ],
         }
         typer.echo(json.dumps(record, indent=2))

@@ -44,6 +44,54 @@ class StackOptions:
     # the platform), so two projects' stacks on one machine set them apart here.
     broker_port: int = EMBEDDED_BROKER_PORT
     mail_port: int = MAIL_SINK_PORT
+    # `up --scale order=2`: (service, instances) for services run more than once.
+    scale: tuple[tuple[str, int], ...] = ()
+
+
+# Instance n (n >= 2) of a scaled service listens INSTANCE_PORT_STEP * (n - 1) above the
+# spec's port (order 3003: 3103, 3203 ...), skipping any port the plan already uses.
+INSTANCE_PORT_STEP = 100
+
+
+def parse_scale(text: str | None) -> tuple[tuple[str, int], ...]:
+    """`order=2,inventory=2` as ((order, 2), (inventory, 2)); the names are checked against
+    the spec when the stack is planned."""
+    scale: dict[str, int] = {}
+    for part in (text or "").split(","):
+        entry = part.strip()
+        if not entry:
+            continue
+        name, equals, count = (piece.strip() for piece in entry.partition("="))
+        if not equals or not name or not count:
+            raise StackPlanError(
+                f"--scale: {entry!r} is not SERVICE=COUNT (e.g. --scale order=2,inventory=2)"
+            )
+        try:
+            instances = int(count)
+        except ValueError:
+            raise StackPlanError(f"--scale: {entry!r}: the count must be a whole number") from None
+        if instances < 1:
+            raise StackPlanError(f"--scale: {entry!r}: the count must be at least 1")
+        if name in scale:
+            raise StackPlanError(f"--scale names {name!r} twice")
+        scale[name] = instances
+    return tuple(scale.items())
+
+
+def _instance_ports(base: int, count: int, taken: set[int]) -> list[int]:
+    """The ports of a service's instances: its own, then free ones a step above each other."""
+    ports = [base]
+    port = base
+    while len(ports) < count:
+        port += INSTANCE_PORT_STEP
+        if port > 65535:
+            raise StackPlanError(
+                f"--scale: no free port above {base} for instance {len(ports) + 1}"
+            )
+        if port not in taken:
+            ports.append(port)
+            taken.add(port)
+    return ports
 
 
 def database_url(options: StackOptions, database: str) -> str:
@@ -100,28 +148,43 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
         if any(service.uses_mail for service in platform.services)
         else None
     )
+    counts = dict(options.scale)
+    taken = {
+        *(service.port for service in platform.services),
+        platform.event_bus.deployable.port,
+        platform.gateway.deployable.port,
+    }
+    # Every instance of a service: its own port, the same database, consumer group and
+    # outbox; the gateway balances over them (`<SERVICE>_URLS`).
+    ports = {
+        service.name: _instance_ports(service.port, counts.get(service.name, 1), taken)
+        for service in platform.services
+    }
     for service in platform.services:
         env = {
             **common,
-            "PORT": str(service.port),
             "DATABASE_URL": database_url(options, service.database),
             "SHUTDOWN_DRAIN": SHUTDOWN_DRAIN,
         }
         for callee in service.calls:
+            # The callee's first instance: a call is one URL (a Kubernetes Service balances
+            # it in a cluster); the gateway spreads the public requests over every instance.
             env[f"{callee.upper()}_URL"] = f"http://{LOCALHOST}:{platform.service(callee).port}"
         if service.uses_mail and mail_sink is not None:
             env["SMTP_URL"] = f"smtp://{mail_sink.host}:{mail_sink.port}"
             env["MAIL_FROM"] = platform.mail_from
-        processes.append(
-            PlannedProcess(
-                name=service.name,
-                kind="service",
-                command=("-m", f"generated.services.{service.name}"),
-                port=service.port,
-                env=env,
-                docs=f"http://{LOCALHOST}:{service.port}/docs",
+        for number, port in enumerate(ports[service.name], start=1):
+            processes.append(
+                PlannedProcess(
+                    name=service.name if number == 1 else f"{service.name}-{number}",
+                    kind="service",
+                    command=("-m", f"generated.services.{service.name}"),
+                    port=port,
+                    env={**env, "PORT": str(port)},
+                    docs=f"http://{LOCALHOST}:{port}/docs",
+                    deployable=service.name,
+                )
             )
-        )
         if service.tables:
             databases.append(
                 PlannedDatabase(
@@ -163,7 +226,9 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
         f"http://{LOCALHOST}:{bus.deployable.port}{bus.prefix}"
     )
     for upstream in gateway.upstreams:
-        gateway_env[upstream.env] = f"http://{LOCALHOST}:{upstream.port}"
+        gateway_env[upstream.env] = ",".join(
+            f"http://{LOCALHOST}:{port}" for port in ports.get(upstream.name, [upstream.port])
+        )
     processes.append(
         PlannedProcess(
             name="gateway",
@@ -185,7 +250,7 @@ def plan(platform: Platform, options: StackOptions, generated: Path) -> StackPla
     )
     if options.only:
         wanted = set(options.only) | {"gateway"}
-        processes = [p for p in processes if p.name in wanted]
+        processes = [p for p in processes if p.of in wanted]
         databases = [d for d in databases if d.name in wanted]
     return StackPlan(
         platform=platform.name,
@@ -219,7 +284,27 @@ def plan_stack(spec: Path, options: StackOptions, generated: Path = Path("genera
     unknown = [name for name in options.only if name not in known]
     if unknown:
         raise StackPlanError(f"--only names unknown services: {', '.join(unknown)}")
+    _check_scale(platform, options)
     return plan(platform, options, generated.resolve())
+
+
+def _check_scale(platform: Platform, options: StackOptions) -> None:
+    services = [service.name for service in platform.services]
+    for name, count in options.scale:
+        if name not in services:
+            raise StackPlanError(
+                f"--scale: unknown service {name!r}{suggest(name, services)}; services: "
+                f"{', '.join(services)} (the gateway and the event bus run once)"
+            )
+        if options.only and name not in options.only:
+            raise StackPlanError(f"--scale names {name!r}, which --only leaves out")
+        if count > 1 and not (options.database_url_template or "").startswith("postgres"):
+            # SQLite is one writer process per file: the outbox relay, the saga's recovery
+            # and the mail relay claim rows with PostgreSQL's locks, which SQLite lacks.
+            raise StackPlanError(
+                f"--scale {name}={count}: several instances share one database, which needs "
+                "PostgreSQL: add --database-url-template postgresql://127.0.0.1/{database}"
+            )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from cloudretail.runtime import stack
 from cloudretail.runtime.auth import DEV_KEY_NAME, kept_private_key
 from cloudretail.runtime.demo import DemoError, DemoFile, load_demo
+from cloudretail.runtime.pids import alive
 from cloudretail.runtime.stackplan import StackPlan
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def launch(
     if watch is not None and detach:
         raise LaunchError("--watch follows the files from the terminal it runs in: drop --detach")
     running = stack.read_state(data_dir)
-    if running and stack.alive(running.get("supervisor")):
+    if running and alive(running.get("supervisor")):
         raise LaunchError(
             f"a stack is already running from {data_dir} (pid {running['supervisor']}); "
             "see `cloudretail status`, stop it with `cloudretail down`"

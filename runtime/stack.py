@@ -34,6 +34,7 @@ from cloudretail.runtime.events.topics import TopicSpec, apply_topics
 from cloudretail.runtime.httpclient import UpstreamError, exchange, pool_for
 from cloudretail.runtime.localtraces import TRACES_DIR, SpanFile, TraceReceiver
 from cloudretail.runtime.mailsink import MailSink, ReceivedMail
+from cloudretail.runtime.pids import alive
 from cloudretail.runtime.stackplan import PlannedProcess, StackPlan
 from cloudretail.runtime.tracing import exporting
 
@@ -202,6 +203,7 @@ class Child:
     color: int
     log_path: Path
     kind: str = "service"
+    deployable: str = ""  # what this is an instance of (`up --scale`); empty: `name`
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0  # the backoff's count: back to 0 after a minute without a crash
     restarted: int = 0  # every restart since the stack started (status, the dev console)
@@ -268,6 +270,7 @@ class Supervisor:
             color=COLORS[index % len(COLORS)],
             log_path=self.logs / f"{p.name}.log",
             kind=p.kind,
+            deployable=p.of,
         )
 
     def say(self, text: str) -> None:
@@ -501,6 +504,7 @@ class Supervisor:
                     "port": c.port,
                     "log": str(c.log_path),
                     "kind": c.kind,
+                    "deployable": c.deployable or c.name,
                     "restarts": c.restarted,
                 }
                 for c in self.children
@@ -591,18 +595,6 @@ def read_state(data_dir: Path) -> dict[str, Any] | None:
     except ValueError:
         return None
     return state
-
-
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def spawn_detached(data_dir: Path, plan: StackPlan, extra_env: dict[str, str]) -> int:

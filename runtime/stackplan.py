@@ -25,12 +25,19 @@ class MailSinkPlan(_Plan):
 
 
 class PlannedProcess(_Plan):
-    name: str
+    name: str  # unique in the plan: the deployable's name, `<name>-<n>` for its n-th instance
     kind: str  # service | event-bus | gateway: the order they stop in
     command: tuple[str, ...]  # arguments after the Python interpreter
     port: int
     env: dict[str, str]
     docs: str
+    # The deployable this process is an instance of (`up --scale` runs several): the
+    # handlers it runs, the gateway upstream it sits behind. Empty: the process's own name.
+    deployable: str = ""
+
+    @property
+    def of(self) -> str:
+        return self.deployable or self.name
 
 
 class PlannedDatabase(_Plan):

@@ -293,7 +293,9 @@ class Watch:
             for line in list(child.tail)[-10:]:
                 self.say(f"    {line}")
         ready = sorted(restart - {c.name for c in not_ready})
-        await self._routed(set(ready))
+        await self._routed(
+            {c.deployable or c.name for c in self.supervisor.children if c.name in ready}
+        )
         summary = f"restarted {', '.join(ready)}" if ready else "restarted nothing"
         if not_ready:
             failed = ", ".join(c.name for c in not_ready)
@@ -301,8 +303,9 @@ class Watch:
         self.say(f"watch: {summary}")
 
     async def _routed(self, names: set[str]) -> None:
-        """Wait until the gateway routes to the restarted services again (it ejected them
-        while they drained): the change is applied once requests reach the new processes."""
+        """Wait until the gateway routes to the restarted services (deployables) again (it
+        ejected them while they drained): the change is applied once requests reach the new
+        processes."""
         gateway = next((c for c in self.supervisor.children if c.kind == "gateway"), None)
         if gateway is None or gateway.paused or gateway.name in names:
             return  # a gateway started anew was ready only with all its upstreams
@@ -321,15 +324,16 @@ class Watch:
         return edited
 
     def _owners(self, paths: set[Path], plan: StackPlan) -> set[str]:
-        """`handlers/<name>.py` and `handlers/<name>/...`: the process named so; anything else
-        there: every service."""
-        names = {p.name for p in plan.processes}
+        """`handlers/<name>.py` and `handlers/<name>/...`: the processes of the deployable
+        named so (every instance of it under `up --scale`); anything else there: every
+        service."""
+        deployables = {p.of for p in plan.processes}
         owners = set()
         for path in paths:
             parts = path.relative_to(self.handlers).parts
             name = parts[0].removesuffix(".py") if len(parts) == 1 else parts[0]
-            if name in names and (len(parts) > 1 or parts[0].endswith(".py")):
-                owners.add(name)
+            if name in deployables and (len(parts) > 1 or parts[0].endswith(".py")):
+                owners |= {p.name for p in plan.processes if p.of == name}
             else:
                 owners |= {p.name for p in plan.processes if p.kind == "service"}
         return owners

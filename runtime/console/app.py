@@ -128,7 +128,7 @@ class Console:
         routed = {_plain(upstream["name"]): upstream for upstream in edge.upstreams(self.gateway)}
         processes = await self.stack.processes()
         for process in processes:
-            process["upstream"] = routed.get(_plain(process["name"]))
+            process["upstream"] = routed.get(_plain(process["deployable"]))
         return _json({"stack": state.get("status", "unknown"), "processes": processes})
 
     async def logs(self, request: Request) -> Response:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudretail.runtime.httpclient import UpstreamError, exchange, pool_for
+from cloudretail.runtime.pids import alive
 
 STATE_FILE = "state.json"  # written by cloudretail.runtime.stack
 SUPERVISOR_LOG = "supervisor"  # its own log, beside the processes' (logs/supervisor.log)
@@ -20,18 +21,6 @@ _TAIL_BLOCK = 64 * 1024
 
 class UnknownProcessError(LookupError):
     """No process of that name in the supervisor's state."""
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def readiness(url: str, timeout: float = 2.0) -> int | None:
@@ -86,7 +75,7 @@ class StackView:
         listed = []
         for name, status in zip(names, probes, strict=True):
             info = found[name]
-            if not _alive(info.get("pid")):
+            if not alive(info.get("pid")):
                 health = "down"
             elif status is None:
                 health = "not answering"
@@ -95,6 +84,8 @@ class StackView:
             listed.append(
                 {
                     "name": name,
+                    # What it is an instance of (`up --scale`: order-2 of order).
+                    "deployable": info.get("deployable", name),
                     "kind": info.get("kind", "service"),
                     "url": info.get("url"),
                     "pid": info.get("pid"),

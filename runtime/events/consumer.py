@@ -156,7 +156,13 @@ def log_event(text: str, message: Message, event: Event, span: Span) -> None:
         with trace.use_span(span):
             logger.info(
                 text,
-                extra={"event_type": event.type, "event_id": str(event.id), "topic": message.topic},
+                extra={
+                    "event_type": event.type,
+                    "event_id": str(event.id),
+                    "topic": message.topic,
+                    # Which instance of a consumer group holds which partitions shows here.
+                    "partition": message.partition,
+                },
             )
     finally:
         correlation_id_var.reset(token)

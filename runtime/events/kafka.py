@@ -11,7 +11,7 @@ import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, UnknownError
 from aiokafka.helpers import create_ssl_context
@@ -290,7 +290,8 @@ class KafkaSource:
     async def start(self) -> None:
         if self._consumer is not None:
             return
-        consumer = AIOKafkaConsumer(*self._topics, **self._options)
+        consumer = AIOKafkaConsumer(**self._options)
+        consumer.subscribe(self._topics, listener=_AssignmentLog(self._group_id))
         try:
             await consumer.start()
             if self.check_cluster_id:
@@ -388,6 +389,29 @@ class KafkaSource:
             )
         except (CommitFailedError, IllegalStateError, KafkaError) as error:
             raise CommitFailed(f"offsets not committed: {_describe(error)}") from error
+
+
+class _AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Logs each assignment the group gives this member: with several instances of a service
+    (`up --scale`, replicas), their logs show how the group split the partitions."""
+
+    def __init__(self, group_id: str) -> None:
+        self.group_id = group_id
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        partitions: dict[str, list[int]] = {}
+        for partition in assigned:
+            partitions.setdefault(partition.topic, []).append(partition.partition)
+        logger.info(
+            "partitions assigned",
+            extra={
+                "group_id": self.group_id,
+                "partitions": {topic: sorted(parts) for topic, parts in sorted(partitions.items())},
+            },
+        )
 
 
 async def _stop_quietly(client: Any) -> None:

@@ -150,7 +150,7 @@ def test_status_json(tmp_path: Path):
     answer = json.loads(result.stdout)
     assert answer["running"] and answer["status"] == "ready"
     assert answer["processes"] == [
-        {"name": "gateway", "url": "http://127.0.0.1:9", "state": "down"}
+        {"name": "gateway", "service": "gateway", "url": "http://127.0.0.1:9", "state": "down"}
     ]
 
 
