@@ -117,3 +117,21 @@ def test_watch_restarts_every_instance_of_a_changed_handler(tmp_path: Path):
     everyone = watch._owners({handlers / "shared_helpers.py"}, plan)
     assert {"order", "order-2", "inventory", "payment"} <= everyone
     assert "gateway" not in everyone
+
+
+def test_the_embedded_broker_gets_few_partitions_and_enough_for_the_scale(tmp_path: Path):
+    from cloudretail.generator.stack import EMBEDDED_MAX_PARTITIONS, local_topics
+
+    platform = load_platform(ROOT / "spec" / "cloudretail.yaml")
+    spec = {topic.name: topic.partitions for topic in platform.topics}
+    assert max(spec.values()) > EMBEDDED_MAX_PARTITIONS  # the cap below is exercised
+
+    plain = {t.name: t.partitions for t in local_topics(platform, StackOptions(tmp_path))}
+    assert plain == {name: min(n, EMBEDDED_MAX_PARTITIONS) for name, n in spec.items()}
+
+    scaled = local_topics(platform, StackOptions(tmp_path, scale=(("order", 5),)))
+    assert {t.name: t.partitions for t in scaled} == {name: min(n, 5) for name, n in spec.items()}
+
+    # Another broker (e.g. a cluster) gets what the spec says.
+    external = local_topics(platform, StackOptions(tmp_path, kafka_bootstrap="127.0.0.1:1"))
+    assert {t.name: t.partitions for t in external} == spec
