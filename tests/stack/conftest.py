@@ -126,14 +126,18 @@ def sqlite_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stop(stack)
 
 
-@pytest.fixture(scope="module")
-def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    ensure_database("cloudretail_stack_probe")  # skips (saying why) when Postgres is down
-
+def require_postgres_and_redis() -> None:
+    """Skip (saying why) when PostgreSQL or Redis is down; with CLOUDRETAIL_REQUIRE_SERVICES, fail."""
+    ensure_database("cloudretail_stack_probe")
     try:
         Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2).ping()
     except RedisError as error:
         unreachable(f"Redis not reachable at {REDIS_TEST_URL}", error)
+
+
+@pytest.fixture(scope="module")
+def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_postgres_and_redis()
     template = database_dsn("cloudretail_stack_{database}")
     stack = start(
         tmp_path_factory.mktemp("pgstack"),

@@ -22,17 +22,21 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from redis import Redis
-from redis.exceptions import RedisError
 
 from tests.servers import (
     REDIS_TEST_URL,
     database_dsn,
-    ensure_database,
     run_in_own_loop,
-    unreachable,
 )
-from tests.stack.conftest import Stack, assert_invariants, new_product, order_body, start, stop
+from tests.stack.conftest import (
+    Stack,
+    assert_invariants,
+    new_product,
+    order_body,
+    require_postgres_and_redis,
+    start,
+    stop,
+)
 
 # The topics each scaled service's group consumes, and the ones their relays send to.
 GROUPS = {
@@ -45,11 +49,7 @@ BATCH = 24  # orders per batch, placed 8 at a time
 
 @pytest.fixture(scope="module")
 def scaled_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    ensure_database("cloudretail_stack_probe")  # skips (saying why) when Postgres is down
-    try:
-        Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2).ping()
-    except RedisError as error:
-        unreachable(f"Redis not reachable at {REDIS_TEST_URL}", error)
+    require_postgres_and_redis()
     stack = start(
         tmp_path_factory.mktemp("scaled"),
         "--database-url-template",
