@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -80,3 +81,14 @@ def fresh_database(stem: str) -> str:
 def drop_database(url: str) -> None:
     name = url.rpartition("/")[2]
     run_in_own_loop(lambda: _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def eventually(check: Callable[[], Any], timeout: float = 20.0, pause: float = 0.3) -> Any:
+    """The first truthy result of `check`, polled every `pause` seconds until `timeout`
+    (then its last result, for the caller's assertion to show)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(pause)

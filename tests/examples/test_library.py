@@ -15,15 +15,16 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.servers import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "library"
@@ -168,15 +169,6 @@ class Library:
         return body
 
 
-def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def library(project: Path) -> Iterator[tuple[Library, str]]:
     data_dir = project / ".cloudretail"
@@ -288,19 +280,19 @@ def test_the_library_runs_through_its_gateway(library: tuple[Library, str]):
         return {event["type"] for event in found.json()["items"]}
 
     wanted = {"loan.requested", "copy.held", "copy.released", "loan.refused"}
-    assert eventually(lambda: wanted <= traced()), traced()
+    assert eventually(lambda: wanted <= traced(), timeout=15, pause=0.2), traced()
     assert client.get("/api/events", headers=member).status_code == 403
 
     # Returned: the catalog and fees act on `loan.returned` (consumed events).
     back = client.post(f"/api/loans/{loan_id}/return", headers=member)
     assert back.status_code == 200 and back.json()["status"] == "returned", back.text
-    assert eventually(lambda: lib.copy(copies[0])["status"] == "available")
+    assert eventually(lambda: lib.copy(copies[0])["status"] == "available", timeout=15, pause=0.2)
 
     def refunded() -> bool:
         fees = client.get("/api/fees/mine", headers=member).json()["items"]
         return [f["status"] for f in fees] == ["refunded"]
 
-    assert eventually(refunded)
+    assert eventually(refunded, timeout=15, pause=0.2)
     report = client.get("/api/loans/reports/overdue", headers=librarian)
     assert report.status_code == 200 and report.json() == {"items": []}, report.text
     assert client.get("/api/loans/reports/overdue", headers=member).status_code == 403

@@ -18,10 +18,9 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +34,7 @@ from cloudretail.runtime.events.broker import free_port, port_holder
 from pathspec import PathSpec
 
 from tests.deploy.conftest import missing_tool, tool
+from tests.servers import eventually
 
 pytestmark = pytest.mark.new_project
 
@@ -304,15 +304,6 @@ def identity_provider() -> Iterator[tuple[TokenIssuer, str]]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.3)
 
 
 def test_up_serves_the_project_through_its_gateway(

@@ -16,6 +16,7 @@ from cloudretail.generator.targets.deploy import build
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.promql import metric_names
+from tests.servers import eventually
 from tests.stack.conftest import (
     ROOT,
     Stack,
@@ -33,15 +34,6 @@ def _events(stack: Stack, admin: dict[str, str], **params: str) -> list[dict[str
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
     return items
-
-
-def _wait_for(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.3)
 
 
 def test_order_flow_end_to_end(sqlite_stack: Stack) -> None:
@@ -97,7 +89,7 @@ def test_order_flow_end_to_end(sqlite_stack: Stack) -> None:
             events = _events(stack, admin, correlationId="e2e-order-1")
             return {e["type"]: e["topic"] for e in events if e["type"] in wanted}
 
-        assert _wait_for(lambda: seen() == wanted), seen()
+        assert eventually(lambda: seen() == wanted), seen()
 
         # A declined card and an out-of-stock order leave the stock exactly as it was.
         declined = client.post(
@@ -203,7 +195,7 @@ def test_a_crash_between_reserve_and_charge_is_finished_on_restart(sqlite_stack:
     thread = threading.Thread(target=place)
     thread.start()
     # The slow card holds the saga in its charge step: stock is reserved, payment pending.
-    assert _wait_for(lambda: stock_of(stack, product_id)[1] == 2, timeout=15)
+    assert eventually(lambda: stock_of(stack, product_id)[1] == 2, timeout=15)
     os.kill(stack.state()["processes"]["order"]["pid"], signal.SIGKILL)
     thread.join(timeout=60)
     assert answers and answers[0] >= 500  # the customer saw the crash
@@ -216,7 +208,7 @@ def test_a_crash_between_reserve_and_charge_is_finished_on_restart(sqlite_stack:
         status: str = response.json()["items"][0]["status"]
         return status if status in ("confirmed", "cancelled") else None
 
-    final = _wait_for(settled, timeout=60)
+    final = eventually(settled, timeout=60)
     assert final in ("confirmed", "cancelled")
     with stack.client() as client:
         order = client.get("/api/orders", headers=customer).json()["items"][0]
@@ -255,7 +247,7 @@ def test_more_paths_of_the_shop(sqlite_stack: Stack) -> None:
             events = _events(stack, admin, type="inventory.low_stock")
             return any(e["data"]["product_id"] == product_id for e in events)
 
-        assert _wait_for(low_stock)
+        assert eventually(low_stock)
 
         # The admin moves the order along; customers may not; skipping a step is refused.
         path = f"/api/orders/{order['id']}/status"
@@ -285,7 +277,7 @@ def test_more_paths_of_the_shop(sqlite_stack: Stack) -> None:
             events = _events(stack, admin, type="product.price_changed")
             return [e for e in events if e["data"]["product_id"] == product_id]
 
-        changed = _wait_for(price_changed)
+        changed = eventually(price_changed)
         assert changed and (changed[0]["data"]["old_price"], changed[0]["data"]["new_price"]) == (
             "10.00",
             "11.00",
@@ -383,7 +375,7 @@ def test_a_placed_order_mails_its_customer_once(sqlite_stack: Stack) -> None:
         assert result.returncode == 0, result.stderr
         return result.stdout if subject in result.stdout else ""
 
-    lines = [line for line in _wait_for(listed).splitlines() if subject in line]
+    lines = [line for line in eventually(listed).splitlines() if subject in line]
     assert len(lines) == 1 and email in lines[0], lines
     number = lines[0].split()[0]
     shown = cli("mails", "--data-dir", str(stack.data_dir), "--show", number)

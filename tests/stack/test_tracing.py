@@ -5,28 +5,17 @@ the services the saga calls, and of every process that consumes an event of that
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cloudretail.generator import load_platform
 
+from tests.servers import eventually
 from tests.stack.conftest import ROOT, Stack, cli, new_product, order_body
 
-T = TypeVar("T")
 CALLED = ("gateway", "order", "inventory", "payment")
-
-
-def _wait_for(check: Callable[[], T], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.5)
 
 
 def _log_lines(path: Path) -> list[dict[str, Any]]:
@@ -87,7 +76,7 @@ def test_an_order_is_one_trace_in_the_logs_and_the_trace_view(sqlite_stack: Stac
         kinds = {event["type"] for event in items}
         return items if {"order.created", "order.confirmed"} <= kinds else []
 
-    events = _wait_for(order_events)
+    events = eventually(order_events, timeout=30, pause=0.5)
     assert events, "the order's events did not reach the event bus"
     # The envelopes kept the trace context of the spans that wrote them: one trace, the
     # platform's, not the client's.
@@ -104,7 +93,7 @@ def test_an_order_is_one_trace_in_the_logs_and_the_trace_view(sqlite_stack: Stac
         return [line for line in _log_lines(logs[process]) if line.get("trace_id") == trace_id]
 
     for process in CALLED:
-        assert _wait_for(partial(traced_lines, process)), (
+        assert eventually(partial(traced_lines, process), timeout=30, pause=0.5), (
             f"no log line of {process} carries the order's trace id"
         )
     for process, kinds in consumers.items():
@@ -117,7 +106,7 @@ def test_an_order_is_one_trace_in_the_logs_and_the_trace_view(sqlite_stack: Stac
             }
             return seen if kinds <= seen else set()
 
-        assert _wait_for(handled), (
+        assert eventually(handled, timeout=30, pause=0.5), (
             f"{process} logged no line with the order's trace id for each of {sorted(kinds)}: "
             f"{[line['message'] for line in traced_lines(process)]}"
         )
@@ -128,7 +117,9 @@ def test_an_order_is_one_trace_in_the_logs_and_the_trace_view(sqlite_stack: Stac
         assert result.returncode == 0, result.stderr
         return result.stdout if trace_id in result.stdout else ""
 
-    assert _wait_for(listed), "`cloudretail traces` does not list the order's trace"
+    assert eventually(listed, timeout=30, pause=0.5), (
+        "`cloudretail traces` does not list the order's trace"
+    )
 
     def tree() -> str:
         shown = cli("traces", trace_id[:12], "--data-dir", str(stack.data_dir))
@@ -137,7 +128,7 @@ def test_an_order_is_one_trace_in_the_logs_and_the_trace_view(sqlite_stack: Stac
         services = {line.split(": ", 1)[0].split()[-1] for line in spans}
         return shown.stdout if set(CALLED) | set(consumers) <= services else ""
 
-    shown = _wait_for(tree)
+    shown = eventually(tree, timeout=30, pause=0.5)
     assert shown, cli("traces", trace_id, "--data-dir", str(stack.data_dir)).stdout
     assert shown.startswith(f"trace {trace_id}:")
     assert "gateway: POST /api/orders" in shown
